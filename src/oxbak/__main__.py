@@ -1,0 +1,5 @@
+"""``python -m oxbak``: the command line."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,515 @@
+"""The ``oxbak`` command: parse arguments, make one library call, render the result.
+
+This is the only module that prints. Errors are translated here, once: an ``OxbakError``
+becomes one ``oxbak: error: …`` line on stderr and its ``exit_code``; a traceback is shown
+only with ``--debug`` or ``OXBAK_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import click
+import msgspec
+
+from . import format as fmt
+from ._version import __version__
+from .destinations import Mode, recover
+from .errors import OxbakError
+from .manifest import Manifest
+from .reader import list_entries, read_manifest
+from .unpack import unpack, verify
+from .writer import pack
+
+__all__ = ["main"]
+
+EXIT_PARTIAL = 3
+_json = msgspec.json.Encoder(order="deterministic")
+
+
+def _debug() -> bool:
+    return os.environ.get("OXBAK_DEBUG", "") not in ("", "0")
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    click.echo(f"oxbak: error: {message}", err=True)
+    sys.exit(code)
+
+
+class _StderrHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        level = "warning" if record.levelno >= logging.WARNING else "note"
+        click.echo(f"oxbak: {level}: {record.getMessage()}", err=True)
+
+
+class _Group(click.Group):
+    """Maps every failure to one line and an exit code (the error boundary)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except OxbakError as exc:
+            if _debug():
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            _fail("interrupted", 130)
+        except BrokenPipeError:
+            # The reader went away (e.g. `oxbak list x | head`): not our failure to report.
+            sys.stderr.close()
+            os._exit(141)
+        except OSError as exc:
+            if _debug():
+                traceback.print_exc()
+            where = f": {exc.filename!r}" if exc.filename else ""
+            _fail(f"{exc.strerror or exc}{where}")
+        except Exception as exc:  # a bug: still one line, the traceback on request
+            if _debug():
+                traceback.print_exc()
+            _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
+
+
+def _on_sigterm(signum: int, frame: object) -> NoReturn:
+    # Turn SIGTERM into an exception so temp files and staging directories are removed.
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """A one-line progress display on stderr, only when stderr is a terminal."""
+    if not enabled or not sys.stderr.isatty():
+        yield None
+        return
+    last = [0.0]
+
+    def show(done: int, total: int) -> None:
+        now = time.monotonic()
+        if now - last[0] < 0.1 and done < total:
+            return
+        last[0] = now
+        pct = 100 * done // total if total else 100
+        width = 30
+        fill = width * pct // 100
+        sys.stderr.write(
+            f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% "
+            f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB"
+        )
+        sys.stderr.flush()
+
+    try:
+        yield show
+    finally:
+        sys.stderr.write("\r\x1b[K")
+        sys.stderr.flush()
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if abs(n) < 1000 or unit == "GB":
+            return f"{n:,} B" if unit == "B" else f"{n:,.1f} {unit}"
+        n = n / 1000  # type: ignore[assignment]
+    return f"{n} B"
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "-V", "--version", prog_name="oxbak")
+@click.option("--debug", is_flag=True, help="Show tracebacks for errors.")
+def cli(debug: bool) -> None:
+    """Turn a state directory into one .oxbak file and back, safely.
+
+    \b
+    Example:
+      oxbak pack state -o state.oxbak
+      oxbak verify state.oxbak
+      oxbak unpack state.oxbak restored
+    """
+    if debug:
+        os.environ["OXBAK_DEBUG"] = "1"
+    logger = logging.getLogger("oxbak")
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        logger.addHandler(_StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
+    if threading_is_main():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def threading_is_main() -> bool:
+    """Whether signal handlers can be installed (only from the main thread)."""
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _parse_labels(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> dict[str, str]:
+    labels: dict[str, str] = {}
+    for value in values:
+        key, eq, val = value.partition("=")
+        if not eq or not key.strip():
+            raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx=ctx, param=param)
+        labels[key.strip()] = val
+    return labels
+
+
+@cli.command("pack")
+@click.argument("src", type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "-o",
+    "--output",
+    "out",
+    metavar="OUT|-",
+    help="Archive to write ('-': stdout). Default: SRC-<UTC time>.oxbak here.",
+)
+@click.option(
+    "--level",
+    type=click.IntRange(fmt.MIN_LEVEL, fmt.MAX_LEVEL),
+    default=fmt.DEFAULT_LEVEL,
+    show_default=True,
+    help="zstd compression level.",
+)
+@click.option(
+    "--threads", type=click.IntRange(0), default=0, help="zstd threads (default 0: one per CPU)."
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out matching paths (repeatable); a GLOB with '/' matches the relative path.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    callback=_parse_labels,
+    help="Store a label in the manifest (repeatable).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace OUT if it exists (once the new archive is complete)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def pack_cmd(
+    src: str,
+    out: str | None,
+    level: int,
+    threads: int,
+    excludes: tuple[str, ...],
+    labels: dict[str, str],
+    force: bool,
+    as_json: bool,
+) -> None:
+    """Pack directory SRC into one archive.
+
+    Exit status 3 means the archive was written but some file changed while it was read
+    (see the warnings, and `oxbak verify`).
+
+    \b
+    Examples:
+      oxbak pack /var/lib/oxios -o oxios.oxbak --label oxios_version=0.4.1
+      ssh host oxbak pack /var/lib/oxios -o - | oxbak unpack - restored
+    """
+    to_stdout = out == "-"
+    if to_stdout and as_json:
+        raise click.UsageError("--json cannot be combined with -o - (stdout holds the archive)")
+    if to_stdout and sys.stdout.isatty():
+        raise click.UsageError(
+            "refusing to write an archive to a terminal; redirect stdout or use -o FILE"
+        )
+    target: Any = sys.stdout.buffer if to_stdout else out
+    with _progress("packing", True) as progress:
+        result = pack(
+            src,
+            target,
+            level=level,
+            threads=threads,
+            excludes=excludes,
+            labels=labels,
+            force=force,
+            progress=progress,
+        )
+    if to_stdout:
+        sys.stdout.buffer.flush()
+    m = result.manifest
+    if as_json:
+        click.echo(
+            _json.encode(
+                {
+                    "output": result.output,
+                    "entries": result.entries,
+                    "bytes_in": result.bytes_in,
+                    "bytes_out": result.bytes_out,
+                    "seconds": round(result.seconds, 3),
+                    "partial": result.partial,
+                    "changed": result.changed,
+                    "missing": result.missing,
+                    "skipped": result.skipped,
+                    "manifest": m,
+                }
+            )
+        )
+    else:
+        ratio = f"{result.bytes_in / result.bytes_out:.2f}x" if result.bytes_out else "n/a"
+        out_part = f" -> {_size(result.bytes_out)}, ratio {ratio}" if result.bytes_out else ""
+        click.echo(
+            f"packed {result.entries:,} entries ({m.totals.files:,} files, "
+            f"{m.totals.directories:,} dirs, {m.totals.symlinks:,} symlinks, "
+            f"{m.totals.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
+            f"{result.seconds:.2f} s -> {result.output}",
+            err=True,
+        )
+    if result.partial:
+        click.echo(
+            f"oxbak: warning: archive is PARTIAL: {len(result.changed)} file(s) changed and "
+            f"{len(result.missing)} vanished while packing",
+            err=True,
+        )
+        sys.exit(EXIT_PARTIAL)
+
+
+@cli.command("unpack")
+@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("dest", type=click.Path(path_type=str))
+@click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
+@click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
+@click.option("--same-owner", is_flag=True, help="Restore file ownership (only as root).")
+@click.option(
+    "--allow-external-symlinks",
+    is_flag=True,
+    help="Restore symlinks that point outside DEST, verbatim.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+def unpack_cmd(
+    archive: str,
+    dest: str,
+    replace: bool,
+    merge: bool,
+    same_owner: bool,
+    allow_external_symlinks: bool,
+    as_json: bool,
+) -> None:
+    """Restore ARCHIVE ('-': stdin) into DEST, verified before anything is committed.
+
+    By default DEST must not exist or be empty. Nothing in DEST changes unless the whole
+    archive is intact and safe.
+
+    \b
+    Examples:
+      oxbak unpack state.oxbak restored
+      oxbak unpack state.oxbak /var/lib/oxios --replace
+    """
+    if replace and merge:
+        raise click.UsageError("--replace and --merge cannot be combined")
+    mode: Mode = "replace" if replace else "merge" if merge else "new"
+    started = time.monotonic()
+    with _progress("unpacking", True) as progress:
+        result = unpack(
+            archive,
+            dest,
+            mode=mode,
+            same_owner=same_owner,
+            allow_external_symlinks=allow_external_symlinks,
+            progress=progress,
+        )
+    seconds = time.monotonic() - started
+    if as_json:
+        click.echo(
+            _json.encode(
+                {
+                    "dest": result.dest,
+                    "entries": result.entries,
+                    "bytes": result.bytes,
+                    "seconds": round(seconds, 3),
+                    "partial": result.partial,
+                    "changed": result.changed,
+                    "missing": result.missing,
+                }
+            )
+        )
+    else:
+        click.echo(
+            f"restored {result.entries:,} entries ({_size(result.bytes)}) "
+            f"into {result.dest} in {seconds:.2f} s",
+            err=True,
+        )
+    if result.partial:
+        click.echo(
+            f"oxbak: warning: the archive is PARTIAL: {len(result.changed)} file(s) changed "
+            f"and {len(result.missing)} vanished while it was packed: "
+            + ", ".join(result.changed + result.missing)[:500],
+            err=True,
+        )
+
+
+def _render_manifest(m: Manifest) -> str:
+    partial = {
+        False: "no",
+        True: "YES (run `oxbak verify` for the list)",
+        None: "unknown until verified (archive was streamed)",
+    }[m.partial]
+    lines = [
+        f"format:        {m.format} version {m.version}",
+        f"created:       {m.created_at}",
+        f"oxbak:         {m.oxbak_version}",
+        f"source:        {m.source}",
+        f"entries:       {m.totals.entries:,} ({m.totals.files:,} files, "
+        f"{m.totals.directories:,} dirs, "
+        f"{m.totals.symlinks:,} symlinks, {m.totals.hardlinks:,} hardlinks)",
+        f"bytes:         {m.totals.bytes:,}",
+        f"compression:   {m.compression.algorithm} level {m.compression.level}",
+        f"partial:       {partial}" + (f", {m.changed} file(s)" if m.partial else ""),
+        f"skipped:       {m.skipped} special file(s)",
+    ]
+    if m.labels:
+        lines.append("labels:")
+        lines += [f"  {k}={v}" for k, v in m.labels.items()]
+    lines.append(f"sections:      {len(m.sections)}")
+    lines += [f"  {s.name}: {s.entry_count:,}" for s in m.sections]
+    return "\n".join(lines)
+
+
+@cli.command("info")
+@click.argument("archive", metavar="ARCHIVE|-")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def info_cmd(archive: str, as_json: bool) -> None:
+    """Show the manifest of ARCHIVE. Reads only the start of the archive.
+
+    \b
+    Example:
+      oxbak info state.oxbak --json
+    """
+    manifest = read_manifest(archive)
+    click.echo(_json.encode(manifest).decode() if as_json else _render_manifest(manifest))
+
+
+def _mode_string(kind: str, mode: int) -> str:
+    first = {"dir": "d", "symlink": "l", "hardlink": "h"}.get(kind, "-")
+    bits = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+    return first + bits
+
+
+@cli.command("list")
+@click.argument("archive", metavar="ARCHIVE|-")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
+def list_cmd(archive: str, as_json: bool) -> None:
+    """List every entry of ARCHIVE: type, mode, size, mtime, path.
+
+    \b
+    Example:
+      oxbak list state.oxbak | grep memory/facts
+    """
+    out = sys.stdout
+    for e in list_entries(archive):
+        if as_json:
+            row: dict[str, Any] = {
+                "path": e.name,
+                "type": e.type,
+                "mode": f"{e.mode:04o}",
+                "size": e.size,
+                "mtime_ns": e.mtime_ns,
+            }
+            if e.type in ("symlink", "hardlink"):
+                row["target"] = (
+                    os.fsdecode(e.target)
+                    if _utf8(e.target)
+                    else e.target.decode("utf-8", "backslashreplace")
+                )
+            out.write(_json.encode(row).decode() + "\n")
+        else:
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.mtime_ns // 1_000_000_000))
+            arrow = (
+                f" -> {e.target.decode('utf-8', 'backslashreplace')}"
+                if e.type in ("symlink", "hardlink")
+                else ""
+            )
+            out.write(f"{_mode_string(e.type, e.mode)} {e.size:>12} {stamp} {e.name}{arrow}\n")
+
+
+def _utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+@cli.command("verify")
+@click.argument("archive", metavar="ARCHIVE|-")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def verify_cmd(archive: str, as_json: bool) -> None:
+    """Check ARCHIVE completely without writing anything. Exit 0 if intact, 1 if not.
+
+    \b
+    Example:
+      oxbak verify state.oxbak && echo intact
+    """
+    with _progress("verifying", True) as progress:
+        report = verify(archive, progress=progress)
+    if as_json:
+        click.echo(
+            _json.encode(
+                {
+                    "ok": report.ok,
+                    "problems": report.problems,
+                    "entries": report.entries,
+                    "bytes": report.bytes,
+                    "partial": report.partial,
+                    "changed": report.changed,
+                    "missing": report.missing,
+                }
+            )
+        )
+    elif report.ok:
+        click.echo(
+            f"ok: {report.entries:,} entries, {_size(report.bytes)}, every digest matches", err=True
+        )
+        if report.partial:
+            click.echo(
+                f"oxbak: warning: the archive is PARTIAL: changed while packed: "
+                f"{', '.join(report.changed) or '-'}; vanished: {', '.join(report.missing) or '-'}",
+                err=True,
+            )
+    else:
+        for problem in report.problems:
+            click.echo(f"oxbak: problem: {problem}", err=True)
+        click.echo(
+            f"oxbak: error: {archive} is damaged: {len(report.problems)} problem(s)", err=True
+        )
+    if not report.ok:
+        sys.exit(1)
+
+
+@cli.command("recover")
+@click.argument("dest", type=click.Path(path_type=str))
+def recover_cmd(dest: str) -> None:
+    """Clean up after an unpack into DEST that was killed.
+
+    Removes abandoned staging directories; puts DEST's old tree back if a killed swap left
+    it aside. `oxbak unpack` does this by itself first; this command is for doing it now.
+
+    \b
+    Example:
+      oxbak recover /var/lib/oxios
+    """
+    actions = recover(dest)
+    for action in actions:
+        click.echo(action, err=True)
+    if not actions:
+        click.echo("nothing to recover", err=True)
+
+
+def main() -> None:
+    """Entry point of the ``oxbak`` console script."""
+    cli(prog_name="oxbak")

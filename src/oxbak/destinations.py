@@ -1,0 +1,432 @@
+"""Where an archive's entries go: a private staging directory, or nowhere (hash only).
+
+:class:`StagingDir` writes every entry under a fresh directory beside DEST and, once the
+unpack loop has verified everything, commits it (rename into place, atomic swap, or merge)
+or removes it. :class:`HashOnly` accepts the same calls and writes nothing: it is how
+``verify`` runs the very loop ``unpack`` runs.
+
+Paths are decided once: ``self._path(rel)`` is the only place a member's on-disk path is
+formed, and every ``open``, ``chmod``, ``utime``, ``link`` and ``symlink`` receives that
+path. Staging holds no symlink until the very end, so no path used during extraction can
+pass through one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import hashlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterable
+from typing import Literal, Protocol
+
+from . import format as fmt
+from .errors import DestinationError
+from .paths import display
+
+__all__ = ["Destination", "HashOnly", "Mode", "StagingDir", "recover"]
+
+Mode = Literal["new", "replace", "merge"]
+
+STAGE_PREFIX = ".oxbak-stage-"
+OLD_PREFIX = ".oxbak-old-"
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_RENAME_EXCHANGE = 2
+
+
+class Destination(Protocol):
+    """The sink of the unpack loop. Paths are relative to the tree root; ``b""`` is it."""
+
+    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+        """Create a directory (its mode and mtime are applied at :meth:`finish`)."""
+
+    def file(
+        self,
+        path: bytes,
+        mode: int,
+        mtime_ns: int,
+        uid: int,
+        gid: int,
+        chunks: Iterable[memoryview],
+    ) -> bytes:
+        """Write a file from *chunks*; return the BLAKE2b digest of what was written."""
+
+    def hardlink(self, path: bytes, target: bytes) -> None:
+        """Link *path* to the earlier file *target*."""
+
+    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+        """Record a symlink; it is created at :meth:`finish`, after everything else."""
+
+    def finish(self) -> None:
+        """Create the deferred symlinks and apply directory modes and times."""
+
+
+class HashOnly:
+    """A destination that writes nothing and only hashes: the sink of ``verify``."""
+
+    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+        """Nothing to create."""
+
+    def file(
+        self,
+        path: bytes,
+        mode: int,
+        mtime_ns: int,
+        uid: int,
+        gid: int,
+        chunks: Iterable[memoryview],
+    ) -> bytes:
+        """Hash *chunks*."""
+        hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+        for chunk in chunks:
+            hasher.update(chunk)
+        return hasher.digest()
+
+    def hardlink(self, path: bytes, target: bytes) -> None:
+        """Nothing to create."""
+
+    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+        """Nothing to create."""
+
+    def finish(self) -> None:
+        """Nothing to finish."""
+
+
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name, use_errno=True) if name else None
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def _exchange(a: str, b: str) -> bool:
+    """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False if absent."""
+    fn = getattr(_LIBC, "renameat2", None) if _LIBC is not None else None
+    if fn is None:
+        return False
+    at_fdcwd = -100
+    rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
+    if rc == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), a)
+
+
+def _syncfs(path: str) -> None:
+    """Make everything written on *path*'s filesystem durable."""
+    fn = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        if fn is None or fn(fd) != 0:
+            os.sync()
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def recover(dest: str | os.PathLike[str]) -> list[str]:
+    """Clean up after an unpack of *dest* that was killed; return what was done.
+
+    A staging directory nobody holds is deleted. A moved-aside old tree (left only where
+    the atomic swap is unavailable) is moved back if DEST is missing, else deleted.
+    """
+    dest_s = os.path.abspath(os.fspath(dest))
+    parent, base = os.path.split(dest_s)
+    actions: list[str] = []
+    try:
+        names = os.listdir(parent)
+    except OSError:
+        return actions
+    for name in sorted(names):
+        for prefix in (STAGE_PREFIX, OLD_PREFIX):
+            if not name.startswith(prefix + base + "."):
+                continue
+            path = os.path.join(parent, name)
+            if not _unlocked(path):
+                continue
+            if prefix == OLD_PREFIX and not os.path.lexists(dest_s):
+                os.rename(path, dest_s)
+                actions.append(f"restored {dest_s!r} from {name!r}")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+                actions.append(f"removed leftover {name!r}")
+    return actions
+
+
+def _unlocked(path: str) -> bool:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+class StagingDir:
+    """Writes into a private directory beside *dest*; :meth:`commit` or :meth:`abort`.
+
+    The directory is locked (``flock``) while this process lives, so :func:`recover` never
+    removes the staging area of a running unpack.
+    """
+
+    def __init__(self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool) -> None:
+        self.dest = os.path.abspath(os.fspath(dest))
+        self.mode = mode
+        self.same_owner = same_owner and os.geteuid() == 0
+        parent, base = os.path.split(self.dest)
+        self.parent = parent
+        if not os.path.isdir(parent):
+            raise DestinationError(
+                f"cannot unpack into {self.dest!r}: {parent!r} is not a directory"
+            )
+        _check_dest(self.dest, mode)
+        recover(self.dest)
+        try:
+            self.root = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{base}.", dir=parent)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot create a staging directory in {parent!r}: {exc.strerror}"
+            ) from exc
+        self._root_b = os.fsencode(self.root)
+        self._lock = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._dirs: list[tuple[bytes, int, int, int, int]] = []
+        self._links: list[tuple[bytes, bytes, int, int, int]] = []
+        self._umask = _current_umask()
+        self.entries: list[bytes] = []
+
+    def _path(self, rel: bytes) -> bytes:
+        return self._root_b + b"/" + rel if rel else self._root_b
+
+    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+        """Create the directory privately; its mode and mtime are applied at the end."""
+        if path:
+            os.mkdir(self._path(path), 0o700)
+        self._dirs.append((path, mode, mtime_ns, uid, gid))
+
+    def file(
+        self,
+        path: bytes,
+        mode: int,
+        mtime_ns: int,
+        uid: int,
+        gid: int,
+        chunks: Iterable[memoryview],
+    ) -> bytes:
+        """Create the file exclusively, write and hash *chunks*, set mode and mtime."""
+        target = self._path(path)
+        perm = mode & 0o1777  # setuid and setgid never survive a restore
+        fd = os.open(target, _WRITE_FLAGS, perm)
+        try:
+            hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+            for chunk in chunks:
+                hasher.update(chunk)
+                while chunk:
+                    written = os.write(fd, chunk)
+                    chunk = chunk[written:]
+            if self.same_owner:
+                os.fchown(fd, uid, gid)
+            if perm & self._umask or self.same_owner:
+                os.fchmod(fd, perm)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+        return hasher.digest()
+
+    def hardlink(self, path: bytes, target: bytes) -> None:
+        """Link to an earlier file of this archive (the loop checked that it is one)."""
+        os.link(self._path(target), self._path(path), follow_symlinks=False)
+
+    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+        """Defer the symlink to :meth:`finish`."""
+        self._links.append((path, target, mtime_ns, uid, gid))
+
+    def finish(self) -> None:
+        """Create symlinks last, then set directory modes and times, deepest first."""
+        for path, target, mtime_ns, uid, gid in self._links:
+            where = self._path(path)
+            os.symlink(target, where)
+            if self.same_owner:
+                os.lchown(where, uid, gid)
+            os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+        for path, mode, mtime_ns, uid, gid in reversed(self._dirs):
+            where = self._path(path)
+            if self.same_owner:
+                os.lchown(where, uid, gid)
+            os.chmod(where, mode & 0o1777, follow_symlinks=False)
+            os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
+
+    def ensure_room(self, nbytes: int, entries: int) -> None:
+        """Refuse before extracting if DEST's filesystem cannot hold *nbytes* and *entries*."""
+        st = os.statvfs(self.root)
+        free = st.f_bavail * st.f_frsize
+        if nbytes > free:
+            raise DestinationError(
+                f"not enough space for {self.dest!r}: the archive holds {nbytes} bytes, "
+                f"the filesystem has {free} free"
+            )
+        if st.f_files and entries > st.f_favail:
+            raise DestinationError(
+                f"not enough inodes for {self.dest!r}: the archive holds {entries} entries, "
+                f"the filesystem has {st.f_favail} free"
+            )
+
+    # -- commit --------------------------------------------------------------------------
+    def commit(self) -> None:
+        """Make the staged tree durable, then put it in place according to the mode."""
+        _syncfs(self.root)
+        if self.mode == "merge" and os.path.isdir(self.dest):
+            self._merge()
+        elif self.mode == "replace" and os.path.lexists(self.dest):
+            self._replace()
+        else:
+            self._rename_new()
+        _fsync_dir(self.parent)
+
+    def _rename_new(self) -> None:
+        try:
+            os.rename(self.root, self.dest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise DestinationError(
+                    f"cannot unpack into {self.dest!r}: it appeared or was filled meanwhile"
+                ) from exc
+            raise
+        self._release()
+
+    def _replace(self) -> None:
+        if _exchange(self.root, self.dest):
+            _fsync_dir(self.parent)
+            self._release_and_remove(self.root)
+            return
+        # Two renames where the atomic swap is missing: a killed process leaves the old
+        # tree at OLD_PREFIX…, and recover() puts it back.
+        aside = tempfile.mktemp(
+            prefix=f"{OLD_PREFIX}{os.path.basename(self.dest)}.", dir=self.parent
+        )
+        os.rename(self.dest, aside)
+        os.rename(self.root, self.dest)
+        _fsync_dir(self.parent)
+        self._release()
+        shutil.rmtree(aside, ignore_errors=True)
+
+    def _merge(self) -> None:
+        dest_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            self._merge_dir(self._root_b, dest_fd)
+        finally:
+            os.close(dest_fd)
+        root_mode = self._dirs[0][1] if self._dirs else None
+        if root_mode is not None:
+            _, mode, mtime_ns, _, _ = self._dirs[0]
+            os.chmod(self.dest, mode & 0o1777)
+            os.utime(self.dest, ns=(mtime_ns, mtime_ns))
+        self._release_and_remove(self.root)
+
+    def _merge_dir(self, src: bytes, dest_fd: int) -> None:
+        for name in sorted(os.listdir(src)):
+            here = src + b"/" + name
+            st = os.lstat(here)
+            try:
+                there = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
+            except FileNotFoundError:
+                there = None
+            if stat.S_ISDIR(st.st_mode) and there is not None and stat.S_ISDIR(there.st_mode):
+                fd = os.open(
+                    name,
+                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                    dir_fd=dest_fd,
+                )
+                try:
+                    self._merge_dir(here, fd)
+                    os.chmod(fd, stat.S_IMODE(st.st_mode))
+                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
+                finally:
+                    os.close(fd)
+                continue
+            # Files, links and new directories move over in one rename each: never torn.
+            os.rename(here, name, dst_dir_fd=dest_fd)
+
+    def merge_conflicts(self, entries: Iterable[tuple[bytes, str]]) -> list[str]:
+        """List the paths where DEST and the archive disagree on being a directory.
+
+        A symlink in DEST where the archive has a directory counts too. This is checked
+        before anything in DEST is touched.
+        """
+        problems: list[str] = []
+        if not os.path.isdir(self.dest):
+            return problems
+        dest_b = os.fsencode(self.dest)
+        for rel, kind in entries:
+            if not rel:
+                continue
+            try:
+                st = os.lstat(dest_b + b"/" + rel)
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if (kind == "dir") != is_dir:
+                what = "a directory" if is_dir else "a non-directory"
+                problems.append(
+                    f"cannot merge {display(rel)!r}: DEST has {what} there, the archive a {kind}"
+                )
+        return problems
+
+    def _release(self) -> None:
+        with contextlib.suppress(OSError):
+            os.close(self._lock)
+        self._lock = -1
+
+    def _release_and_remove(self, path: str) -> None:
+        shutil.rmtree(path, ignore_errors=True)
+        self._release()
+
+    def abort(self) -> None:
+        """Remove the staging directory and everything in it."""
+        shutil.rmtree(self.root, ignore_errors=True)
+        self._release()
+
+
+def _check_dest(dest: str, mode: Mode) -> None:
+    try:
+        st = os.lstat(dest)
+    except FileNotFoundError:
+        return
+    if stat.S_ISLNK(st.st_mode):
+        raise DestinationError(f"cannot unpack into {dest!r}: it is a symlink")
+    if not stat.S_ISDIR(st.st_mode):
+        raise DestinationError(f"cannot unpack into {dest!r}: it exists and is not a directory")
+    if mode == "new" and os.listdir(dest):
+        raise DestinationError(
+            f"cannot unpack into {dest!r}: it is not empty (use --replace or --merge)"
+        )
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,99 @@
+"""Every error oxbak raises on purpose.
+
+The hierarchy::
+
+    OxbakError                      exit 1 unless noted
+    ├── SourceError                 the directory to pack is missing or unreadable
+    ├── OutputExistsError           the output archive exists and --force was not given
+    ├── DestinationError            DEST is unusable: not empty, no room, I/O failure
+    └── ArchiveError                the archive cannot be trusted
+        ├── CorruptArchiveError     damaged container: zstd, tar, truncation, garbage
+        ├── ManifestError           the manifest is missing, malformed or mistyped
+        │   └── UnsupportedVersionError   written by a newer oxbak
+        ├── UnsafeArchiveError      would write outside DEST, create a device, …
+        ├── LimitExceededError      exceeds a declared or built-in bound
+        └── IntegrityError          content does not match the index
+
+Each class carries ``exit_code``; the command line maps errors to exit codes with it and
+nothing else. ``OxbakError`` also subclasses ``Exception`` only, so ``except OxbakError``
+catches everything oxbak raises deliberately.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ArchiveError",
+    "CorruptArchiveError",
+    "DestinationError",
+    "IntegrityError",
+    "LimitExceededError",
+    "ManifestError",
+    "OutputExistsError",
+    "OxbakError",
+    "SourceError",
+    "UnsafeArchiveError",
+    "UnsupportedVersionError",
+]
+
+
+class OxbakError(Exception):
+    """Base class of every error oxbak raises on purpose.
+
+    Useful for ``try … except`` around any library call::
+
+        try:
+            oxbak.unpack("state.oxbak", "restored")
+        except oxbak.OxbakError as exc:
+            print(f"restore failed: {exc}")
+    """
+
+    exit_code: int = 1
+
+
+class SourceError(OxbakError):
+    """The directory to pack is missing, not a directory, or cannot be read."""
+
+
+class OutputExistsError(OxbakError):
+    """The output archive already exists and overwriting was not requested."""
+
+
+class DestinationError(OxbakError):
+    """The destination cannot take the restore (not empty, no room, I/O error)."""
+
+
+class ArchiveError(OxbakError):
+    """The archive is not an intact, safe oxbak archive."""
+
+
+class CorruptArchiveError(ArchiveError):
+    """The container is damaged: zstd, tar structure, truncation or trailing bytes."""
+
+
+class ManifestError(ArchiveError):
+    """The manifest is missing, not first, malformed, or of the wrong types."""
+
+
+class UnsupportedVersionError(ManifestError):
+    """The archive's format version is newer than this oxbak understands."""
+
+
+class UnsafeArchiveError(ArchiveError):
+    """The archive asks for something unsafe, such as a path outside DEST or a device."""
+
+
+class LimitExceededError(ArchiveError):
+    """The archive exceeds a bound it declared itself or a built-in limit."""
+
+
+class IntegrityError(ArchiveError):
+    """Content does not match the integrity index.
+
+    ``problems`` lists every mismatch found, one message each.
+    """
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = list(problems)
+        first = self.problems[0] if self.problems else "integrity check failed"
+        more = len(self.problems) - 1
+        super().__init__(first if more <= 0 else f"{first} (and {more} more problems)")

@@ -1,0 +1,123 @@
+"""Pure rules for names: member names, entry order, link targets, display.
+
+Nothing here touches the filesystem, tar or zstd. Paths are ``bytes`` throughout, because
+Linux names are bytes and oxbak must not lose or rename a file whose name is not UTF-8.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import format as fmt
+from .errors import LimitExceededError, UnsafeArchiveError
+
+__all__ = [
+    "display",
+    "link_stays_inside",
+    "member_name",
+    "parse_member_name",
+    "sort_key",
+]
+
+_PREFIX = fmt.TREE_PREFIX.encode() + b"/"
+_MAX_LINK_HOPS = 40  # the kernel's own limit (MAXSYMLINKS)
+
+
+def display(path: bytes) -> str:
+    r"""Render *path* for people: UTF-8, with other bytes as ``\xNN`` and ``\`` as ``\\``.
+
+    Distinct paths give distinct strings, so messages and sections never merge two names.
+    """
+    text = path.decode("utf-8", "backslashreplace")
+    if b"\\" in path:
+        # Escape literal backslashes first so they cannot be confused with \xNN escapes.
+        parts = path.split(b"\\")
+        text = "\\\\".join(p.decode("utf-8", "backslashreplace") for p in parts)
+    return text
+
+
+def sort_key(path: bytes) -> tuple[bytes, ...]:
+    """Key of the archive's entry order: the tuple of path components (root first)."""
+    return tuple(path.split(b"/")) if path else ()
+
+
+def member_name(path: bytes, *, is_dir: bool = False) -> bytes:
+    """The tar member name of the tree entry at relative *path* (``b""`` is the root)."""
+    if not path:
+        return _PREFIX
+    return _PREFIX + path + (b"/" if is_dir else b"")
+
+
+def parse_member_name(name: bytes) -> bytes:
+    """Check a tree member's name and return its path relative to the tree root.
+
+    Accepts ``tree``, ``tree/`` and ``tree/<relative path>`` (with an optional trailing
+    ``/``), where every component is non-empty, not ``.`` or ``..`` and holds no NUL.
+
+    :raises UnsafeArchiveError: for absolute names, traversal, names outside ``tree/``.
+    :raises LimitExceededError: for names longer than the format allows.
+    """
+    shown = display(name[:200])
+    if not name:
+        raise UnsafeArchiveError("refusing member with an empty name")
+    if b"\0" in name:
+        raise UnsafeArchiveError(f"refusing member {shown!r}: name contains a NUL byte")
+    if name.startswith(b"/"):
+        raise UnsafeArchiveError(f"refusing member {shown!r}: absolute path")
+    if len(name) > fmt.MAX_PATH_BYTES:
+        raise LimitExceededError(
+            f"refusing member {shown[:60]!r}…: name is {len(name)} bytes, "
+            f"limit {fmt.MAX_PATH_BYTES}"
+        )
+    if name in (fmt.TREE_PREFIX.encode(), _PREFIX):
+        return b""
+    if not name.startswith(_PREFIX):
+        raise UnsafeArchiveError(f"refusing member {shown!r}: outside {fmt.TREE_PREFIX}/")
+    rel = name[len(_PREFIX) :]
+    if rel.endswith(b"/"):
+        rel = rel[:-1]
+    for part in rel.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise UnsafeArchiveError(
+                f"refusing member {shown!r}: path component {display(part)!r} not allowed"
+            )
+        if len(part) > fmt.MAX_NAME_BYTES:
+            raise LimitExceededError(
+                f"refusing member {shown[:60]!r}…: a component is {len(part)} bytes, "
+                f"limit {fmt.MAX_NAME_BYTES}"
+            )
+    return rel
+
+
+def link_stays_inside(link: bytes, target: bytes, lookup: Callable[[bytes], bytes | None]) -> bool:
+    """Whether symlink *link* (a relative tree path) pointing at *target* stays inside.
+
+    The target is resolved from the link's directory component by component. Where a
+    prefix is itself a symlink (``lookup`` returns its target), resolution follows it as
+    the kernel would, so ``s -> ..`` plus ``t -> s/../x`` is judged by where it really
+    leads, not by how it reads. Absolute targets, climbing above the root, and more than
+    40 hops are outside.
+    """
+    if not target or target.startswith(b"/"):
+        return False
+    stack = link.split(b"/")[:-1] if link else []
+    pending = list(reversed(target.split(b"/")))
+    hops = 0
+    while pending:
+        part = pending.pop()
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not stack:
+                return False
+            stack.pop()
+            continue
+        stack.append(part)
+        followed = lookup(b"/".join(stack))
+        if followed is not None:
+            hops += 1
+            if hops > _MAX_LINK_HOPS or not followed or followed.startswith(b"/"):
+                return False
+            stack.pop()
+            pending.extend(reversed(followed.split(b"/")))
+    return True

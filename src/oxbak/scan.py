@@ -1,0 +1,152 @@
+"""Tree → entries: one ``lstat`` per entry, in archive order, never following a symlink."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import stat
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from .errors import SourceError
+from .format import EntryType
+from .paths import display
+
+__all__ = ["Entry", "Scan", "scan_tree"]
+
+
+@dataclass(slots=True)
+class Entry:
+    """One tree entry as the scan saw it. ``path`` is relative to the root, ``b""`` for it."""
+
+    path: bytes
+    kind: EntryType
+    mode: int
+    size: int
+    mtime_ns: int
+    ctime_ns: int
+    ino: int
+    uid: int
+    gid: int
+    target: bytes = b""  # symlink target, or a hardlink's first path
+
+
+@dataclass(slots=True)
+class Scan:
+    """The result of scanning a tree."""
+
+    root: bytes
+    entries: list[Entry] = field(default_factory=list)
+    skipped: list[bytes] = field(default_factory=list)
+
+
+def _excluded(rel: bytes, name: bytes, patterns: Sequence[str]) -> bool:
+    if not patterns:
+        return False
+    rel_s = os.fsdecode(rel)
+    name_s = os.fsdecode(name)
+    for pattern in patterns:
+        subject = rel_s if "/" in pattern.strip("/") else name_s
+        if fnmatch.fnmatchcase(subject, pattern.strip("/")):
+            return True
+    return False
+
+
+def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Scan:
+    """Walk *root* depth-first with siblings sorted by name bytes (the archive's order).
+
+    Sockets, FIFOs and devices are collected in ``skipped``; a second path of an inode
+    already seen becomes a ``hardlink`` entry naming the first.
+
+    :raises SourceError: if *root* is not a readable directory, or a subdirectory cannot
+        be listed.
+    """
+    root_b = os.fsencode(root)
+    try:
+        st = os.stat(root_b)
+    except OSError as exc:
+        raise SourceError(f"cannot pack {display(root_b)!r}: {exc.strerror}") from exc
+    if not stat.S_ISDIR(st.st_mode):
+        raise SourceError(f"cannot pack {display(root_b)!r}: not a directory")
+    result = Scan(root=root_b)
+    result.entries.append(_entry(b"", "dir", st))
+    first_of_inode: dict[tuple[int, int], bytes] = {}
+    entries = result.entries
+    # An explicit stack of pending directories keeps the walk in pre-order without recursion
+    # depth limits: children are pushed in reverse so they pop in sorted order.
+    pending: list[tuple[bytes, os.stat_result, str]] = []
+    _list_dir(root_b, b"", excludes, pending, result)
+    while pending:
+        rel, dst, kind = pending.pop()
+        if kind == "dir":
+            entries.append(_entry(rel, "dir", dst))
+            _list_dir(root_b, rel, excludes, pending, result)
+        elif kind == "symlink":
+            try:
+                target = os.readlink(os.path.join(root_b, rel))
+            except OSError as exc:
+                raise SourceError(f"cannot read symlink {display(rel)!r}: {exc.strerror}") from exc
+            entries.append(_entry(rel, "symlink", dst, target=target))
+        else:
+            key = (dst.st_dev, dst.st_ino)
+            first = first_of_inode.get(key) if dst.st_nlink > 1 else None
+            if first is not None:
+                entries.append(_entry(rel, "hardlink", dst, target=first))
+            else:
+                if dst.st_nlink > 1:
+                    first_of_inode[key] = rel
+                entries.append(_entry(rel, "file", dst))
+    return result
+
+
+def _list_dir(
+    root: bytes,
+    rel: bytes,
+    excludes: Sequence[str],
+    pending: list[tuple[bytes, os.stat_result, str]],
+    result: Scan,
+) -> None:
+    path = os.path.join(root, rel) if rel else root
+    try:
+        with os.scandir(path) as it:
+            children = sorted((e.name, e) for e in it)
+    except OSError as exc:
+        raise SourceError(
+            f"cannot list directory {display(rel or b'.')!r}: {exc.strerror}"
+        ) from exc
+    batch: list[tuple[bytes, os.stat_result, str]] = []
+    for name, dirent in children:
+        child = rel + b"/" + name if rel else name
+        if _excluded(child, name, excludes):
+            continue
+        try:
+            st = dirent.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            continue  # vanished between listing and lstat: it was never part of the scan
+        except OSError as exc:
+            raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            batch.append((child, st, "dir"))
+        elif stat.S_ISREG(mode):
+            batch.append((child, st, "file"))
+        elif stat.S_ISLNK(mode):
+            batch.append((child, st, "symlink"))
+        else:
+            result.skipped.append(child)
+    pending.extend(reversed(batch))
+
+
+def _entry(rel: bytes, kind: EntryType, st: os.stat_result, *, target: bytes = b"") -> Entry:
+    return Entry(
+        path=rel,
+        kind=kind,
+        mode=stat.S_IMODE(st.st_mode),
+        size=st.st_size if kind == "file" else 0,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        ino=st.st_ino,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        target=target,
+    )

@@ -1,0 +1,560 @@
+"""pack(): a directory tree → one ``.oxbak`` archive, streamed, atomic, reproducible."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import stat
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import BinaryIO
+
+from . import format as fmt
+from ._version import __version__
+from .compress import ZstdWriter
+from .errors import OutputExistsError, OxbakError, SourceError
+from .manifest import (
+    Compression,
+    Index,
+    IndexRecord,
+    Manifest,
+    Section,
+    Totals,
+    encode,
+    encode_manifest,
+    now_utc,
+    section_name,
+)
+from .paths import display, link_stays_inside, member_name
+from .scan import Entry, Scan, scan_tree
+from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, padding
+
+__all__ = ["PackResult", "default_output_name", "pack"]
+
+logger = logging.getLogger("oxbak")
+
+Progress = Callable[[int, int], None]
+
+_FLUSH_AT = 1 << 20
+_CHUNK = 1 << 20
+_MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
+_INDEX_MEMBER = fmt.INDEX_NAME.encode()
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+
+
+@dataclass
+class PackResult:
+    """What :func:`pack` did."""
+
+    output: str
+    manifest: Manifest
+    entries: int
+    bytes_in: int
+    bytes_out: int
+    seconds: float
+    changed: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        """True when some file could not be captured consistently (exit code 3)."""
+        return bool(self.changed or self.missing)
+
+
+def default_output_name(source: str | os.PathLike[str]) -> str:
+    """``<basename of source>-<UTC timestamp>.oxbak``, e.g. ``state-20261124T051430Z.oxbak``."""
+    base = os.path.basename(os.path.normpath(os.path.abspath(source))) or "root"
+    stamp = _dt.datetime.now(tz=_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
+    return f"{base}-{stamp}.oxbak"
+
+
+def pack(
+    source: str | os.PathLike[str],
+    output: str | os.PathLike[str] | BinaryIO | None = None,
+    *,
+    level: int = fmt.DEFAULT_LEVEL,
+    threads: int = 0,
+    excludes: Sequence[str] = (),
+    labels: Mapping[str, str] | None = None,
+    force: bool = False,
+    progress: Progress | None = None,
+) -> PackResult:
+    """Pack the directory *source* into one archive.
+
+    :param output: a path (written atomically: temp file beside it, fsync, rename), a
+        binary file object (written as a stream; not closed), or None for
+        :func:`default_output_name` in the current directory.
+    :param level: zstd level, 1–19.
+    :param threads: zstd worker threads; 0 means one per CPU.
+    :param excludes: glob patterns; one with a ``/`` matches the relative path, others a
+        name at any depth. An excluded directory is left out with everything in it.
+    :param labels: free ``key=value`` strings stored in the manifest.
+    :param force: replace an existing *output* (only once the new archive is complete).
+    :param progress: called with (bytes done, bytes total) as files are read.
+    :raises SourceError: *source* cannot be read.
+    :raises OutputExistsError: *output* exists and *force* is false.
+    """
+    if not fmt.MIN_LEVEL <= level <= fmt.MAX_LEVEL:
+        raise OxbakError(f"zstd level {level} is out of range {fmt.MIN_LEVEL}–{fmt.MAX_LEVEL}")
+    if threads <= 0:
+        threads = os.cpu_count() or 1
+    started = time.monotonic()
+    if output is None:
+        output = default_output_name(source)
+    if isinstance(output, (str, os.PathLike)):
+        out_path = os.fspath(output)
+        if os.path.lexists(out_path) and not force:
+            raise OutputExistsError(f"{out_path!r} already exists (use --force to replace it)")
+        scan = scan_tree(source, excludes)
+        with _atomic_output(out_path, force=force) as fh:
+            result = _write(scan, fh, level, threads, labels or {}, progress, seekable=True)
+        result.output = out_path
+        result.bytes_out = os.stat(out_path).st_size
+    else:
+        scan = scan_tree(source, excludes)
+        result = _write(scan, output, level, threads, labels or {}, progress, seekable=False)
+        result.output = "-"
+    result.seconds = time.monotonic() - started
+    return result
+
+
+@contextlib.contextmanager
+def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
+    """A temp file beside *path*, locked while in use; renamed over *path* on success."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    _remove_stale_temps(directory, base)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".oxbak-tmp")
+    except OSError as exc:
+        raise OxbakError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchmod(fd, 0o644 & ~_umask())
+        with os.fdopen(fd, "w+b", closefd=False) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # no-clobber: fails if something appeared meanwhile
+            except FileExistsError as exc:
+                raise OutputExistsError(
+                    f"{path!r} already exists (use --force to replace it)"
+                ) from exc
+            os.unlink(tmp)
+        _fsync_dir(directory)
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise OxbakError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    finally:
+        os.close(fd)
+
+
+def _remove_stale_temps(directory: str, base: str) -> None:
+    """Delete temp files of earlier packs to the same output that were killed."""
+    prefix = f".{base}."
+    try:
+        names = [
+            n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".oxbak-tmp")
+        ]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live pack holds it
+        else:
+            _unlink_quietly(path)
+        finally:
+            os.close(fd)
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def _fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _digest(data: bytes | memoryview) -> str:
+    return hashlib.blake2b(data, digest_size=fmt.DIGEST_SIZE).hexdigest()
+
+
+def _sections(entries: Sequence[Entry]) -> list[Section]:
+    counts: dict[bytes, int] = {}
+    for entry in entries:
+        if entry.kind != "dir":
+            parent = entry.path.rpartition(b"/")[0]
+            counts[parent] = counts.get(parent, 0) + 1
+    return [Section(name=section_name(p), entry_count=n) for p, n in counts.items()]
+
+
+def _totals(entries: Sequence[Entry]) -> Totals:
+    t = Totals()
+    for entry in entries:
+        if entry.kind == "file":
+            t.files += 1
+            t.bytes += entry.size
+        elif entry.kind == "dir":
+            t.directories += 1
+        elif entry.kind == "symlink":
+            t.symlinks += 1
+        else:
+            t.hardlinks += 1
+    return t
+
+
+class _Packer:
+    """The state of one pack: the output buffer, the index spool, what went wrong."""
+
+    def __init__(self, root: bytes, writer: ZstdWriter, budget: int | None) -> None:
+        self.root = root
+        self.writer = writer
+        self.buf = bytearray()
+        self.index = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+        self.stored: list[Entry] = []
+        self.changed: list[bytes] = []
+        self.missing: list[bytes] = []
+        self.bytes_in = 0
+        # Streamed archives keep their up-front manifest, so the stream must stay within the
+        # bytes it declares: budget is what the rest of the scan may still use.
+        self.budget = budget
+
+    def flush(self) -> None:
+        if self.buf:
+            self.writer.write(self.buf)
+            self.buf = bytearray()
+
+    def record(
+        self, entry: Entry, digest: str | None, *, changed: bool = False, missing: bool = False
+    ) -> None:
+        rec = IndexRecord.for_path(
+            entry.path,
+            entry.kind,
+            size=0 if missing else entry.size,
+            digest=digest,
+            changed=changed,
+            missing=missing,
+        )
+        self.index.write(encode(rec))
+
+    def add_simple(self, entry: Entry) -> None:
+        if entry.kind == "dir":
+            header = encode_header(
+                member_name(entry.path, is_dir=True),
+                typeflag=DIRECTORY,
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                uid=entry.uid,
+                gid=entry.gid,
+            )
+            digest = None
+        else:
+            if entry.kind == "symlink":
+                typeflag, link = SYMLINK, entry.target
+            else:
+                typeflag, link = HARDLINK, member_name(entry.target)
+            header = encode_header(
+                member_name(entry.path),
+                typeflag=typeflag,
+                mode=entry.mode,
+                mtime_ns=entry.mtime_ns,
+                uid=entry.uid,
+                gid=entry.gid,
+                linkname=link,
+            )
+            digest = _digest(entry.target)
+        self.buf += header
+        self.stored.append(entry)
+        self.record(entry, digest)
+
+    def add_file(self, entry: Entry, scanned_rest: int) -> None:
+        path = os.path.join(self.root, entry.path)
+        try:
+            fd = os.open(path, _OPEN_FLAGS)
+        except OSError as exc:
+            self._lose(entry, exc)
+            return
+        try:
+            if entry.size <= fmt.SMALL_FILE_MAX:
+                self._add_small(entry, fd, scanned_rest)
+            else:
+                self._add_large(entry, fd, scanned_rest)
+        finally:
+            os.close(fd)
+
+    def _lose(self, entry: Entry, exc: OSError | None, why: str = "") -> None:
+        if exc is not None and exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
+            raise SourceError(f"cannot read {display(entry.path)!r}: {exc.strerror}") from exc
+        reason = why or "vanished before it could be read"
+        logger.warning("file %r %s; not in the archive", display(entry.path), reason)
+        self.missing.append(entry.path)
+        self.record(entry, None, missing=True)
+
+    def _fits(self, size: int, scanned_rest: int) -> bool:
+        return self.budget is None or self.bytes_in + size + scanned_rest <= self.budget
+
+    def _add_small(self, entry: Entry, fd: int, scanned_rest: int) -> None:
+        before: tuple[int, int, int, int] = (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino)
+        data = b""
+        consistent = False
+        for attempt in range(fmt.READ_ATTEMPTS):
+            if attempt:
+                time.sleep(0.005 * attempt)
+                st = os.fstat(fd)
+                before = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            data = _read_all(fd, before[0] + 1)
+            st = os.fstat(fd)
+            after = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+            if not stat.S_ISREG(st.st_mode):
+                self._lose(entry, None, "is no longer a regular file")
+                return
+            if after == before and len(data) == after[0]:
+                consistent = True
+                break
+        entry.size, entry.mtime_ns = len(data), st.st_mtime_ns
+        entry.mode = stat.S_IMODE(st.st_mode)
+        if not self._fits(len(data), scanned_rest):
+            self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
+            return
+        self.buf += encode_header(
+            member_name(entry.path),
+            typeflag=REGULAR,
+            mode=entry.mode,
+            size=len(data),
+            mtime_ns=entry.mtime_ns,
+            uid=entry.uid,
+            gid=entry.gid,
+        )
+        self.buf += data
+        self.buf += bytes(padding(len(data)))
+        self.bytes_in += len(data)
+        self.stored.append(entry)
+        if consistent:
+            self.record(entry, _digest(data))
+        else:
+            self._changed(entry, _digest(data))
+        if len(self.buf) >= _FLUSH_AT:
+            self.flush()
+
+    def _changed(self, entry: Entry, digest: str) -> None:
+        logger.warning(
+            "file %r changed while it was read; archived as read, marked changed",
+            display(entry.path),
+        )
+        self.changed.append(entry.path)
+        self.record(entry, digest, changed=True)
+
+    def _add_large(self, entry: Entry, fd: int, scanned_rest: int) -> None:
+        st0 = os.fstat(fd)
+        size = st0.st_size
+        if not self._fits(size, scanned_rest):
+            self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
+            return
+        entry.size, entry.mtime_ns = size, st0.st_mtime_ns
+        entry.mode = stat.S_IMODE(st0.st_mode)
+        self.buf += encode_header(
+            member_name(entry.path),
+            typeflag=REGULAR,
+            mode=entry.mode,
+            size=size,
+            mtime_ns=entry.mtime_ns,
+            uid=entry.uid,
+            gid=entry.gid,
+        )
+        self.flush()
+        hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+        left = size
+        while left:
+            chunk = os.read(fd, min(_CHUNK, left))
+            if not chunk:
+                chunk = bytes(min(_CHUNK, left))  # shrank under us: pad, and say so below
+            hasher.update(chunk)
+            self.writer.write(chunk)
+            left -= len(chunk)
+        self.buf += bytes(padding(size))
+        self.bytes_in += size
+        self.stored.append(entry)
+        st1 = os.fstat(fd)
+        same = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) == (
+            size,
+            st0.st_mtime_ns,
+            st0.st_ctime_ns,
+        )
+        if same:
+            self.record(entry, hasher.hexdigest())
+        else:
+            self._changed(entry, hasher.hexdigest())
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    """Up to *limit* bytes from the start of *fd* (pread: the file offset is not used)."""
+    data = os.pread(fd, limit, 0)
+    if 0 < len(data) < limit:
+        parts = [data]
+        got = len(data)
+        while got < limit:
+            more = os.pread(fd, limit - got, got)
+            if not more:
+                break
+            parts.append(more)
+            got += len(more)
+        data = b"".join(parts)
+    return data
+
+
+def _write(
+    scan: Scan,
+    out: BinaryIO,
+    level: int,
+    threads: int,
+    labels: Mapping[str, str],
+    progress: Progress | None,
+    *,
+    seekable: bool,
+) -> PackResult:
+    entries = scan.entries
+    for rel in scan.skipped:
+        logger.warning("skipping %r: not a file, directory or symlink", display(rel))
+    _warn_external_links(entries)
+    totals = _totals(entries)
+    manifest = Manifest(
+        format=fmt.FORMAT_NAME,
+        version=fmt.FORMAT_VERSION,
+        created_at=now_utc(),
+        oxbak_version=__version__,
+        source=display(os.path.basename(os.path.normpath(os.path.abspath(scan.root)))),
+        sections=_sections(entries),
+        totals=totals,
+        compression=Compression(level=level),
+        labels=dict(sorted(labels.items())),
+        skipped=len(scan.skipped),
+        partial=False if seekable else None,
+        changed=0,
+    )
+    manifest_data = encode_manifest(manifest)
+    mtime_ns = _created_ns(manifest.created_at)
+    first = _member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns)
+    writer = ZstdWriter(out, level=level, threads=threads)
+    writer.write_first(first)
+    packer = _Packer(scan.root, writer, None if seekable else totals.bytes)
+    scanned_rest = totals.bytes
+    report_at = 0
+    for entry in entries:
+        if entry.kind == "file":
+            scanned_rest -= entry.size
+            packer.add_file(entry, scanned_rest)
+            if progress is not None and packer.bytes_in >= report_at:
+                progress(packer.bytes_in, totals.bytes)
+                report_at = packer.bytes_in + _CHUNK
+        else:
+            packer.add_simple(entry)
+    stored = packer.stored
+    final_totals = _totals(stored)
+    index_header = Index(
+        format=fmt.INDEX_FORMAT_NAME,
+        version=fmt.INDEX_VERSION,
+        digest=fmt.DIGEST_NAME,
+        entries=len(stored) + len(packer.missing),
+        partial=bool(packer.changed or packer.missing),
+        changed=len(packer.changed),
+        missing=len(packer.missing),
+        totals=final_totals,
+    )
+    head = encode(index_header)
+    spool = packer.index
+    size = len(head) + spool.tell()
+    packer.buf += encode_header(
+        _INDEX_MEMBER, typeflag=REGULAR, mode=0o644, size=size, mtime_ns=mtime_ns
+    )
+    packer.buf += head
+    spool.seek(0)
+    while chunk := spool.read(_CHUNK):
+        packer.buf += chunk
+        if len(packer.buf) >= _FLUSH_AT:
+            packer.flush()
+    packer.buf += bytes(padding(size) + 2 * fmt.BLOCK_SIZE)
+    packer.flush()
+    spool.close()
+    writer.finish()
+    if progress is not None:
+        progress(packer.bytes_in, totals.bytes)
+    if seekable:
+        manifest.totals = final_totals
+        manifest.sections = _sections(stored)
+        manifest.partial = index_header.partial
+        manifest.changed = index_header.changed + index_header.missing
+        try:
+            rewritten = encode_manifest(manifest, size=len(manifest_data))
+        except ValueError as exc:
+            raise OxbakError(f"cannot finish the archive: {exc}") from exc
+        first = _member_bytes(_MANIFEST_MEMBER, rewritten, mtime_ns)
+        if rewritten != manifest_data and not writer.rewrite_first(first):
+            raise OxbakError("cannot finish the archive: the updated manifest does not fit")
+    else:
+        manifest.partial = None
+    return PackResult(
+        output="",
+        manifest=manifest,
+        entries=len(stored),
+        bytes_in=packer.bytes_in,
+        bytes_out=writer.bytes_out,
+        seconds=0.0,
+        changed=[display(p) for p in packer.changed],
+        missing=[display(p) for p in packer.missing],
+        skipped=[display(p) for p in scan.skipped],
+    )
+
+
+def _member_bytes(name: bytes, data: bytes, mtime_ns: int) -> bytes:
+    header = encode_header(name, typeflag=REGULAR, mode=0o644, size=len(data), mtime_ns=mtime_ns)
+    return header + data + bytes(padding(len(data)))
+
+
+def _created_ns(created_at: str) -> int:
+    moment = _dt.datetime.strptime(created_at, "%Y-%m-%dT%H:%M:%SZ")
+    return int(moment.replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000
+
+
+def _warn_external_links(entries: Sequence[Entry]) -> None:
+    links = {e.path: e.target for e in entries if e.kind == "symlink"}
+    for path, target in links.items():
+        if not link_stays_inside(path, target, links.get):
+            logger.warning(
+                "symlink %r points outside the tree (%r); unpack will refuse it unless "
+                "--allow-external-symlinks is given",
+                display(path),
+                display(target),
+            )
