@@ -22,7 +22,7 @@ import hashlib
 import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import msgspec
 import zstandard
@@ -365,28 +365,28 @@ class Entry:
     counted: bool = True
 
     @classmethod
-    def file(cls, path: bytes, data: bytes = b"", *, mode: int = 0o644) -> Entry:
-        """A regular file."""
-        return cls("file", path, data=data, mode=mode)
+    def file(cls, path: bytes, data: bytes = b"", *, mode: int = 0o644, **kw: Any) -> Entry:
+        """A regular file (*kw*: any other field, e.g. ``name=`` or ``pax=``)."""
+        return cls("file", path, data=data, mode=mode, **kw)
 
     @classmethod
-    def dir(cls, path: bytes, *, mode: int = 0o755) -> Entry:
-        """A directory."""
-        return cls("dir", path, mode=mode)
+    def dir(cls, path: bytes, *, mode: int = 0o755, **kw: Any) -> Entry:
+        """A directory (*kw*: any other field)."""
+        return cls("dir", path, mode=mode, **kw)
 
     @classmethod
-    def symlink(cls, path: bytes, target: bytes) -> Entry:
-        """A symbolic link to *target* (verbatim)."""
-        return cls("symlink", path, target=target, mode=0o777)
+    def symlink(cls, path: bytes, target: bytes, **kw: Any) -> Entry:
+        """A symbolic link to *target*, verbatim (*kw*: any other field)."""
+        return cls("symlink", path, target=target, mode=0o777, **kw)
 
     @classmethod
-    def hardlink(cls, path: bytes, target: bytes) -> Entry:
-        """A hard link to the regular file at relative path *target*."""
-        return cls("hardlink", path, target=target, mode=0o644)
+    def hardlink(cls, path: bytes, target: bytes, **kw: Any) -> Entry:
+        """A hard link to the regular file at relative path *target* (*kw*: any other field)."""
+        return cls("hardlink", path, target=target, mode=0o644, **kw)
 
-    def but(self, **changes: object) -> Entry:
+    def but(self, **changes: Any) -> Entry:
         """A copy with *changes* applied (``dataclasses.replace``)."""
-        return replace(self, **changes)  # type: ignore[arg-type]
+        return replace(self, **changes)
 
     @property
     def member_name(self) -> bytes:
@@ -422,7 +422,7 @@ class Entry:
         ]
         name = self.member_name
         link = self.member_linkpath
-        data = self.data if self.kind == "file" else b""
+        data = self.data  # empty but for files, unless a test gives a link or dir data
         size = len(data) if self.size is None else self.size
         records: list[tuple[bytes, bytes]] = []
         long_name = len(name) > 100 or not name.isascii()
@@ -568,7 +568,7 @@ def manifest_bytes(*, pad_to: int | None = None, **overrides: Json) -> bytes:
 
 
 def manifest_for(
-    entries: Sequence[Entry | bytes], *, root: bool = True, pad_to: int | None = None, **overrides: Json
+    entries: Sequence[Entry | bytes], /, *, root: bool = True, pad_to: int | None = None, **overrides: Json
 ) -> bytes:
     """The manifest JSON of an archive holding *entries*: exact ``totals`` and ``sections``."""
     fields: dict[str, Json] = {"totals": totals_for(entries, root=root), "sections": _sections(entries)}
@@ -600,7 +600,7 @@ def index_records(entries: Sequence[Entry | bytes], *, root: bool = True) -> lis
 
 
 def index_header(
-    entries: Sequence[Entry | bytes], *, root: bool = True, **overrides: Json
+    entries: Sequence[Entry | bytes], /, *, root: bool = True, **overrides: Json
 ) -> dict[str, Json]:
     """The index header object for *entries*; *overrides* replace or DROP fields."""
     records = index_records(entries, root=root)
@@ -619,6 +619,7 @@ def index_header(
 
 def index_bytes(
     entries: Sequence[Entry | bytes],
+    /,
     *,
     root: bool = True,
     records: Sequence[dict[str, Json]] | None = None,

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+from collections.abc import Mapping
 
 import msgspec
 
 from . import format as fmt
 from .errors import CorruptArchiveError, ManifestError, UnsupportedVersionError
-from .paths import display
+from .paths import display, sort_key
 
 __all__ = [
     "Compression",
@@ -32,6 +33,7 @@ __all__ = [
     "decode_manifest",
     "encode_manifest",
     "now_utc",
+    "sections",
 ]
 
 from .format import EntryType
@@ -197,10 +199,10 @@ def decode_manifest(data: bytes) -> Manifest:
     """
     try:
         header = _header_decoder.decode(data)
+    except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
+        raise ManifestError(f"manifest.json is malformed: {exc}") from exc
     except msgspec.DecodeError as exc:
         raise ManifestError(f"manifest.json is not valid JSON: {exc}") from exc
-    except msgspec.ValidationError as exc:
-        raise ManifestError(f"manifest.json is malformed: {exc}") from exc
     if header.format != fmt.FORMAT_NAME:
         raise ManifestError(
             f"manifest.json declares format {header.format!r}, not {fmt.FORMAT_NAME!r}"
@@ -272,6 +274,12 @@ def decode_index_record(line: bytes, number: int) -> IndexRecord:
     return record
 
 
-def section_name(path: bytes) -> str:
-    """A section's name: the directory's path relative to the root, ``.`` for the root."""
-    return display(path) if path else "."
+def sections(counts: Mapping[bytes, int]) -> list[Section]:
+    """Sections from {directory path: entries directly in it}, in the entry order.
+
+    A section's name is the directory's path relative to the root, ``.`` for the root.
+    """
+    return [
+        Section(name=display(path) if path else ".", entry_count=counts[path])
+        for path in sorted(counts, key=sort_key)
+    ]

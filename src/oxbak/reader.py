@@ -236,10 +236,11 @@ class ArchiveReader:
             chunk = partial + bytes(view)
             lines = chunk.split(b"\n")
             partial = lines.pop()
-            if len(partial) > fmt.MAX_INDEX_LINE_BYTES:
-                raise LimitExceededError(
-                    f"index.jsonl has a line longer than {fmt.MAX_INDEX_LINE_BYTES} bytes"
-                )
+            for line in (*lines, partial):
+                if len(line) > fmt.MAX_INDEX_LINE_BYTES:
+                    raise LimitExceededError(
+                        f"index.jsonl has a line longer than {fmt.MAX_INDEX_LINE_BYTES} bytes"
+                    )
             yield from lines
         if partial:
             raise CorruptArchiveError("index.jsonl does not end with a newline")

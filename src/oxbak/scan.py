@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from .errors import SourceError
 from .format import EntryType
-from .paths import display
+from .paths import display, sort_key
 
 __all__ = ["Entry", "Scan", "scan_tree"]
 
@@ -96,6 +96,7 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
                 if dst.st_nlink > 1:
                     first_of_inode[key] = rel
                 entries.append(_entry(rel, "file", dst))
+    result.skipped.sort(key=sort_key)
     return result
 
 

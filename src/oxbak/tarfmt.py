@@ -121,11 +121,8 @@ def encode_header(
     long_name = len(name) > 100 or not name.isascii()
     long_link = len(linkname) > 100 or not linkname.isascii()
     if long_name or long_link:
-        try:
-            name.decode("utf-8")
-            linkname.decode("utf-8")
-        except UnicodeDecodeError:
-            records.append(_pax_record(b"hdrcharset", b"BINARY"))
+        # Names that are not UTF-8 go into the records raw, as GNU tar writes them; GNU tar
+        # warns about the standard's hdrcharset=BINARY marker, so it is not written.
         if long_name:
             records.append(_pax_record(b"path", name))
             name = name[:100] if name.isascii() else b"@PathInPax"

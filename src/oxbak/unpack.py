@@ -26,7 +26,7 @@ from .errors import (
     OxbakError,
     UnsafeArchiveError,
 )
-from .manifest import Index, IndexRecord, Manifest, Section, Totals, section_name
+from .manifest import Index, IndexRecord, Manifest, Totals, sections
 from .paths import display, link_stays_inside, parse_member_name, sort_key
 from .reader import Archive, ArchiveReader, open_archive
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
@@ -254,8 +254,7 @@ def _check_totals(manifest: Manifest, index: Index, seen: _Seen, problems: list[
             f"manifest totals {_fmt_totals(manifest.totals)} disagree with the archive's "
             f"{_fmt_totals(actual)}"
         )
-    sections = [Section(name=section_name(p), entry_count=n) for p, n in seen.sections.items()]
-    if manifest.sections != sections:
+    if manifest.sections != sections(seen.sections):
         problems.append("manifest sections disagree with the archive's directories")
     if manifest.partial != index.partial:
         problems.append("manifest and index disagree on whether the archive is partial")

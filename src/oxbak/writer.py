@@ -30,7 +30,7 @@ from .manifest import (
     encode,
     encode_manifest,
     now_utc,
-    section_name,
+    sections,
 )
 from .paths import display, link_stays_inside, member_name
 from .scan import Entry, Scan, scan_tree
@@ -218,7 +218,7 @@ def _sections(entries: Sequence[Entry]) -> list[Section]:
         if entry.kind != "dir":
             parent = entry.path.rpartition(b"/")[0]
             counts[parent] = counts.get(parent, 0) + 1
-    return [Section(name=section_name(p), entry_count=n) for p, n in counts.items()]
+    return sections(counts)
 
 
 def _totals(entries: Sequence[Entry]) -> Totals:

@@ -1,0 +1,28 @@
+"""Shared fixtures and Hypothesis profiles (select with HYPOTHESIS_PROFILE=dev|ci|thorough)."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+settings.register_profile(
+    "ci",
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+settings.register_profile("dev", parent=settings.get_profile("ci"), max_examples=15)
+settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(autouse=True)
+def _fixed_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pin created_at so archives made in tests are reproducible."""
+    monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")

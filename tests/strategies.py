@@ -1,0 +1,64 @@
+"""Hypothesis strategies: file names (unicode and raw bytes) and whole trees."""
+
+from __future__ import annotations
+
+from hypothesis import strategies as st
+
+from treeutil import Node
+
+_FORBIDDEN = {b"", b".", b".."}
+
+
+def _ok(name: bytes) -> bool:
+    return name not in _FORBIDDEN and b"/" not in name and b"\0" not in name
+
+
+unicode_names = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+    min_size=1,
+    max_size=24,
+).map(lambda s: s.encode("utf-8")).filter(lambda b: _ok(b) and len(b) <= 255)
+
+raw_names = st.binary(min_size=1, max_size=24).filter(_ok)
+
+names = st.one_of(unicode_names, raw_names, st.sampled_from([b"manifest.json", b"index.jsonl", b"tree", b"a\\xff", b" sp ace", b"-dash", b"x" * 255]))
+
+mtimes = st.integers(min_value=0, max_value=2**33).flatmap(
+    lambda s: st.integers(min_value=0, max_value=999_999_999).map(lambda ns: s * 1_000_000_000 + ns)
+)
+file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o444, 0o700, 0o640, 0o000, 0o1755])
+dir_modes = st.sampled_from([0o755, 0o700, 0o750, 0o555, 0o1777])
+contents = st.one_of(st.binary(max_size=2048), st.just(b""), st.binary(min_size=600, max_size=600))
+
+
+def _files() -> st.SearchStrategy[Node]:
+    return st.builds(lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, file_modes, mtimes)
+
+
+def _symlinks() -> st.SearchStrategy[Node]:
+    targets = st.one_of(names, st.lists(st.sampled_from([b"..", b"a", b"b", b"."]), min_size=1, max_size=4).map(b"/".join), st.just(b"/etc/passwd"))
+    return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), targets, mtimes)
+
+
+def _dirs(children: st.SearchStrategy[dict[bytes, Node]]) -> st.SearchStrategy[Node]:
+    return st.builds(lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, dir_modes, mtimes)
+
+
+leaf = st.one_of(_files(), _files(), _symlinks())
+trees: st.SearchStrategy[dict[bytes, Node]] = st.recursive(
+    st.dictionaries(names, leaf, max_size=5),
+    lambda children: st.dictionaries(names, st.one_of(leaf, _dirs(children)), max_size=5),
+    max_leaves=25,
+)
+
+
+@st.composite
+def trees_with_hardlinks(draw: st.DrawFn) -> dict[bytes, Node]:
+    """A tree plus, at the top level, hardlinks to some of its top-level files."""
+    tree = draw(trees)
+    files = [name for name, node in tree.items() if node.kind == "file"]
+    for i, name in enumerate(draw(st.lists(st.sampled_from(files), max_size=3)) if files else []):
+        link = b"hl-%d-" % i + name[:200]
+        if link not in tree:
+            tree[link] = Node("hardlink", target=name)
+    return tree

@@ -1,0 +1,99 @@
+"""Standard tools read oxbak archives: GNU tar with zstd, and Python's tarfile."""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pytest
+import zstandard
+
+import oxbak
+from treeutil import Node, build, snapshot
+
+pytestmark = pytest.mark.skipif(shutil.which("tar") is None or shutil.which("zstd") is None, reason="needs GNU tar and zstd")
+
+LONG = b"d" * 120
+TREE = {
+    b"seeds": Node("dir", children={b"000001.json": Node("file", data=b'{"a": 1}\n', mtime_ns=1_700_000_000_987_654_321)}),
+    b"caf\xe9.json": Node("file", data=b"latin-1 name"),
+    "日本語.json".encode(): Node("file", data=b"unicode name"),
+    LONG: Node("dir", children={LONG: Node("file", data=b"long path", mode=0o600)}),
+    b"link": Node("symlink", target=b"seeds/000001.json"),
+    b"hard": Node("hardlink", target=b"seeds/000001.json"),
+    b"empty": Node("dir", children={}),
+    b"big.bin": Node("file", data=os.urandom(300_000)),
+}
+
+
+@pytest.fixture
+def packed(tmp_path: Path) -> tuple[Path, Path]:
+    src = tmp_path / "src"
+    build(str(src), TREE)
+    archive = tmp_path / "a.oxbak"
+    oxbak.pack(src, archive)
+    return src, archive
+
+
+def test_gnu_tar_lists_manifest_first(packed: tuple[Path, Path]) -> None:
+    _, archive = packed
+    out = subprocess.run(["tar", "--zstd", "-tf", str(archive)], check=True, capture_output=True)
+    names = out.stdout.split(b"\n")
+    assert names[0] == b"manifest.json"
+    assert names[1] == b"tree/"
+    assert b"index.jsonl" in names
+    assert out.stderr == b""
+
+
+def test_gnu_tar_extracts_identical_tree(packed: tuple[Path, Path], tmp_path: Path) -> None:
+    src, archive = packed
+    out = tmp_path / "gnu"
+    out.mkdir()
+    proc = subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(out)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    assert snapshot(str(out / "tree")) == snapshot(str(src))
+    manifest = oxbak.read_manifest(archive)
+    assert (out / "manifest.json").read_bytes().rstrip() == _manifest_json(archive).rstrip()
+    assert manifest.totals.files == 5
+
+
+def _manifest_json(archive: Path) -> bytes:
+    with open(archive, "rb") as fh:
+        data = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        member = tf.extractfile("manifest.json")
+        assert member is not None
+        return member.read()
+
+
+def test_zstd_cli_checks_the_stream(packed: tuple[Path, Path]) -> None:
+    _, archive = packed
+    proc = subprocess.run(["zstd", "-t", "-q", str(archive)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_python_tarfile_reads_every_member(packed: tuple[Path, Path]) -> None:
+    src, archive = packed
+    with open(archive, "rb") as fh:
+        data = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
+        members = tf.getmembers()
+        assert members[0].name == "manifest.json"
+        assert members[-1].name == "index.jsonl"
+        by_name = {m.name: m for m in members}
+        # "hard" sorts before "seeds/", so it is the inode's first path and holds the data.
+        first = by_name["tree/hard"]
+        assert first.isfile() and first.size == 9
+        assert first.pax_headers["mtime"] == "1700000000.987654321"
+        second = by_name["tree/seeds/000001.json"]
+        assert second.islnk() and second.linkname == "tree/hard"
+        assert by_name["tree/link"].issym() and by_name["tree/link"].linkname == "seeds/000001.json"
+        assert os.fsencode("tree/caf\udce9.json") in {os.fsencode(n) for n in by_name}
+        long_name = "tree/" + LONG.decode() + "/" + LONG.decode()
+        assert by_name[long_name].size == 9
+        assert tf.extractfile("tree/big.bin").read() == (src / "big.bin").read_bytes()  # type: ignore[union-attr]

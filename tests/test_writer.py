@@ -1,0 +1,171 @@
+"""pack(): atomic output, special files, excludes, and files that change while read."""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import oxbak
+from oxbak import format as fmt
+from oxbak.scan import scan_tree
+from oxbak.writer import _write
+from treeutil import Node, build, snapshot
+
+
+def _tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    build(str(src), {
+        b"seeds": Node("dir", children={b"a.json": Node("file", data=b"{}"), b"b.tmp": Node("file", data=b"tmp")}),
+        b"cache": Node("dir", children={b"x": Node("file", data=b"x")}),
+        b"memory": Node("dir", children={b"facts": Node("dir", children={b"f.json": Node("file", data=b"f")})}),
+    })
+    return src
+
+
+def test_refuses_existing_output(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    out = tmp_path / "out.oxbak"
+    out.write_bytes(b"precious")
+    with pytest.raises(oxbak.OutputExistsError, match=r"out\.oxbak' already exists \(use --force to replace it\)$"):
+        oxbak.pack(src, out)
+    assert out.read_bytes() == b"precious"
+    oxbak.pack(src, out, force=True)
+    assert oxbak.verify(out).ok
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+def test_missing_source(tmp_path: Path) -> None:
+    with pytest.raises(oxbak.SourceError, match=r"^cannot pack '.*nope': No such file or directory$"):
+        oxbak.pack(tmp_path / "nope", tmp_path / "o.oxbak")
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(oxbak.SourceError, match="not a directory$"):
+        oxbak.pack(tmp_path / "file", tmp_path / "o.oxbak")
+    assert not (tmp_path / "o.oxbak").exists()
+
+
+def test_excludes(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    out = tmp_path / "o.oxbak"
+    oxbak.pack(src, out, excludes=["*.tmp", "cache", "memory/facts"])
+    paths = {e.name for e in oxbak.list_entries(out)}
+    assert paths == {".", "seeds", "seeds/a.json", "memory"}
+
+
+def test_special_files_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    src = _tree(tmp_path)
+    os.mkfifo(src / "seeds" / "fifo")
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(src / "sock"))
+    try:
+        with caplog.at_level(logging.WARNING, logger="oxbak"):
+            result = oxbak.pack(src, tmp_path / "o.oxbak")
+    finally:
+        sock.close()
+    assert result.skipped == ["seeds/fifo", "sock"]
+    assert "skipping 'seeds/fifo': not a file, directory or symlink" in caplog.text
+    assert oxbak.read_manifest(tmp_path / "o.oxbak").skipped == 2
+
+
+def test_sections_match_the_old_backup(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    out = tmp_path / "o.oxbak"
+    oxbak.pack(src, out, labels={"oxios_version": "0.4.1"})
+    m = oxbak.read_manifest(out)
+    assert [(s.name, s.entry_count) for s in m.sections] == [("cache", 1), ("memory/facts", 1), ("seeds", 2)]
+    assert m.labels == {"oxios_version": "0.4.1"}
+    assert m.created_at == "2023-11-14T22:13:20Z"
+    assert (m.totals.files, m.totals.directories, m.totals.bytes) == (4, 5, 7)
+    assert m.partial is False
+
+
+def test_vanished_file_makes_the_archive_partial(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    scan = scan_tree(src)
+    (src / "seeds" / "a.json").unlink()
+    out = io.BytesIO()
+    result = _write(scan, out, 3, 1, {}, None, seekable=False)
+    assert result.missing == ["seeds/a.json"] and result.partial
+    out.seek(0)
+    report = oxbak.verify(out)
+    assert report.ok and report.partial and report.missing == ["seeds/a.json"]
+
+
+BIG = fmt.SMALL_FILE_MAX + 4 * 1024 * 1024
+
+
+def test_large_file_changing_under_the_reader_is_flagged(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    big = src / "memory" / "events.jsonl"
+    big.write_bytes(b"x" * BIG)
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time\n"
+        "f = open(sys.argv[1], 'r+b')\n"
+        "i = 0\n"
+        "while True:\n"
+        "    f.seek(i % 1000); f.write(b'y'); f.flush(); i += 1; time.sleep(0.0002)\n"
+    ), str(big)])
+    try:
+        time.sleep(0.2)
+        out = tmp_path / "live.oxbak"
+        result = oxbak.pack(src, out, level=19, threads=1)
+    finally:
+        writer.kill()
+        writer.wait()
+    assert result.changed == ["memory/events.jsonl"] and result.partial
+    m = oxbak.read_manifest(out)
+    assert m.partial is True and m.changed == 1
+    report = oxbak.verify(out)
+    assert report.ok and report.partial and report.changed == ["memory/events.jsonl"]
+
+
+def test_small_files_rewritten_while_packing_are_never_torn(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    names = [src / f"{i:03d}.json" for i in range(40)]
+    for n in names:
+        n.write_bytes(b"A" * 100_000)
+    # Rewrites files in place, alternating whole contents: a torn copy would mix A and B.
+    writer = subprocess.Popen([sys.executable, "-c", (
+        "import os, sys\n"
+        "names = sys.argv[1:]\n"
+        "i = 0\n"
+        "while True:\n"
+        "    fd = os.open(names[i % len(names)], os.O_WRONLY)\n"
+        "    byte = b'AB'[i % 2:i % 2 + 1]\n"
+        "    for k in range(10): os.write(fd, byte * 10_000)\n"
+        "    os.close(fd); i += 1\n"
+    ), *map(str, names)])
+    try:
+        time.sleep(0.1)
+        result = oxbak.pack(src, tmp_path / "o.oxbak", threads=1)
+    finally:
+        writer.kill()
+        writer.wait()
+    dest = tmp_path / "dest"
+    oxbak.unpack(tmp_path / "o.oxbak", dest)
+    changed = set(result.changed)
+    for path in dest.iterdir():
+        data = path.read_bytes()
+        if path.name not in changed:
+            assert data in (b"A" * 100_000, b"B" * 100_000), path.name
+
+
+def test_output_inside_source_is_not_packed_into_itself(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    out = src / "self.oxbak"
+    oxbak.pack(src, out)
+    assert "self.oxbak" not in {e.name for e in oxbak.list_entries(out)}
+    dest = tmp_path / "d"
+    oxbak.unpack(out, dest)
+    expected = snapshot(str(src))
+    del expected[b"self.oxbak"]
+    got = snapshot(str(dest))
+    assert {k: v for k, v in got.items() if k} == {k: v for k, v in expected.items() if k}
