@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(PY) benchmarks/demo.py
+	bash benchmarks/demo.sh
 
 test: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks

@@ -53,11 +53,7 @@ CATEGORIES = (
     "memory/episodes", "memory/knowledge", "sessions", "agent_groups",
 )
 WEIGHTS = (3, 2, 10, 6, 30, 8, 6, 4, 1)
-WORDS = (
-    "agent memory fact episode tool call result plan step goal user reply "
-    "context token model kernel seed eval score pass fail retry cache vector "
-    "embedding summary note task queue state backup restore manifest"
-).split()
+WORDS = ["agent", "memory", "fact", "episode", "tool", "call", "result", "plan", "step", "goal", "user", "reply", "context", "token", "model", "kernel", "seed", "eval", "score", "pass", "fail", "retry", "cache", "vector", "embedding", "summary", "note", "task", "queue", "state", "backup", "restore", "manifest"]
 
 SMALL_FILES = 60_000          # files of profile small at scale 1
 SMALL_CHUNK = 2_000           # documents per generator (unit of parallel work)
@@ -108,7 +104,7 @@ def u16s(data: bytes) -> array.array:
     return values
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def tables(seed: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """Seeded lookup tables: (phrases, JSON tag blocks, JSONL line tokens).
 

@@ -340,6 +340,8 @@ class Entry:
     - *typeflag*, *size*, *checksum*, *prefix*: header fields (*size* may exceed the
       data; *prefix* is ustar's name prefix, which oxbak never writes);
     - *pax*: extra pax records, after the ones the name/size/mtime need;
+    - *hdrcharset*: put POSIX's ``hdrcharset=BINARY`` first in the pax header (oxbak's
+      writer omits it, as GNU tar does; readers must accept and ignore it);
     - *index*: fields merged into this entry's index record (:data:`DROP` removes one);
     - *in_index*, *counted*: whether the index lists it, whether the totals count it.
     """
@@ -359,6 +361,7 @@ class Entry:
     size: int | None = None
     checksum: int | None = None
     prefix: bytes = b""
+    hdrcharset: bool = False
     pax: list[tuple[bytes, bytes]] = field(default_factory=list)
     index: dict[str, Json] = field(default_factory=dict)
     in_index: bool = True
@@ -417,9 +420,10 @@ class Entry:
 
     def to_member(self) -> bytes:
         """This entry's tar member: pax header when needed, ustar header, data, padding."""
-        typeflag = self.typeflag or {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1"}[
-            self.kind
-        ]
+        typeflag = (
+            self.typeflag
+            or {"file": b"0", "dir": b"5", "symlink": b"2", "hardlink": b"1"}[self.kind]
+        )
         name = self.member_name
         link = self.member_linkpath
         data = self.data  # empty but for files, unless a test gives a link or dir data
@@ -427,9 +431,9 @@ class Entry:
         records: list[tuple[bytes, bytes]] = []
         long_name = len(name) > 100 or not name.isascii()
         long_link = len(link) > 100 or not link.isascii()
+        if self.hdrcharset:
+            records.append((b"hdrcharset", b"BINARY"))
         if long_name or long_link:
-            if not _is_utf8(name) or not _is_utf8(link):
-                records.append((b"hdrcharset", b"BINARY"))
             if long_name:
                 records.append((b"path", name))
                 name = name[:100] if name.isascii() else b"@PathInPax"
@@ -512,7 +516,12 @@ def totals_for(entries: Iterable[Entry | bytes], *, root: bool = True) -> dict[s
     for e in entries:
         if isinstance(e, bytes) or not e.counted:
             continue
-        key = {"file": "files", "dir": "directories", "symlink": "symlinks", "hardlink": "hardlinks"}
+        key = {
+            "file": "files",
+            "dir": "directories",
+            "symlink": "symlinks",
+            "hardlink": "hardlinks",
+        }
         totals[key[e.kind]] += 1
         if e.kind == "file":
             nbytes += len(e.data)
@@ -568,10 +577,18 @@ def manifest_bytes(*, pad_to: int | None = None, **overrides: Json) -> bytes:
 
 
 def manifest_for(
-    entries: Sequence[Entry | bytes], /, *, root: bool = True, pad_to: int | None = None, **overrides: Json
+    entries: Sequence[Entry | bytes],
+    /,
+    *,
+    root: bool = True,
+    pad_to: int | None = None,
+    **overrides: Json,
 ) -> bytes:
     """The manifest JSON of an archive holding *entries*: exact ``totals`` and ``sections``."""
-    fields: dict[str, Json] = {"totals": totals_for(entries, root=root), "sections": _sections(entries)}
+    fields: dict[str, Json] = {
+        "totals": totals_for(entries, root=root),
+        "sections": _sections(entries),
+    }
     fields.update(overrides)
     return manifest_bytes(pad_to=pad_to, **fields)
 
@@ -759,7 +776,9 @@ def frame_declaring_content_size(data: bytes, content_size: int) -> bytes:
         raise ValueError("expected a single-segment frame without a dictionary id")
     fcs_len = (1, 2, 4, 8)[fhd >> 6]
     new_fhd = (fhd & 0x3F) | 0xC0
-    return zframe[:4] + bytes([new_fhd]) + content_size.to_bytes(8, "little") + zframe[5 + fcs_len :]
+    return (
+        zframe[:4] + bytes([new_fhd]) + content_size.to_bytes(8, "little") + zframe[5 + fcs_len :]
+    )
 
 
 def oxbak_parts(
@@ -832,7 +851,12 @@ def frames_of(data: bytes) -> list[FrameInfo]:
             raise ValueError(f"no frame at offset {pos}")
         fhd = data[pos + 4]
         fcs_flag, single, has_checksum, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 4, fhd & 3
-        hlen = 1 + (0 if single else 1) + (0, 1, 2, 4)[dict_flag] + (1 if single else 0, 2, 4, 8)[fcs_flag]
+        hlen = (
+            1
+            + (0 if single else 1)
+            + (0, 1, 2, 4)[dict_flag]
+            + (1 if single else 0, 2, 4, 8)[fcs_flag]
+        )
         header_end = pos + 4 + hlen
         blocks: list[tuple[int, int]] = []
         cur = header_end

@@ -13,15 +13,25 @@ def _ok(name: bytes) -> bool:
     return name not in _FORBIDDEN and b"/" not in name and b"\0" not in name
 
 
-unicode_names = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
-    min_size=1,
-    max_size=24,
-).map(lambda s: s.encode("utf-8")).filter(lambda b: _ok(b) and len(b) <= 255)
+unicode_names = (
+    st.text(
+        alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="/\0"),
+        min_size=1,
+        max_size=24,
+    )
+    .map(lambda s: s.encode("utf-8"))
+    .filter(lambda b: _ok(b) and len(b) <= 255)
+)
 
 raw_names = st.binary(min_size=1, max_size=24).filter(_ok)
 
-names = st.one_of(unicode_names, raw_names, st.sampled_from([b"manifest.json", b"index.jsonl", b"tree", b"a\\xff", b" sp ace", b"-dash", b"x" * 255]))
+names = st.one_of(
+    unicode_names,
+    raw_names,
+    st.sampled_from(
+        [b"manifest.json", b"index.jsonl", b"tree", b"a\\xff", b" sp ace", b"-dash", b"x" * 255]
+    ),
+)
 
 mtimes = st.integers(min_value=0, max_value=2**33).flatmap(
     lambda s: st.integers(min_value=0, max_value=999_999_999).map(lambda ns: s * 1_000_000_000 + ns)
@@ -32,16 +42,24 @@ contents = st.one_of(st.binary(max_size=2048), st.just(b""), st.binary(min_size=
 
 
 def _files() -> st.SearchStrategy[Node]:
-    return st.builds(lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, file_modes, mtimes)
+    return st.builds(
+        lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, file_modes, mtimes
+    )
 
 
 def _symlinks() -> st.SearchStrategy[Node]:
-    targets = st.one_of(names, st.lists(st.sampled_from([b"..", b"a", b"b", b"."]), min_size=1, max_size=4).map(b"/".join), st.just(b"/etc/passwd"))
+    targets = st.one_of(
+        names,
+        st.lists(st.sampled_from([b"..", b"a", b"b", b"."]), min_size=1, max_size=4).map(b"/".join),
+        st.just(b"/etc/passwd"),
+    )
     return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), targets, mtimes)
 
 
 def _dirs(children: st.SearchStrategy[dict[bytes, Node]]) -> st.SearchStrategy[Node]:
-    return st.builds(lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, dir_modes, mtimes)
+    return st.builds(
+        lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, dir_modes, mtimes
+    )
 
 
 leaf = st.one_of(_files(), _files(), _symlinks())

@@ -43,7 +43,11 @@ def test_library_never_prints() -> None:
         if path.name == "cli.py":
             continue
         tree = ast.parse(path.read_text())
-        calls = {n.func.id for n in ast.walk(tree) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)}
+        calls = {
+            n.func.id
+            for n in ast.walk(tree)
+            if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)
+        }
         assert "print" not in calls, path.name
         imports = {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
         assert "click" not in imports, path.name

@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Literal
 
 import pytest
 
@@ -70,6 +70,7 @@ from oxbak.errors import (
 )
 
 ErrorTypes = tuple[type[OxbakError], ...]
+Mode = Literal["new", "replace", "merge"]
 
 UNSAFE: ErrorTypes = (UnsafeArchiveError,)
 CORRUPT: ErrorTypes = (CorruptArchiveError,)
@@ -113,7 +114,7 @@ def base_archive() -> bytes:
 
 def raw_manifest(raw: dict[str, bytes], **overrides: object) -> bytes:
     """A manifest whose fields in *raw* hold literal JSON text (``NaN``, ``1e999`` …)."""
-    fields: dict[str, object] = {k: f"@@{k}@@" for k in raw}
+    fields: dict[str, Any] = {k: f"@@{k}@@" for k in raw}
     fields.update(overrides)
     data = manifest_bytes(**fields)
     for key, text in raw.items():
@@ -382,7 +383,10 @@ HARDLINK_CASES = [
     Case(
         "hardlink-absolute",
         lambda sb: arc(
-            [FILE(b"a-file", b"x"), HARD(b"evil-hard", b"a-file", linkpath=sandbox_abs(sb, "canary/secret"))]
+            [
+                FILE(b"a-file", b"x"),
+                HARD(b"evil-hard", b"a-file", linkpath=sandbox_abs(sb, "canary/secret")),
+            ]
         ),
         UNSAFE,
         ("evil-hard",),
@@ -465,7 +469,10 @@ TYPE_CASES = [
     c("unknown-type", e(member(b"tree/weird", b"x", typeflag=b"Z")), REFUSED, ("weird",)),
     c(
         "gnu-longname",
-        e(member(b"././@LongLink", b"tree/" + b"L" * 150 + b"\0", typeflag=b"L"), FILE(b"short", b"x")),
+        e(
+            member(b"././@LongLink", b"tree/" + b"L" * 150 + b"\0", typeflag=b"L"),
+            FILE(b"short", b"x"),
+        ),
         REFUSED,
     ),
     c(
@@ -542,7 +549,11 @@ ORDER_CASES = [
         REFUSED,
         ("a/late",),
     ),
-    c("no-root", e(FILE(b"f", b"x"), root=None, manifest=manifest_for([FILE(b"f", b"x")])), REFUSED),
+    c(
+        "no-root",
+        e(FILE(b"f", b"x"), root=None, manifest=manifest_for([FILE(b"f", b"x")])),
+        REFUSED,
+    ),
     c("root-not-dir", e(root=Entry("file", b"", name=b"tree/", data=b"x")), REFUSED),
     c(
         "index-before-tree-end",
@@ -608,11 +619,16 @@ def _fhd_reserved(data: bytes) -> bytes:
 
 
 def _window(first: bool, log: int, mantissa: int = 0) -> Callable[[Path], bytes]:
-    make = lambda d: frame_declaring_window(d, log, mantissa=mantissa)  # noqa: E731
-    tar = lambda: build_tar(base_entries())  # noqa: E731
-    if first:
-        return lambda _: oxbak_file(tar(), first=make)
-    return lambda _: oxbak_file(tar(), rest=make)
+    """The base archive with frame 1 or frame 3 declaring a ``2**log`` (+ 1/8ths) window."""
+
+    def make(data: bytes) -> bytes:
+        return frame_declaring_window(data, log, mantissa=mantissa)
+
+    def build(_: Path) -> bytes:
+        tar = build_tar(base_entries())
+        return oxbak_file(tar, first=make) if first else oxbak_file(tar, rest=make)
+
+    return build
 
 
 WINDOW = (LimitExceededError, CorruptArchiveError)
@@ -653,11 +669,27 @@ ZSTD_CASES = [
     c("trailing-partial-magic", zstd_mutation(lambda d: d + ZSTD_MAGIC[:3]), CORRUPT),
     c("trailing-partial-frame", zstd_mutation(lambda d: d + frame(b"more")[:-3]), CORRUPT),
     c("trailing-frame-with-data", zstd_mutation(lambda d: d + frame(bytes(RECORD))), CORRUPT),
-    c("trailing-frame-with-member", zstd_mutation(lambda d: d + frame(member(b"tree/x", b"e") + END)), CORRUPT),
-    c("flipped-frame3-block", zstd_mutation(_flip_frame("frame3-block")), (CorruptArchiveError, IntegrityError)),
-    c("flipped-frame3-late-block", zstd_mutation(_flip_frame("frame3-late-block")), (CorruptArchiveError, IntegrityError)),
+    c(
+        "trailing-frame-with-member",
+        zstd_mutation(lambda d: d + frame(member(b"tree/x", b"e") + END)),
+        CORRUPT,
+    ),
+    c(
+        "flipped-frame3-block",
+        zstd_mutation(_flip_frame("frame3-block")),
+        (CorruptArchiveError, IntegrityError),
+    ),
+    c(
+        "flipped-frame3-late-block",
+        zstd_mutation(_flip_frame("frame3-late-block")),
+        (CorruptArchiveError, IntegrityError),
+    ),
     c("flipped-frame3-checksum", zstd_mutation(_flip_frame("frame3-checksum")), CORRUPT),
-    c("flipped-frame1-block", zstd_mutation(_flip_frame("frame1-block")), (CorruptArchiveError, ManifestError)),
+    c(
+        "flipped-frame1-block",
+        zstd_mutation(_flip_frame("frame1-block")),
+        (CorruptArchiveError, ManifestError),
+    ),
     c("flipped-frame1-checksum", zstd_mutation(_flip_frame("frame1-checksum")), CORRUPT),
     c("frame-header-reserved-bit", zstd_mutation(_fhd_reserved), CORRUPT),
     c("not-zstd-text", lambda _: b"this is not an archive, just text\n" * 10, CORRUPT),
@@ -784,14 +816,38 @@ MANIFEST_CASES = [
         (UnsupportedVersionError,),
         ("upgrade",),
     ),
-    c("not-json", e(manifest=b"{this is not json"), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
+    c(
+        "not-json",
+        e(manifest=b"{this is not json"),
+        MANIFEST,
+        (),
+        not_raises=(UnsupportedVersionError,),
+    ),
     c("not-object", e(manifest=b"[1, 2, 3]"), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
     c("empty-manifest", e(manifest=b""), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
     c("only-spaces", e(manifest=b" " * 100), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
-    c("nul-padded", e(manifest=GOOD + bytes(64)), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
-    c("trailing-junk", e(manifest=GOOD + b" x"), MANIFEST, (), not_raises=(UnsupportedVersionError,)),
+    c(
+        "nul-padded",
+        e(manifest=GOOD + bytes(64)),
+        MANIFEST,
+        (),
+        not_raises=(UnsupportedVersionError,),
+    ),
+    c(
+        "trailing-junk",
+        e(manifest=GOOD + b" x"),
+        MANIFEST,
+        (),
+        not_raises=(UnsupportedVersionError,),
+    ),
     *[
-        c(f"version-{label}", e(manifest=raw_manifest({"version": raw})), MANIFEST, (), not_raises=(UnsupportedVersionError,))
+        c(
+            f"version-{label}",
+            e(manifest=raw_manifest({"version": raw})),
+            MANIFEST,
+            (),
+            not_raises=(UnsupportedVersionError,),
+        )
         for label, raw in (
             ("true", b"true"),
             ("string", b'"1"'),
@@ -806,7 +862,7 @@ MANIFEST_CASES = [
     *[
         c(
             f"missing-{name}",
-            e(manifest=manifest_bytes(**{name: DROP})),
+            e(manifest=manifest_bytes(**dict[str, Any]({name: DROP}))),
             MANIFEST,
             not_raises=(UnsupportedVersionError,),
         )
@@ -832,12 +888,20 @@ MANIFEST_CASES = [
     ),
     c(
         "totals-nan",
-        e(manifest=raw_manifest({"totals": b'{"files":0,"hardlinks":0,"directories":1,"symlinks":0,"bytes":NaN}'})),
+        e(
+            manifest=raw_manifest(
+                {"totals": b'{"files":0,"hardlinks":0,"directories":1,"symlinks":0,"bytes":NaN}'}
+            )
+        ),
         MANIFEST,
     ),
     c(
         "totals-infinity",
-        e(manifest=raw_manifest({"totals": b'{"files":0,"hardlinks":0,"directories":1,"symlinks":0,"bytes":1e999}'})),
+        e(
+            manifest=raw_manifest(
+                {"totals": b'{"files":0,"hardlinks":0,"directories":1,"symlinks":0,"bytes":1e999}'}
+            )
+        ),
         MANIFEST,
     ),
     c("partial-string", e(manifest=manifest_bytes(partial="no")), MANIFEST),
@@ -867,7 +931,11 @@ INDEX_CASES = [
     c("flipped-big-file-content", flip_in_tar(BIG[1000:1064]), INTEGRITY, ("big.bin",)),
     c(
         "index-symlink-digest-mismatch",
-        e(LINK(b"lnk", b"target"), FILE(b"target", b"x"), LINK(b"z", b"target", index={"digest": blake(b"other")})),
+        e(
+            LINK(b"lnk", b"target"),
+            FILE(b"target", b"x"),
+            LINK(b"z", b"target", index={"digest": blake(b"other")}),
+        ),
         INTEGRITY,
         ("z",),
     ),
@@ -908,11 +976,22 @@ INDEX_CASES = [
     ),
     c(
         "index-totals-lie",
-        e(FILE(b"a", b"x"), index=index_bytes([FILE(b"a", b"x")], totals={"files": 9, "directories": 1})),
+        e(
+            FILE(b"a", b"x"),
+            index=index_bytes([FILE(b"a", b"x")], totals={"files": 9, "directories": 1}),
+        ),
         (IntegrityError, CorruptArchiveError),
     ),
-    c("index-missing", e(FILE(b"a", b"x"), index_member=b""), (CorruptArchiveError, IntegrityError)),
-    c("index-not-json", e(FILE(b"a", b"x"), index=b"not json\n"), (CorruptArchiveError, IntegrityError)),
+    c(
+        "index-missing",
+        e(FILE(b"a", b"x"), index_member=b""),
+        (CorruptArchiveError, IntegrityError),
+    ),
+    c(
+        "index-not-json",
+        e(FILE(b"a", b"x"), index=b"not json\n"),
+        (CorruptArchiveError, IntegrityError),
+    ),
     c("index-empty", e(FILE(b"a", b"x"), index=b""), (CorruptArchiveError, IntegrityError)),
     c(
         "index-wrong-format",
@@ -944,16 +1023,29 @@ INDEX_CASES = [
 THREE = [FILE(b"f1", b"one"), FILE(b"f2", b"two"), FILE(b"f3", b"three")]
 LIMIT_CASES = [
     c("more-files-than-declared", lambda _: with_totals(THREE, files=1), LIMIT),
-    c("more-bytes-than-declared", lambda _: with_totals([FILE(b"f", b"x" * 100)], bytes=10), LIMIT, ("f",)),
-    c("more-dirs-than-declared", lambda _: with_totals([DIR(b"d1"), DIR(b"d2"), DIR(b"d3")], directories=2), LIMIT),
+    c(
+        "more-bytes-than-declared",
+        lambda _: with_totals([FILE(b"f", b"x" * 100)], bytes=10),
+        LIMIT,
+        ("f",),
+    ),
+    c(
+        "more-dirs-than-declared",
+        lambda _: with_totals([DIR(b"d1"), DIR(b"d2"), DIR(b"d3")], directories=2),
+        LIMIT,
+    ),
     c(
         "more-symlinks-than-declared",
-        lambda _: with_totals([LINK(b"l1", b"x"), LINK(b"l2", b"x"), LINK(b"l3", b"x")], symlinks=1),
+        lambda _: with_totals(
+            [LINK(b"l1", b"x"), LINK(b"l2", b"x"), LINK(b"l3", b"x")], symlinks=1
+        ),
         LIMIT,
     ),
     c(
         "more-hardlinks-than-declared",
-        lambda _: with_totals([FILE(b"f", b"x"), HARD(b"h1", b"f"), HARD(b"h2", b"f"), HARD(b"h3", b"f")], hardlinks=1),
+        lambda _: with_totals(
+            [FILE(b"f", b"x"), HARD(b"h1", b"f"), HARD(b"h2", b"f"), HARD(b"h3", b"f")], hardlinks=1
+        ),
         LIMIT,
     ),
     c(
@@ -978,7 +1070,10 @@ def _huge(size_field: str) -> Callable[[Path], bytes]:
             victim = FILE(b"huge", b"tiny", size=HUGE_DECLARED)
             declared = HUGE_DECLARED
         entries = [victim]
-        return arc(entries, manifest=manifest_for(entries, totals={**totals_for(entries), "bytes": declared}))
+        return arc(
+            entries,
+            manifest=manifest_for(entries, totals={**totals_for(entries), "bytes": declared}),
+        )
 
     return build
 
@@ -996,7 +1091,10 @@ HUGE_CASES = [
     ),
     c(
         "huge-index-size",
-        e(FILE(b"a", b"x"), index_member=member(b"index.jsonl", index_bytes([FILE(b"a", b"x")]), size=8**11 - 1)),
+        e(
+            FILE(b"a", b"x"),
+            index_member=member(b"index.jsonl", index_bytes([FILE(b"a", b"x")]), size=8**11 - 1),
+        ),
         (CorruptArchiveError, LimitExceededError),
     ),
 ]
@@ -1062,7 +1160,8 @@ Snapshot = dict[str, tuple[object, ...]]
 
 
 def snapshot(top: Path) -> Snapshot:
-    """Every path under *top* (symlinks not followed): type, mode, inode, links, content."""
+    """Every path under *top* (symlinks not followed): type, mode, inode, links, mtime,
+    content."""
     out: Snapshot = {}
     for dirpath, dirnames, filenames in os.walk(top):
         for name in sorted(dirnames + filenames):
@@ -1072,10 +1171,20 @@ def snapshot(top: Path) -> Snapshot:
             if stat.S_ISLNK(st.st_mode):
                 out[rel] = ("symlink", os.readlink(path))
             elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_ino)
+                # DEST's parent legitimately changes (staging comes and goes); any other
+                # directory's mtime betrays an entry created and removed again.
+                mtime = None if rel == "sandbox" else st.st_mtime_ns
+                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_ino, mtime)
             elif stat.S_ISREG(st.st_mode):
                 content = Path(path).read_bytes()
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), st.st_ino, st.st_nlink, st.st_mtime_ns, content)
+                out[rel] = (
+                    "file",
+                    stat.S_IMODE(st.st_mode),
+                    st.st_ino,
+                    st.st_nlink,
+                    st.st_mtime_ns,
+                    content,
+                )
             else:
                 out[rel] = ("other", st.st_mode)
     return out
@@ -1095,7 +1204,7 @@ class Unseekable(io.RawIOBase):
 
 
 # variant -> (DEST exists beforehand, mode, how the archive is handed over)
-VARIANTS = {
+VARIANTS: dict[str, tuple[bool, Mode, str]] = {
     "new": (False, "new", "path"),
     "new-stream": (False, "new", "stream"),
     "replace": (True, "replace", "path"),
@@ -1141,7 +1250,9 @@ def test_unpack_refuses(case: Case, variant: str, tmp_path: Path) -> None:
     finally:
         close()
     if case.not_raises:
-        assert not isinstance(info.value, case.not_raises), f"{type(info.value).__name__}: {info.value}"
+        assert not isinstance(info.value, case.not_raises), (
+            f"{type(info.value).__name__}: {info.value}"
+        )
     names = case.names + (case.names_fn(sb.root) if case.names_fn else ())
     assert_one_line_naming(info.value, names)
     assert list(sb.root.glob(".oxbak-*")) == [], "staging directory left behind"
@@ -1371,6 +1482,7 @@ RICH = tree_order(
         Entry.file(b"empty", b""),
         Entry.file("ünïcödé.txt".encode(), b"utf-8 name\n"),
         Entry.file(b"raw-\xff\xfe-name", b"not utf-8\n"),
+        Entry.symlink(b"raw-link", b"raw-\xff\xfe-name"),
         Entry.file(b"back\\slash", b"backslash\n"),
         Entry.dir(b"deep"),
         Entry.dir(b"deep/" + b"d" * 120),
@@ -1403,7 +1515,7 @@ def test_valid_archive_restores(source: str, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("mode", ["replace", "merge"])
-def test_valid_archive_into_existing_dest(mode: str, tmp_path: Path) -> None:
+def test_valid_archive_into_existing_dest(mode: Mode, tmp_path: Path) -> None:
     sb = make_sandbox(tmp_path, existing_dest=True)
     sb.archive.write_bytes(base_archive())
     oxbak.unpack(sb.archive, sb.dest, mode=mode)
@@ -1475,8 +1587,8 @@ def test_setuid_setgid_dropped_sticky_kept(tmp_path: Path) -> None:
 def test_setuid_setgid_dropped_with_owner(same_owner: bool, tmp_path: Path) -> None:
     """Restoring the owner (root only) must not bring setuid/setgid back."""
     entries = [
-        Entry.file(b"setuid", b"u", mode=0o4755).but(uid=1000, gid=1000),
         Entry.dir(b"setgid-dir", mode=0o2775).but(uid=1000, gid=1000),
+        Entry.file(b"setuid", b"u", mode=0o4755).but(uid=1000, gid=1000),
     ]
     sb = make_sandbox(tmp_path, existing_dest=False)
     sb.archive.write_bytes(arc(entries))
@@ -1488,7 +1600,10 @@ def test_setuid_setgid_dropped_with_owner(same_owner: bool, tmp_path: Path) -> N
 EXTREME = {
     "mtime-1e19-seconds": (Entry.file(b"f", b"x").but(mtime_ns=10**19 * 10**9), False),
     "mtime-20-digits": (Entry.file(b"f", b"x", pax=[(b"mtime", b"99999999999999999999.5")]), False),
-    "mtime-very-negative": (Entry.file(b"f", b"x", pax=[(b"mtime", b"-99999999999999999999")]), False),
+    "mtime-very-negative": (
+        Entry.file(b"f", b"x", pax=[(b"mtime", b"-99999999999999999999")]),
+        False,
+    ),
     "dir-mtime-1e19": (Entry.dir(b"d").but(mtime_ns=10**19 * 10**9), False),
     "symlink-mtime-1e19": (Entry.symlink(b"l", b"x").but(mtime_ns=10**19 * 10**9), False),
     "uid-2**40": (Entry.file(b"f", b"x").but(uid=2**40), True),
@@ -1567,6 +1682,19 @@ def test_internal_symlinks_accepted(tmp_path: Path) -> None:
     assert restored(sb.dest) == expected_tree(entries)
 
 
+def test_hdrcharset_binary_accepted_and_ignored(tmp_path: Path) -> None:
+    """FORMAT.md §2: readers accept POSIX's ``hdrcharset=BINARY`` and ignore it."""
+    entries = [
+        Entry.symlink(b"raw-link", b"raw-\xff-name", hdrcharset=True),
+        Entry.file(b"raw-\xff-name", b"x", hdrcharset=True),
+    ]
+    sb = make_sandbox(tmp_path, existing_dest=False)
+    sb.archive.write_bytes(arc(entries))
+    oxbak.unpack(sb.archive, sb.dest)
+    assert sorted(os.listdir(os.fsencode(sb.dest))) == [b"raw-link", b"raw-\xff-name"]
+    assert os.readlink(os.fsencode(sb.dest / "raw-link")) == b"raw-\xff-name"
+
+
 def test_accepted_pax_keys(tmp_path: Path) -> None:
     """FORMAT.md lets atime, ctime, comment, SCHILY.* and LIBARCHIVE.* through."""
     entries = [
@@ -1591,7 +1719,9 @@ def test_accepted_pax_keys(tmp_path: Path) -> None:
 def test_window_at_the_limit_accepted(tmp_path: Path) -> None:
     """A frame declaring exactly MAX_WINDOW_SIZE (32 MiB) is fine."""
     path = tmp_path / "ok.oxbak"
-    path.write_bytes(oxbak_file(build_tar(base_entries()), rest=lambda d: frame_declaring_window(d, 25)))
+    path.write_bytes(
+        oxbak_file(build_tar(base_entries()), rest=lambda d: frame_declaring_window(d, 25))
+    )
     assert oxbak.verify(path).ok
 
 
@@ -1651,23 +1781,25 @@ def test_builders_archive_is_read_by_tarfile() -> None:
 
 @pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
 def test_builders_archive_is_read_by_gnu_tar(tmp_path: Path) -> None:
-    """GNU tar lists and extracts the valid archive with no warning (UTF-8 names only:
-    GNU tar 1.34 warns about ``hdrcharset``, which raw non-UTF-8 names need)."""
-    utf8_only = [x for x in RICH if not x.path.startswith(b"raw-")]
+    """GNU tar lists and extracts the valid archive, raw non-UTF-8 names included, with
+    no warning, and ``zstd -dc`` (which skips the reserve frame) yields the tar stream."""
+    tree = RICH
     path = tmp_path / "ok.oxbak"
-    path.write_bytes(arc(utf8_only))
+    path.write_bytes(arc(tree))
     listing = subprocess.run(["tar", "--zstd", "-tvf", str(path)], capture_output=True, text=True)
     assert listing.returncode == 0 and listing.stderr == "", listing.stderr
     out = tmp_path / "out"
     out.mkdir()
-    extract = subprocess.run(["tar", "--zstd", "-xf", str(path), "-C", str(out)], capture_output=True, text=True)
+    extract = subprocess.run(
+        ["tar", "--zstd", "-xf", str(path), "-C", str(out)], capture_output=True, text=True
+    )
     assert extract.returncode == 0 and extract.stderr == "", extract.stderr
-    assert restored(out / "tree") == expected_tree(utf8_only)
-    assert (out / "manifest.json").read_bytes() == manifest_for(utf8_only)
+    assert restored(out / "tree") == expected_tree(tree)
+    assert (out / "manifest.json").read_bytes() == manifest_for(tree)
     zstd = shutil.which("zstd")
     if zstd:
         piped = subprocess.run([zstd, "-dc", str(path)], capture_output=True)
-        assert piped.returncode == 0 and piped.stdout == build_tar(utf8_only)
+        assert piped.returncode == 0 and piped.stdout == build_tar(tree)
 
 
 def test_builders_frame_layout() -> None:
@@ -1676,7 +1808,9 @@ def test_builders_frame_layout() -> None:
     data = oxbak_file(tar)
     f1, f2, f3 = frames(data)
     assert f2.skippable and not f1.skippable and not f3.skippable and f3.end == len(data)
-    assert decompress_all(data[: f1.end]).startswith(member(b"manifest.json", manifest_for(base_entries()))[:512])
+    assert decompress_all(data[: f1.end]).startswith(
+        member(b"manifest.json", manifest_for(base_entries()))[:512]
+    )
     assert decompress_all(data) == tar
     assert len(f3.blocks) >= 2
     declared = frame_declaring_window(b"x" * 100, 31)

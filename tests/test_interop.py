@@ -15,11 +15,18 @@ import zstandard
 import oxbak
 from treeutil import Node, build, snapshot
 
-pytestmark = pytest.mark.skipif(shutil.which("tar") is None or shutil.which("zstd") is None, reason="needs GNU tar and zstd")
+pytestmark = pytest.mark.skipif(
+    shutil.which("tar") is None or shutil.which("zstd") is None, reason="needs GNU tar and zstd"
+)
 
 LONG = b"d" * 120
 TREE = {
-    b"seeds": Node("dir", children={b"000001.json": Node("file", data=b'{"a": 1}\n', mtime_ns=1_700_000_000_987_654_321)}),
+    b"seeds": Node(
+        "dir",
+        children={
+            b"000001.json": Node("file", data=b'{"a": 1}\n', mtime_ns=1_700_000_000_987_654_321)
+        },
+    ),
     b"caf\xe9.json": Node("file", data=b"latin-1 name"),
     "日本語.json".encode(): Node("file", data=b"unicode name"),
     LONG: Node("dir", children={LONG: Node("file", data=b"long path", mode=0o600)}),
@@ -53,7 +60,9 @@ def test_gnu_tar_extracts_identical_tree(packed: tuple[Path, Path], tmp_path: Pa
     src, archive = packed
     out = tmp_path / "gnu"
     out.mkdir()
-    proc = subprocess.run(["tar", "--zstd", "-xf", str(archive), "-C", str(out)], capture_output=True)
+    proc = subprocess.run(
+        ["tar", "--zstd", "-xf", str(archive), "-C", str(out)], capture_output=True
+    )
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == b""
     assert snapshot(str(out / "tree")) == snapshot(str(src))
@@ -81,7 +90,9 @@ def test_python_tarfile_reads_every_member(packed: tuple[Path, Path]) -> None:
     src, archive = packed
     with open(archive, "rb") as fh:
         data = zstandard.ZstdDecompressor().stream_reader(fh, read_across_frames=True).read()
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
+    with tarfile.open(
+        fileobj=io.BytesIO(data), mode="r:", encoding="utf-8", errors="surrogateescape"
+    ) as tf:
         members = tf.getmembers()
         assert members[0].name == "manifest.json"
         assert members[-1].name == "index.jsonl"

@@ -8,16 +8,30 @@ import pytest
 
 from oxbak import format as fmt
 from oxbak.errors import CorruptArchiveError, ManifestError, UnsupportedVersionError
-from oxbak.manifest import IndexRecord, Manifest, decode_index_header, decode_index_record, decode_manifest, encode_manifest
+from oxbak.manifest import (
+    IndexRecord,
+    Manifest,
+    decode_index_header,
+    decode_index_record,
+    decode_manifest,
+    encode_manifest,
+)
 
 
 def _valid(**changes: object) -> bytes:
     doc: dict[str, object] = {
-        "format": "oxbak", "version": 1, "created_at": "2023-11-14T22:13:20Z", "oxbak_version": "1.0.0",
-        "source": "state", "sections": [{"name": "seeds", "entry_count": 2}],
+        "format": "oxbak",
+        "version": 1,
+        "created_at": "2023-11-14T22:13:20Z",
+        "oxbak_version": "1.0.0",
+        "source": "state",
+        "sections": [{"name": "seeds", "entry_count": 2}],
         "totals": {"files": 2, "hardlinks": 0, "directories": 2, "symlinks": 0, "bytes": 10},
-        "compression": {"algorithm": "zstd", "level": 3, "checksum": True}, "labels": {"k": "v"},
-        "skipped": 0, "partial": False, "changed": 0,
+        "compression": {"algorithm": "zstd", "level": 3, "checksum": True},
+        "labels": {"k": "v"},
+        "skipped": 0,
+        "partial": False,
+        "changed": 0,
     }
     doc.update(changes)
     return json.dumps(doc).encode()
@@ -29,7 +43,9 @@ def test_decodes_valid() -> None:
 
 
 def test_unknown_fields_are_ignored() -> None:
-    m = decode_manifest(_valid(future_field={"x": 1}, totals={"files": 0, "directories": 1, "bytes": 0, "new": 5}))
+    m = decode_manifest(
+        _valid(future_field={"x": 1}, totals={"files": 0, "directories": 1, "bytes": 0, "new": 5})
+    )
     assert m.totals.directories == 1
 
 
@@ -38,7 +54,10 @@ def test_trailing_spaces_are_fine() -> None:
 
 
 def test_newer_version_is_refused_naming_both() -> None:
-    with pytest.raises(UnsupportedVersionError, match=r"^archive format version 2 is newer than this oxbak supports \(version 1\); upgrade oxbak to read it$"):
+    with pytest.raises(
+        UnsupportedVersionError,
+        match=r"^archive format version 2 is newer than this oxbak supports \(version 1\); upgrade oxbak to read it$",
+    ):
         decode_manifest(_valid(version=2, totals="whatever the future holds"))
 
 
@@ -94,4 +113,6 @@ def test_index_records() -> None:
     with pytest.raises(CorruptArchiveError, match="record 2 is malformed"):
         decode_index_record(b'{"path":"x","type":"fifo"}', 2)
     with pytest.raises(CorruptArchiveError, match="unknown digest"):
-        decode_index_header(b'{"format":"oxbak-index","version":1,"digest":"md5","entries":0,"partial":false}')
+        decode_index_header(
+            b'{"format":"oxbak-index","version":1,"digest":"md5","entries":0,"partial":false}'
+        )

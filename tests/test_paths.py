@@ -13,7 +13,13 @@ from strategies import names
 
 @pytest.mark.parametrize(
     ("name", "rel"),
-    [(b"tree", b""), (b"tree/", b""), (b"tree/a", b"a"), (b"tree/a/b/", b"a/b"), (b"tree/caf\xe9", b"caf\xe9")],
+    [
+        (b"tree", b""),
+        (b"tree/", b""),
+        (b"tree/a", b"a"),
+        (b"tree/a/b/", b"a/b"),
+        (b"tree/caf\xe9", b"caf\xe9"),
+    ],
 )
 def test_parse_accepts(name: bytes, rel: bytes) -> None:
     assert parse_member_name(name) == rel
@@ -59,7 +65,10 @@ def test_sort_key_is_preorder() -> None:
     assert sorted(paths, key=sort_key) == [b"", b"a", b"a/b", b"a/b/c", b"a.txt", b"b"]
 
 
-@given(st.lists(st.binary(min_size=1, max_size=6), max_size=4), st.lists(st.binary(min_size=1, max_size=6), max_size=4))
+@given(
+    st.lists(st.binary(min_size=1, max_size=6), max_size=4),
+    st.lists(st.binary(min_size=1, max_size=6), max_size=4),
+)
 def test_display_is_injective(a: list[bytes], b: list[bytes]) -> None:
     x, y = b"/".join(a), b"/".join(b)
     assert (display(x) == display(y)) == (x == y)
@@ -89,6 +98,8 @@ def test_display_escapes() -> None:
         (b"x/y/z", b"../../q", {}, True),
     ],
 )
-def test_link_stays_inside(link: bytes, target: bytes, links: dict[bytes, bytes], inside: bool) -> None:
+def test_link_stays_inside(
+    link: bytes, target: bytes, links: dict[bytes, bytes], inside: bool
+) -> None:
     all_links = {**links, link: target}
     assert link_stays_inside(link, target, all_links.get) is inside

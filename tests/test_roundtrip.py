@@ -49,7 +49,13 @@ def test_pack_is_deterministic(tree: dict[bytes, Node]) -> None:
 
 def test_streamed_archive_roundtrips(tmp_path: os.PathLike[str]) -> None:
     src = os.path.join(tmp_path, "src")
-    build(src, {b"a": Node("file", data=b"x" * 5000), b"d": Node("dir", children={b"e": Node("file", data=b"e")})})
+    build(
+        src,
+        {
+            b"a": Node("file", data=b"x" * 5000),
+            b"d": Node("dir", children={b"e": Node("file", data=b"e")}),
+        },
+    )
     stream = io.BytesIO()
     oxbak.pack(src, stream)
     stream.seek(0)

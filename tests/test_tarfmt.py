@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 
 from oxbak import tarfmt
 from oxbak.errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
-
-from strategies import names, mtimes
+from strategies import mtimes, names
 
 
 def _read_back(blocks: bytes) -> tarfmt.Header:
@@ -37,25 +36,62 @@ def _read_back(blocks: bytes) -> tarfmt.Header:
     st.integers(0, 2**24),
     st.one_of(st.just(b""), names),
 )
-def test_encode_then_parse(name: bytes, size: int, mtime_ns: int, mode: int, uid: int, link: bytes) -> None:
-    blocks = tarfmt.encode_header(name, typeflag=tarfmt.SYMLINK, mode=mode, size=size, mtime_ns=mtime_ns, uid=uid, gid=uid, linkname=link)
+def test_encode_then_parse(
+    name: bytes, size: int, mtime_ns: int, mode: int, uid: int, link: bytes
+) -> None:
+    blocks = tarfmt.encode_header(
+        name,
+        typeflag=tarfmt.SYMLINK,
+        mode=mode,
+        size=size,
+        mtime_ns=mtime_ns,
+        uid=uid,
+        gid=uid,
+        linkname=link,
+    )
     header = _read_back(blocks)
-    assert (header.name, header.size, header.mtime_ns, header.mode, header.uid, header.gid, header.linkname) == (name, size, mtime_ns, mode, uid, uid, link)
+    assert (
+        header.name,
+        header.size,
+        header.mtime_ns,
+        header.mode,
+        header.uid,
+        header.gid,
+        header.linkname,
+    ) == (name, size, mtime_ns, mode, uid, uid, link)
 
 
-@given(st.lists(names, min_size=1, max_size=3).map(lambda p: b"tree/" + b"/".join(p)), mtimes, st.integers(0, 5000))
+@given(
+    st.lists(names, min_size=1, max_size=3).map(lambda p: b"tree/" + b"/".join(p)),
+    mtimes,
+    st.integers(0, 5000),
+)
 def test_tarfile_agrees(name: bytes, mtime_ns: int, size: int) -> None:
     data = bytes(size)
-    stream = tarfmt.encode_header(name, typeflag=tarfmt.REGULAR, mode=0o640, size=size, mtime_ns=mtime_ns) + data + bytes(tarfmt.padding(size)) + bytes(1024)
-    with tarfile.open(fileobj=io.BytesIO(stream), mode="r:", encoding="utf-8", errors="surrogateescape") as tf:
+    stream = (
+        tarfmt.encode_header(
+            name, typeflag=tarfmt.REGULAR, mode=0o640, size=size, mtime_ns=mtime_ns
+        )
+        + data
+        + bytes(tarfmt.padding(size))
+        + bytes(1024)
+    )
+    with tarfile.open(
+        fileobj=io.BytesIO(stream), mode="r:", encoding="utf-8", errors="surrogateescape"
+    ) as tf:
         (member,) = tf.getmembers()
     assert member.name.encode("utf-8", "surrogateescape") == name
     assert member.size == size and member.mode == 0o640
-    assert round(member.mtime * 1e9) // 1000 == mtime_ns // 1000 or abs(member.mtime - mtime_ns / 1e9) < 1e-6
+    assert (
+        round(member.mtime * 1e9) // 1000 == mtime_ns // 1000
+        or abs(member.mtime - mtime_ns / 1e9) < 1e-6
+    )
 
 
 def test_negative_and_huge_values() -> None:
-    blocks = tarfmt.encode_header(b"tree/x", typeflag=tarfmt.REGULAR, mode=0o644, size=9 * 2**30, mtime_ns=-1_500_000_000)
+    blocks = tarfmt.encode_header(
+        b"tree/x", typeflag=tarfmt.REGULAR, mode=0o644, size=9 * 2**30, mtime_ns=-1_500_000_000
+    )
     header = _read_back(blocks)
     assert header.size == 9 * 2**30 and header.mtime_ns == -1_500_000_000
 
@@ -76,7 +112,17 @@ def test_not_ustar() -> None:
         tarfmt.parse_header(bytes(block), None)
 
 
-@pytest.mark.parametrize(("flag", "what"), [(b"3", "character device"), (b"4", "block device"), (b"6", "FIFO"), (b"L", "GNU long name"), (b"S", "GNU sparse file"), (b"g", "global pax header")])
+@pytest.mark.parametrize(
+    ("flag", "what"),
+    [
+        (b"3", "character device"),
+        (b"4", "block device"),
+        (b"6", "FIFO"),
+        (b"L", "GNU long name"),
+        (b"S", "GNU sparse file"),
+        (b"g", "global pax header"),
+    ],
+)
 def test_refused_types(flag: bytes, what: str) -> None:
     block = tarfmt.encode_header(b"tree/x", typeflag=flag, mode=0o644)
     with pytest.raises(UnsafeArchiveError, match=f"^refusing member 'tree/x': {what} not allowed$"):

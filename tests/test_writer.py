@@ -22,11 +22,20 @@ from treeutil import Node, build, snapshot
 
 def _tree(tmp_path: Path) -> Path:
     src = tmp_path / "src"
-    build(str(src), {
-        b"seeds": Node("dir", children={b"a.json": Node("file", data=b"{}"), b"b.tmp": Node("file", data=b"tmp")}),
-        b"cache": Node("dir", children={b"x": Node("file", data=b"x")}),
-        b"memory": Node("dir", children={b"facts": Node("dir", children={b"f.json": Node("file", data=b"f")})}),
-    })
+    build(
+        str(src),
+        {
+            b"seeds": Node(
+                "dir",
+                children={b"a.json": Node("file", data=b"{}"), b"b.tmp": Node("file", data=b"tmp")},
+            ),
+            b"cache": Node("dir", children={b"x": Node("file", data=b"x")}),
+            b"memory": Node(
+                "dir",
+                children={b"facts": Node("dir", children={b"f.json": Node("file", data=b"f")})},
+            ),
+        },
+    )
     return src
 
 
@@ -34,7 +43,9 @@ def test_refuses_existing_output(tmp_path: Path) -> None:
     src = _tree(tmp_path)
     out = tmp_path / "out.oxbak"
     out.write_bytes(b"precious")
-    with pytest.raises(oxbak.OutputExistsError, match=r"out\.oxbak' already exists \(use --force to replace it\)$"):
+    with pytest.raises(
+        oxbak.OutputExistsError, match=r"out\.oxbak' already exists \(use --force to replace it\)$"
+    ):
         oxbak.pack(src, out)
     assert out.read_bytes() == b"precious"
     oxbak.pack(src, out, force=True)
@@ -43,7 +54,9 @@ def test_refuses_existing_output(tmp_path: Path) -> None:
 
 
 def test_missing_source(tmp_path: Path) -> None:
-    with pytest.raises(oxbak.SourceError, match=r"^cannot pack '.*nope': No such file or directory$"):
+    with pytest.raises(
+        oxbak.SourceError, match=r"^cannot pack '.*nope': No such file or directory$"
+    ):
         oxbak.pack(tmp_path / "nope", tmp_path / "o.oxbak")
     (tmp_path / "file").write_text("x")
     with pytest.raises(oxbak.SourceError, match="not a directory$"):
@@ -59,7 +72,9 @@ def test_excludes(tmp_path: Path) -> None:
     assert paths == {".", "seeds", "seeds/a.json", "memory"}
 
 
-def test_special_files_are_skipped_with_a_warning(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_special_files_are_skipped_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
     src = _tree(tmp_path)
     os.mkfifo(src / "seeds" / "fifo")
     sock = socket.socket(socket.AF_UNIX)
@@ -79,7 +94,11 @@ def test_sections_match_the_old_backup(tmp_path: Path) -> None:
     out = tmp_path / "o.oxbak"
     oxbak.pack(src, out, labels={"oxios_version": "0.4.1"})
     m = oxbak.read_manifest(out)
-    assert [(s.name, s.entry_count) for s in m.sections] == [("cache", 1), ("memory/facts", 1), ("seeds", 2)]
+    assert [(s.name, s.entry_count) for s in m.sections] == [
+        ("cache", 1),
+        ("memory/facts", 1),
+        ("seeds", 2),
+    ]
     assert m.labels == {"oxios_version": "0.4.1"}
     assert m.created_at == "2023-11-14T22:13:20Z"
     assert (m.totals.files, m.totals.directories, m.totals.bytes) == (4, 5, 7)
@@ -105,13 +124,20 @@ def test_large_file_changing_under_the_reader_is_flagged(tmp_path: Path) -> None
     src = _tree(tmp_path)
     big = src / "memory" / "events.jsonl"
     big.write_bytes(b"x" * BIG)
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time\n"
-        "f = open(sys.argv[1], 'r+b')\n"
-        "i = 0\n"
-        "while True:\n"
-        "    f.seek(i % 1000); f.write(b'y'); f.flush(); i += 1; time.sleep(0.0002)\n"
-    ), str(big)])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import sys, time\n"
+                "f = open(sys.argv[1], 'r+b')\n"
+                "i = 0\n"
+                "while True:\n"
+                "    f.seek(i % 1000); f.write(b'y'); f.flush(); i += 1; time.sleep(0.0002)\n"
+            ),
+            str(big),
+        ]
+    )
     try:
         time.sleep(0.2)
         out = tmp_path / "live.oxbak"
@@ -133,16 +159,23 @@ def test_small_files_rewritten_while_packing_are_never_torn(tmp_path: Path) -> N
     for n in names:
         n.write_bytes(b"A" * 100_000)
     # Rewrites files in place, alternating whole contents: a torn copy would mix A and B.
-    writer = subprocess.Popen([sys.executable, "-c", (
-        "import os, sys\n"
-        "names = sys.argv[1:]\n"
-        "i = 0\n"
-        "while True:\n"
-        "    fd = os.open(names[i % len(names)], os.O_WRONLY)\n"
-        "    byte = b'AB'[i % 2:i % 2 + 1]\n"
-        "    for k in range(10): os.write(fd, byte * 10_000)\n"
-        "    os.close(fd); i += 1\n"
-    ), *map(str, names)])
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            (
+                "import os, sys\n"
+                "names = sys.argv[1:]\n"
+                "i = 0\n"
+                "while True:\n"
+                "    fd = os.open(names[i % len(names)], os.O_WRONLY)\n"
+                "    byte = b'AB'[i % 2:i % 2 + 1]\n"
+                "    for k in range(10): os.write(fd, byte * 10_000)\n"
+                "    os.close(fd); i += 1\n"
+            ),
+            *map(str, names),
+        ]
+    )
     try:
         time.sleep(0.1)
         result = oxbak.pack(src, tmp_path / "o.oxbak", threads=1)

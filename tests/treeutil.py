@@ -20,7 +20,13 @@ class Node:
     children: dict[bytes, Node] = field(default_factory=dict)
 
 
-def build(root: bytes | str, tree: dict[bytes, Node], *, mode: int = 0o755, mtime_ns: int = 1_600_000_000_000_000_001) -> None:
+def build(
+    root: bytes | str,
+    tree: dict[bytes, Node],
+    *,
+    mode: int = 0o755,
+    mtime_ns: int = 1_600_000_000_000_000_001,
+) -> None:
     """Create *tree* under *root* (which must not exist); modes and mtimes are set last."""
     root_b = os.fsencode(root)
     os.mkdir(root_b)

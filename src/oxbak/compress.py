@@ -26,7 +26,7 @@ __all__ = ["FrameWalker", "ZstdReader", "ZstdWriter"]
 
 _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MASK = 0xFFFFFFF0
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 128 * 1024
 
 
 class _Readable(Protocol):

@@ -77,6 +77,7 @@ class ArchiveReader:
         self._pos = 0
         self._offset = 0  # decompressed bytes consumed before _buf
         self._pending = 0  # unread data + padding of the current member
+        self._chunk = 16 * 1024
         self._index_header: Header | None = None
         self.manifest: Manifest | None = None
 
@@ -87,7 +88,9 @@ class ArchiveReader:
     def _fill(self, n: int) -> bool:
         """Make at least *n* bytes available; False at the end of the stream."""
         while len(self._buf) - self._pos < n:
-            more = self._z.read(max(_READ, n))
+            more = self._z.read(max(self._chunk, n))
+            # Start small so `info` decompresses little; grow for throughput after that.
+            self._chunk = min(self._chunk * 2, _READ)
             if not more:
                 return False
             self._offset += self._pos

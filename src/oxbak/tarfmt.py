@@ -31,6 +31,8 @@ _BLOCK = fmt.BLOCK_SIZE
 _ZERO_BLOCK = bytes(_BLOCK)
 _MAX_OCTAL_11 = 8**11
 _MAX_OCTAL_7 = 8**7
+_MAX_SECONDS = 2**63  # what a 64-bit time_t holds
+_MAX_ID = 2**32 - 1  # uid_t and gid_t
 _IGNORED_PAX_KEYS = (b"atime", b"ctime", b"comment")
 _IGNORED_PAX_PREFIXES = (b"SCHILY.", b"LIBARCHIVE.")
 
@@ -219,6 +221,10 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     )
     if pax:
         _apply_pax(header, pax)
+    if not -_MAX_SECONDS <= header.mtime_ns // 1_000_000_000 < _MAX_SECONDS:
+        raise CorruptArchiveError(f"member {display(header.name)!r}: mtime out of range")
+    if header.uid > _MAX_ID or header.gid > _MAX_ID:
+        raise CorruptArchiveError(f"member {display(header.name)!r}: owner id out of range")
     return header
 
 

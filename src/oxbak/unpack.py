@@ -336,7 +336,6 @@ def unpack(
             manifest, seen, flagged = _run(reader, staging, problems, progress)
             if problems:
                 raise IntegrityError(problems)
-            _check_links(seen.links, staging, allow_external_symlinks)
             if mode == "merge":
                 conflicts = staging.merge_conflicts((rel, kind) for rel, kind, _, _ in seen.records)
                 if conflicts:
@@ -344,6 +343,7 @@ def unpack(
                         "; ".join(conflicts[:3])
                         + (f" (and {len(conflicts) - 3} more)" if len(conflicts) > 3 else "")
                     )
+            _check_links(seen.links, staging, allow_external_symlinks)
             staging.finish()
             staging.commit()
         except OSError as exc:
