@@ -24,6 +24,9 @@ lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks
 	$(PY) -m mypy
 
+torture: $(STAMP)
+	OXBAK_TORTURE=1 HYPOTHESIS_PROFILE=thorough $(PY) -m pytest -m torture -p no:cacheprovider
+
 bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 

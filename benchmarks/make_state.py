@@ -71,7 +71,7 @@ LARGE_FILES = (               # name, size in MiB at scale 1, content kind
 )
 LARGE_REGION = 8 * MIB        # unit of parallel work in a large file
 
-EPOCH_2026 = 1_767_225_600    # 2026-01-01T00:00:00Z
+EPOCH = 1_704_067_200         # 2024-01-01T00:00:00Z: timestamps are safely in the past
 YEAR_SECONDS = 360 * 86_400
 NS = 1_000_000_000
 PHRASES = 65_536              # size of the phrase table (indexed by 16-bit numbers)
@@ -86,14 +86,14 @@ def rng_for(seed: int, key: str) -> random.Random:
 
 
 def stable_mtime_ns(seed: int, key: str) -> int:
-    """A deterministic timestamp in 2026, in ns, with a non-zero sub-second part."""
+    """A deterministic timestamp in 2024, in ns, with a non-zero sub-second part."""
     h = int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest(), "little")
-    return (EPOCH_2026 + h % YEAR_SECONDS) * NS + 1 + (h >> 32) % (NS - 1)
+    return (EPOCH + h % YEAR_SECONDS) * NS + 1 + (h >> 32) % (NS - 1)
 
 
 def random_mtime_ns(bits: int) -> int:
     """Like stable_mtime_ns, from 64 random bits."""
-    return (EPOCH_2026 + bits % YEAR_SECONDS) * NS + 1 + (bits >> 32) % (NS - 1)
+    return (EPOCH + bits % YEAR_SECONDS) * NS + 1 + (bits >> 32) % (NS - 1)
 
 
 def u16s(data: bytes) -> array.array:
@@ -136,8 +136,8 @@ def jsonl_line_start(rng: random.Random) -> str:
 
 
 def created_at(bits: int) -> str:
-    """An RFC 3339 time in 2026 (minute resolution) from 32 random bits."""
-    return (f"2026-{bits % 12 + 1:02d}-{(bits >> 4) % 28 + 1:02d}T"
+    """An RFC 3339 time in 2024 (minute resolution) from 32 random bits."""
+    return (f"2024-{bits % 12 + 1:02d}-{(bits >> 4) % 28 + 1:02d}T"
             f"{(bits >> 9) % 24:02d}:{(bits >> 14) % 60:02d}:00Z")
 
 

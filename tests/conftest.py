@@ -26,3 +26,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 def _fixed_epoch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Pin created_at so archives made in tests are reproducible."""
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Run ``torture`` tests only under ``make torture`` (OXBAK_TORTURE=1)."""
+    if os.environ.get("OXBAK_TORTURE"):
+        return
+    skip = pytest.mark.skip(reason="long sweep: run with `make torture`")
+    for item in items:
+        if "torture" in item.keywords:
+            item.add_marker(skip)

@@ -1099,6 +1099,37 @@ HUGE_CASES = [
     ),
 ]
 
+DEEP = 1100  # nested directories: past Python's recursion limit, within MAX_PATH_BYTES
+
+
+def deep_dirs(depth: int = DEEP) -> list[Entry]:
+    """``a``, ``a/a``, … *depth* levels of directories (path ``2 * depth - 1`` bytes)."""
+    return [Entry.dir(b"/".join([b"a"] * n)) for n in range(1, depth + 1)]
+
+
+DEEP_PATH = b"/".join([b"a"] * DEEP)
+DEEP_CASES = [
+    # Everything is staged 1100 directories deep, then the archive turns out bad: the
+    # staging directory must still go, and the error must still be an OxbakError.
+    c(
+        "deep-tree-then-device",
+        e(*deep_dirs(), FILE(DEEP_PATH + b"/null", typeflag=b"3")),
+        UNSAFE,
+        ("null",),
+    ),
+    c(
+        "deep-tree-then-digest-mismatch",
+        e(*deep_dirs(), FILE(DEEP_PATH + b"/victim.txt", VICTIM, index={"digest": blake(b"x")})),
+        INTEGRITY,
+        ("victim.txt",),
+    ),
+    c(
+        "deep-tree-then-truncated",
+        lambda _: _cut_at("mid-frame3")(arc([*deep_dirs(), FILE(DEEP_PATH + b"/big", BIG)])),
+        CORRUPT,
+    ),
+]
+
 CASES = (
     PATH_CASES
     + SYMLINK_CASES
@@ -1111,6 +1142,7 @@ CASES = (
     + INDEX_CASES
     + LIMIT_CASES
     + HUGE_CASES
+    + DEEP_CASES
 )
 assert len({case.id for case in CASES}) == len(CASES), "duplicate case ids"
 
@@ -1159,34 +1191,63 @@ def make_sandbox(top: Path, *, existing_dest: bool) -> Sandbox:
 Snapshot = dict[str, tuple[object, ...]]
 
 
+def walk(top: Path) -> list[tuple[str, str, os.stat_result]]:
+    """``(path, path relative to top, lstat)`` of everything under *top*, without recursion
+    (3.11's ``os.walk`` and ``shutil.rmtree`` recurse, and trees here may be 1000+ deep)."""
+    out: list[tuple[str, str, os.stat_result]] = []
+    stack = [str(top)]
+    while stack:
+        directory = stack.pop()
+        for entry in sorted(os.scandir(directory), key=lambda x: x.name):
+            st = entry.stat(follow_symlinks=False)
+            out.append((entry.path, os.path.relpath(entry.path, top), st))
+            if stat.S_ISDIR(st.st_mode):
+                stack.append(entry.path)
+    return out
+
+
+def rm_tree(top: str | Path) -> None:
+    """Remove *top* however deep it is (no recursion)."""
+    if not os.path.lexists(top):
+        return
+    if not stat.S_ISDIR(os.lstat(top).st_mode):
+        os.unlink(top)
+        return
+    dirs = [str(top)]
+    for path, _, st in walk(Path(top)):
+        if stat.S_ISDIR(st.st_mode):
+            os.chmod(path, 0o700)
+            dirs.append(path)
+        else:
+            os.unlink(path)
+    for path in reversed(dirs):
+        os.rmdir(path)
+
+
 def snapshot(top: Path) -> Snapshot:
     """Every path under *top* (symlinks not followed): type, mode, inode, links, mtime,
     content."""
     out: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(top):
-        for name in sorted(dirnames + filenames):
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, top)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("symlink", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                # DEST's parent legitimately changes (staging comes and goes); any other
-                # directory's mtime betrays an entry created and removed again.
-                mtime = None if rel == "sandbox" else st.st_mtime_ns
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_ino, mtime)
-            elif stat.S_ISREG(st.st_mode):
-                content = Path(path).read_bytes()
-                out[rel] = (
-                    "file",
-                    stat.S_IMODE(st.st_mode),
-                    st.st_ino,
-                    st.st_nlink,
-                    st.st_mtime_ns,
-                    content,
-                )
-            else:
-                out[rel] = ("other", st.st_mode)
+    for path, rel, st in walk(top):
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("symlink", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            # DEST's parent legitimately changes (staging comes and goes); any other
+            # directory's mtime betrays an entry created and removed again.
+            mtime = None if rel == "sandbox" else st.st_mtime_ns
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode), st.st_ino, mtime)
+        elif stat.S_ISREG(st.st_mode):
+            content = Path(path).read_bytes()
+            out[rel] = (
+                "file",
+                stat.S_IMODE(st.st_mode),
+                st.st_ino,
+                st.st_nlink,
+                st.st_mtime_ns,
+                content,
+            )
+        else:
+            out[rel] = ("other", st.st_mode)
     return out
 
 
@@ -1249,13 +1310,16 @@ def test_unpack_refuses(case: Case, variant: str, tmp_path: Path) -> None:
             oxbak.unpack(archive, sb.dest, mode=mode, **case.kwargs)
     finally:
         close()
+        leftovers = list(sb.root.glob(".oxbak-*"))
+        for leftover in leftovers:  # deep ones would defeat pytest's own cleanup
+            rm_tree(leftover)
+    assert leftovers == [], "staging directory left behind"
     if case.not_raises:
         assert not isinstance(info.value, case.not_raises), (
             f"{type(info.value).__name__}: {info.value}"
         )
     names = case.names + (case.names_fn(sb.root) if case.names_fn else ())
     assert_one_line_naming(info.value, names)
-    assert list(sb.root.glob(".oxbak-*")) == [], "staging directory left behind"
     after = snapshot(tmp_path)
     assert after == before, "the filesystem around (or in) DEST changed"
     if not existing:
@@ -1359,6 +1423,76 @@ def test_huge_claims_fail_fast_in_bounded_memory(case: Case, tmp_path: Path) -> 
     assert list(sb.root.glob(".oxbak-*")) == []
 
 
+_FLOOD_SCRIPT = textwrap.dedent(
+    """
+    import resource, sys
+    limit = int(sys.argv[2])
+    resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    import oxbak
+    try:
+        oxbak.unpack(sys.argv[1], sys.argv[1] + ".dest")
+    except oxbak.OxbakError as exc:
+        print(type(exc).__name__)
+    else:
+        print("NO-ERROR")
+    result = oxbak.verify(sys.argv[1])
+    print(result.ok, len(result.problems))
+    """
+)
+
+FLOOD_LINES = {
+    "extra-records": b'{"path":"ghost","type":"dir"}\n',
+    "missing-records": b'{"path":"ghost","type":"file","size":0,"missing":true}\n',
+}
+
+
+@pytest.mark.parametrize("kind", list(FLOOD_LINES))
+def test_index_flood_bounded_memory(kind: str, tmp_path: Path) -> None:
+    """3 million index records past the header's ``entries`` (a 10 KB archive): refused
+    without memory growing with them — the child is capped at 256 MiB of address space,
+    which a list of one problem (or flagged record) per extra line overflows."""
+    entries = [FILE(b"a", b"x")]
+    data = arc(entries, index=index_bytes(entries, extra_lines=[FLOOD_LINES[kind] * 3_000_000]))
+    assert len(data) < 64 * 1024
+    path = tmp_path / "flood.oxbak"
+    path.write_bytes(data)
+    env = dict(os.environ)
+    src = str(Path(oxbak.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run(
+        [sys.executable, "-c", _FLOOD_SCRIPT, str(path), str(256 << 20)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-1500:]
+    first, second = proc.stdout.splitlines()
+    assert first in {"IntegrityError", "CorruptArchiveError", "LimitExceededError"}
+    ok, count = second.split()
+    assert ok == "False" and 1 <= int(count) <= 10_000
+
+
+@pytest.mark.parametrize("mode", ["new", "replace", "merge"])
+def test_deep_valid_tree_every_mode(mode: Mode, tmp_path: Path) -> None:
+    """1100 nested directories (2.2 KB paths, well within the format's 4096): restored in
+    every mode, with no RecursionError and nothing left beside DEST (the old tree that
+    replace swaps out, the staging tree that merge empties)."""
+    entries = [*deep_dirs(), FILE(DEEP_PATH + b"/bottom.txt", b"deep\n")]
+    sb = make_sandbox(tmp_path, existing_dest=False)
+    sb.archive.write_bytes(arc(entries))
+    try:
+        if mode != "new":
+            oxbak.unpack(sb.archive, sb.dest)
+        oxbak.unpack(sb.archive, sb.dest, mode=mode)
+        assert (sb.dest / os.fsdecode(DEEP_PATH) / "bottom.txt").read_bytes() == b"deep\n"
+        assert sorted(p.name for p in sb.root.iterdir()) == ["canary", "dest"]
+    finally:
+        for leftover in sb.root.glob(".oxbak-*"):
+            rm_tree(leftover)
+        rm_tree(sb.dest)
+
+
 # ============================================================================ destinations
 
 
@@ -1444,17 +1578,13 @@ def test_new_into_dangling_symlink_dest(tmp_path: Path) -> None:
 def restored(dest: Path) -> Snapshot:
     """What a restore produced, comparable with :func:`expected_tree`."""
     out: Snapshot = {}
-    for dirpath, dirnames, filenames in os.walk(dest):
-        for name in dirnames + filenames:
-            path = os.path.join(dirpath, name)
-            rel = os.path.relpath(path, dest)
-            st = os.lstat(path)
-            if stat.S_ISLNK(st.st_mode):
-                out[rel] = ("symlink", os.readlink(path))
-            elif stat.S_ISDIR(st.st_mode):
-                out[rel] = ("dir", stat.S_IMODE(st.st_mode))
-            else:
-                out[rel] = ("file", stat.S_IMODE(st.st_mode), Path(path).read_bytes())
+    for path, rel, st in walk(dest):
+        if stat.S_ISLNK(st.st_mode):
+            out[rel] = ("symlink", os.readlink(path))
+        elif stat.S_ISDIR(st.st_mode):
+            out[rel] = ("dir", stat.S_IMODE(st.st_mode))
+        else:
+            out[rel] = ("file", stat.S_IMODE(st.st_mode), Path(path).read_bytes())
     return out
 
 

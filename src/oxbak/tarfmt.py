@@ -173,7 +173,7 @@ def _octal(field: bytes, what: str, name: bytes) -> int:
     text = field.rstrip(b"\0 ").lstrip(b" ")
     if not text:
         return 0
-    if not all(48 <= c <= 55 for c in text):
+    if text.translate(None, b"01234567"):  # anything left is not an octal digit
         raise CorruptArchiveError(
             f"tar header of {display(name[:100])!r}: {what} field is not octal"
         )
