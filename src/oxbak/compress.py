@@ -13,14 +13,16 @@ window larger than :data:`~oxbak.format.MAX_WINDOW_SIZE` before allocating it.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from types import TracebackType
 from typing import BinaryIO, Protocol
 
 import zstandard
 
 from . import format as fmt
-from .errors import CorruptArchiveError, LimitExceededError
+from .errors import CorruptArchiveError, InputError, LimitExceededError, OutputError
 
 __all__ = ["FrameWalker", "ZstdReader", "ZstdWriter"]
 
@@ -69,7 +71,8 @@ class ZstdWriter:
         """Write frame 1 (member 1's tar bytes) and the reserve after it."""
         frame = self._one_shot.compress(data)
         self._first_len = len(frame) + fmt.MANIFEST_RESERVE
-        self._emit(frame + skippable_frame(fmt.MANIFEST_RESERVE))
+        with _writing():
+            self._out.write(frame + skippable_frame(fmt.MANIFEST_RESERVE))
 
     def rewrite_first(self, data: bytes) -> bool:
         """Replace frame 1 in place with *data* compressed; False if it does not fit."""
@@ -77,29 +80,38 @@ class ZstdWriter:
         room = self._first_len - len(frame)
         if room < 8:
             return False
-        self._out.seek(0)
-        self._out.write(frame + skippable_frame(room))
-        self._out.seek(0, os.SEEK_END)
+        with _writing():
+            self._out.seek(0)
+            self._out.write(frame + skippable_frame(room))
+            self._out.seek(0, os.SEEK_END)
         return True
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Compress *data* into the main frame."""
         try:
-            self._stream.write(data)
+            with _writing():
+                self._stream.write(data)
         except zstandard.ZstdError as exc:
-            raise CorruptArchiveError(f"zstd compression failed: {exc}") from exc
+            raise OutputError(f"zstd compression failed: {exc}") from exc
 
     def finish(self) -> None:
         """End the main frame and flush everything to the output."""
         try:
-            self._stream.flush(zstandard.FLUSH_FRAME)
-            self._stream.close()  # type: ignore[no-untyped-call]  # untyped in the stub
+            with _writing():
+                self._stream.flush(zstandard.FLUSH_FRAME)
+                self._stream.close()  # type: ignore[no-untyped-call]  # untyped in the stub
         except zstandard.ZstdError as exc:
-            raise CorruptArchiveError(f"zstd compression failed: {exc}") from exc
+            raise OutputError(f"zstd compression failed: {exc}") from exc
         self.bytes_out = self._out.tell() if self._out.seekable() else 0
 
-    def _emit(self, data: bytes) -> None:
-        self._out.write(data)
+
+@contextlib.contextmanager
+def _writing() -> Iterator[None]:
+    """Turn an OSError of the output into OutputError, naming the fault."""
+    try:
+        yield
+    except OSError as exc:
+        raise OutputError(f"cannot write the archive: {exc.strerror or exc}") from exc
 
 
 class FrameWalker:
@@ -124,7 +136,10 @@ class FrameWalker:
 
     def read(self, size: int = -1) -> bytes:
         """Read raw bytes from the underlying file, walking their frame structure."""
-        data = self._raw.read(size if size and size > 0 else _READ_SIZE)
+        try:
+            data = self._raw.read(size if size and size > 0 else _READ_SIZE)
+        except OSError as exc:
+            raise InputError(f"cannot read the archive: {exc.strerror or exc}") from exc
         if not data:
             self._eof = True
             return b""

@@ -20,7 +20,6 @@ import errno
 import fcntl
 import hashlib
 import os
-import shutil
 import stat
 import tempfile
 from collections.abc import Iterable
@@ -30,7 +29,7 @@ from . import format as fmt
 from .errors import DestinationError
 from .paths import display
 
-__all__ = ["Destination", "HashOnly", "Mode", "StagingDir", "recover"]
+__all__ = ["Destination", "HashOnly", "Mode", "StagingDir", "recover", "remove_tree"]
 
 Mode = Literal["new", "replace", "merge"]
 
@@ -143,6 +142,44 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def remove_tree(root: str) -> None:
+    """Delete *root* and everything under it, as far as possible, without recursion.
+
+    ``shutil.rmtree`` recurses once per level; a hostile archive's deep tree would end it
+    with a RecursionError and leave the staging directory behind. Directories are made
+    writable first, since a restored tree may hold read-only ones.
+    """
+    stack: list[tuple[str, bool]] = [(root, False)]
+    while stack:
+        path, emptied = stack.pop()
+        if emptied:
+            with contextlib.suppress(OSError):
+                os.rmdir(path)
+            continue
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            continue
+        with contextlib.suppress(OSError):
+            if st.st_mode & 0o700 != 0o700:
+                os.chmod(path, 0o700)
+        stack.append((path, True))
+        try:
+            with os.scandir(path) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append((entry.path, False))
+                    else:
+                        with contextlib.suppress(OSError):
+                            os.unlink(entry.path)
+        except OSError:
+            continue
+
+
 def recover(dest: str | os.PathLike[str]) -> list[str]:
     """Clean up after an unpack of *dest* that was killed; return what was done.
 
@@ -167,7 +204,7 @@ def recover(dest: str | os.PathLike[str]) -> list[str]:
                 os.rename(path, dest_s)
                 actions.append(f"restored {dest_s!r} from {name!r}")
             else:
-                shutil.rmtree(path, ignore_errors=True)
+                remove_tree(path)
                 actions.append(f"removed leftover {name!r}")
     return actions
 
@@ -332,44 +369,38 @@ class StagingDir:
         os.rename(self.root, self.dest)
         _fsync_dir(self.parent)
         self._release()
-        shutil.rmtree(aside, ignore_errors=True)
+        remove_tree(aside)
 
     def _merge(self) -> None:
-        dest_fd = os.open(self.dest, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            self._merge_dir(self._root_b, dest_fd)
-        finally:
-            os.close(dest_fd)
-        root_mode = self._dirs[0][1] if self._dirs else None
-        if root_mode is not None:
-            _, mode, mtime_ns, _, _ = self._dirs[0]
-            os.chmod(self.dest, mode & 0o1777)
-            os.utime(self.dest, ns=(mtime_ns, mtime_ns))
-        self._release_and_remove(self.root)
-
-    def _merge_dir(self, src: bytes, dest_fd: int) -> None:
-        for name in sorted(os.listdir(src)):
-            here = src + b"/" + name
-            st = os.lstat(here)
+        # Iterative, depth-first: a recursion per level would fail on a deep tree. Each
+        # directory is opened with O_NOFOLLOW and entries are renamed relative to that
+        # descriptor, so no rename passes through a symlink in DEST.
+        dest_b = os.fsencode(self.dest)
+        todo: list[tuple[bytes, bytes, os.stat_result | None]] = [(b"", self._root_b, None)]
+        while todo:
+            rel, src, finished = todo.pop()
+            where = dest_b + b"/" + rel if rel else dest_b
+            fd = os.open(where, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
             try:
-                there = os.stat(name, dir_fd=dest_fd, follow_symlinks=False)
-            except FileNotFoundError:
-                there = None
-            if stat.S_ISDIR(st.st_mode) and there is not None and stat.S_ISDIR(there.st_mode):
-                fd = os.open(
-                    name,
-                    os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
-                    dir_fd=dest_fd,
-                )
-                try:
-                    self._merge_dir(here, fd)
-                    os.chmod(fd, stat.S_IMODE(st.st_mode))
-                    os.utime(fd, ns=(st.st_atime_ns, st.st_mtime_ns))
-                finally:
-                    os.close(fd)
-                continue
-            # Files, links and new directories move over in one rename each: never torn.
-            os.rename(here, name, dst_dir_fd=dest_fd)
+                if finished is not None:
+                    os.chmod(fd, stat.S_IMODE(finished.st_mode))
+                    os.utime(fd, ns=(finished.st_atime_ns, finished.st_mtime_ns))
+                    continue
+                todo.append((rel, src, os.lstat(src)))
+                for name in sorted(os.listdir(src), reverse=True):
+                    here = src + b"/" + name
+                    try:
+                        there = os.stat(name, dir_fd=fd, follow_symlinks=False)
+                    except FileNotFoundError:
+                        there = None
+                    if there is not None and stat.S_ISDIR(there.st_mode) and os.path.isdir(here):
+                        todo.append((rel + b"/" + name if rel else name, here, None))
+                    else:
+                        # Files, links and new directories move in one rename: never torn.
+                        os.rename(here, name, dst_dir_fd=fd)
+            finally:
+                os.close(fd)
+        self._release_and_remove(self.root)
 
     def merge_conflicts(self, entries: Iterable[tuple[bytes, str]]) -> list[str]:
         """List the paths where DEST and the archive disagree on being a directory.
@@ -402,12 +433,12 @@ class StagingDir:
         self._lock = -1
 
     def _release_and_remove(self, path: str) -> None:
-        shutil.rmtree(path, ignore_errors=True)
+        remove_tree(path)
         self._release()
 
     def abort(self) -> None:
         """Remove the staging directory and everything in it."""
-        shutil.rmtree(self.root, ignore_errors=True)
+        remove_tree(self.root)
         self._release()
 
 

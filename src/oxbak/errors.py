@@ -5,6 +5,8 @@ The hierarchy::
     OxbakError                      exit 1 unless noted
     ├── SourceError                 the directory to pack is missing or unreadable
     ├── OutputExistsError           the output archive exists and --force was not given
+    ├── OutputError                 the archive cannot be written: disk full, I/O error
+    ├── InputError                  the archive cannot be read: I/O error
     ├── DestinationError            DEST is unusable: not empty, no room, I/O failure
     └── ArchiveError                the archive cannot be trusted
         ├── CorruptArchiveError     damaged container: zstd, tar, truncation, garbage
@@ -28,6 +30,8 @@ __all__ = [
     "IntegrityError",
     "LimitExceededError",
     "ManifestError",
+    "InputError",
+    "OutputError",
     "OutputExistsError",
     "OxbakError",
     "SourceError",
@@ -56,6 +60,14 @@ class SourceError(OxbakError):
 
 class OutputExistsError(OxbakError):
     """The output archive already exists and overwriting was not requested."""
+
+
+class OutputError(OxbakError):
+    """The archive cannot be written: the disk is full, an I/O error, a closed pipe."""
+
+
+class InputError(OxbakError):
+    """The archive cannot be read because of an I/O error (not because of its content)."""
 
 
 class DestinationError(OxbakError):

@@ -206,9 +206,6 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
         typeflag = REGULAR
     prefix = block[345:500].split(b"\0", 1)[0]
     name = prefix + b"/" + raw_name if prefix else raw_name
-    if typeflag not in (REGULAR, HARDLINK, SYMLINK, DIRECTORY, PAX):
-        kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
-        raise UnsafeArchiveError(f"refusing member {display(name)!r}: {kind} not allowed")
     header = Header(
         name=name,
         typeflag=typeflag,
@@ -221,6 +218,9 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     )
     if pax:
         _apply_pax(header, pax)
+    if typeflag not in (REGULAR, HARDLINK, SYMLINK, DIRECTORY, PAX):
+        kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
+        raise UnsafeArchiveError(f"refusing member {display(header.name)!r}: {kind} not allowed")
     if not -_MAX_SECONDS <= header.mtime_ns // 1_000_000_000 < _MAX_SECONDS:
         raise CorruptArchiveError(f"member {display(header.name)!r}: mtime out of range")
     if header.uid > _MAX_ID or header.gid > _MAX_ID:

@@ -177,7 +177,9 @@ def _run(
     if previous is None:
         raise CorruptArchiveError("archive holds no tree (the root directory tree/ is missing)")
     index, records = reader.index()
-    kept = _check_index(index, records, seen, problems)
+    # Records beyond what the manifest accounts for (stored entries, plus files it says
+    # could not be captured) would only cost memory: the index is bounded by it too.
+    kept = _check_index(index, records, seen, problems, declared.entries + manifest.changed)
     reader.finish()
     _check_totals(manifest, index, seen, problems)
     return manifest, seen, kept
@@ -198,7 +200,7 @@ def _hash(data: bytes) -> bytes:
 
 
 def _check_index(
-    index: Index, records: Iterator[IndexRecord], seen: _Seen, problems: list[str]
+    index: Index, records: Iterator[IndexRecord], seen: _Seen, problems: list[str], limit: int
 ) -> list[IndexRecord]:
     """Compare the index with what was seen; return its changed/missing records."""
     flagged: list[IndexRecord] = []
@@ -206,6 +208,10 @@ def _check_index(
     count = 0
     for record in records:
         count += 1
+        if count > limit:
+            raise LimitExceededError(
+                f"index.jsonl holds more records than the manifest accounts for ({limit})"
+            )
         if record.changed or record.missing:
             flagged.append(record)
         if record.missing:

@@ -19,7 +19,7 @@ from typing import BinaryIO
 from . import format as fmt
 from ._version import __version__
 from .compress import ZstdWriter
-from .errors import OutputExistsError, OxbakError, SourceError
+from .errors import OutputError, OutputExistsError, OxbakError, SourceError
 from .manifest import (
     Compression,
     Index,
@@ -135,7 +135,7 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
     try:
         fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".oxbak-tmp")
     except OSError as exc:
-        raise OxbakError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
+        raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.fchmod(fd, 0o644 & ~_umask())
@@ -156,7 +156,7 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
         _fsync_dir(directory)
     except OSError as exc:
         _unlink_quietly(tmp)
-        raise OxbakError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
+        raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
     except BaseException:
         _unlink_quietly(tmp)
         raise
@@ -312,6 +312,8 @@ class _Packer:
                 self._add_small(entry, fd, scanned_rest)
             else:
                 self._add_large(entry, fd, scanned_rest)
+        except OSError as exc:
+            raise SourceError(f"cannot read {display(entry.path)!r}: {exc.strerror}") from exc
         finally:
             os.close(fd)
 
