@@ -13,6 +13,7 @@ the archive.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from . import format as fmt
@@ -73,6 +74,13 @@ def _pax_mtime(mtime_ns: int) -> bytes:
     return text.encode()
 
 
+# Everything after the link name is the same in every header oxbak writes: the ustar
+# magic, empty uname/gname (machine-dependent, never stored), zero device numbers.
+_TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(155 + 12)
+_TAIL_SUM = sum(_TAIL) + 8 * 0x20  # plus the checksum field, counted as spaces
+_FIELDS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
+
+
 def _ustar(
     name: bytes,
     mode: int,
@@ -83,28 +91,21 @@ def _ustar(
     typeflag: bytes,
     linkname: bytes,
 ) -> bytes:
-    head = b"".join(
-        (
-            name.ljust(100, b"\0"),
-            b"%07o\0" % mode,
-            b"%07o\0" % uid,
-            b"%07o\0" % gid,
-            b"%011o\0" % size,
-            b"%011o\0" % mtime,
-        )
+    fields = _FIELDS % (mode, uid, gid, size, mtime)
+    checksum = sum(name) + sum(fields) + typeflag[0] + sum(linkname) + _TAIL_SUM
+    return b"%s%s%06o\0 %s%s%s" % (
+        name.ljust(100, b"\0"),
+        fields,
+        checksum,
+        typeflag,
+        linkname.ljust(100, b"\0"),
+        _TAIL,
     )
-    tail = b"".join(
-        (
-            typeflag,
-            linkname.ljust(100, b"\0"),
-            b"ustar\x0000",
-            bytes(32 + 32),  # uname, gname: machine-dependent, never stored
-            b"0000000\x000000000\x00",
-            bytes(155 + 12),
-        )
-    )
-    checksum = sum(head) + sum(tail) + 8 * 0x20
-    return head + b"%06o\0 " % checksum + tail
+
+
+@functools.lru_cache(maxsize=256)
+def _pax_block(size: int) -> bytes:
+    return _ustar(fmt.PAX_HEADER_NAME, 0o644, 0, 0, size, 0, PAX, b"")
 
 
 def encode_header(
@@ -151,8 +152,7 @@ def encode_header(
     if not records:
         return main
     data = b"".join(records)
-    pax = _ustar(fmt.PAX_HEADER_NAME, 0o644, 0, 0, len(data), 0, PAX, b"")
-    return pax + data + bytes(padding(len(data))) + main
+    return _pax_block(len(data)) + data + bytes(padding(len(data))) + main
 
 
 @dataclass(slots=True)

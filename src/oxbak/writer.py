@@ -46,6 +46,8 @@ _FLUSH_AT = 1 << 20
 _CHUNK = 1 << 20
 _MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
 _INDEX_MEMBER = fmt.INDEX_NAME.encode()
+_TREE = fmt.TREE_PREFIX.encode() + b"/"
+_ZEROS = bytes(512)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -329,47 +331,67 @@ class _Packer:
         return self.budget is None or self.bytes_in + size + scanned_rest <= self.budget
 
     def _add_small(self, entry: Entry, fd: int, scanned_rest: int) -> None:
-        before: tuple[int, int, int, int] = (entry.size, entry.mtime_ns, entry.ctime_ns, entry.ino)
-        data = b""
-        consistent = False
-        for attempt in range(fmt.READ_ATTEMPTS):
-            if attempt:
-                time.sleep(0.005 * attempt)
-                st = os.fstat(fd)
-                before = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
-            data = _read_all(fd, before[0] + 1)
-            st = os.fstat(fd)
-            after = (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+        # One pread of size + 1 shows growth; the fstat after it shows any change since the
+        # scan (size, mtime, ctime, inode). Equal on both sides: a consistent copy.
+        data = os.pread(fd, entry.size + 1, 0)
+        st = os.fstat(fd)
+        consistent = (
+            len(data) == entry.size == st.st_size
+            and st.st_mtime_ns == entry.mtime_ns
+            and st.st_ctime_ns == entry.ctime_ns
+            and st.st_ino == entry.ino
+        )
+        if not consistent:
+            data, st, consistent = self._reread(fd)
             if not stat.S_ISREG(st.st_mode):
                 self._lose(entry, None, "is no longer a regular file")
                 return
-            if after == before and len(data) == after[0]:
-                consistent = True
-                break
-        entry.size, entry.mtime_ns = len(data), st.st_mtime_ns
-        entry.mode = stat.S_IMODE(st.st_mode)
-        if not self._fits(len(data), scanned_rest):
-            self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
-            return
+            entry.size, entry.mtime_ns = len(data), st.st_mtime_ns
+            entry.mode = stat.S_IMODE(st.st_mode)
+            if not self._fits(len(data), scanned_rest):
+                self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
+                return
+        size = len(data)
         self.buf += encode_header(
-            member_name(entry.path),
+            _TREE + entry.path,
             typeflag=REGULAR,
             mode=entry.mode,
-            size=len(data),
+            size=size,
             mtime_ns=entry.mtime_ns,
             uid=entry.uid,
             gid=entry.gid,
         )
         self.buf += data
-        self.buf += bytes(padding(len(data)))
-        self.bytes_in += len(data)
+        if size % 512:
+            self.buf += _ZEROS[: 512 - size % 512]
+        self.bytes_in += size
         self.stored.append(entry)
+        digest = hashlib.blake2b(data, digest_size=fmt.DIGEST_SIZE).hexdigest()
         if consistent:
-            self.record(entry, _digest(data))
+            self.record(entry, digest)
         else:
-            self._changed(entry, _digest(data))
+            self._changed(entry, digest)
         if len(self.buf) >= _FLUSH_AT:
             self.flush()
+
+    def _reread(self, fd: int) -> tuple[bytes, os.stat_result, bool]:
+        """Read until two stats around a read agree, a few times at most."""
+        data = b""
+        st = os.fstat(fd)
+        for attempt in range(fmt.READ_ATTEMPTS):
+            if attempt:
+                time.sleep(0.005 * attempt)
+            before = os.fstat(fd)
+            if not stat.S_ISREG(before.st_mode):
+                return data, before, False
+            data = _read_all(fd, before.st_size + 1)
+            st = os.fstat(fd)
+            if (
+                len(data) == st.st_size == before.st_size
+                and (st.st_mtime_ns, st.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+            ):
+                return data, st, True
+        return data, st, False
 
     def _changed(self, entry: Entry, digest: str) -> None:
         logger.warning(
