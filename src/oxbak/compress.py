@@ -98,7 +98,7 @@ class ZstdWriter:
         """End the main frame and flush everything to the output."""
         try:
             with _writing():
-                self._stream.flush(zstandard.FLUSH_FRAME)
+                # close() ends the frame; flush(FLUSH_FRAME) first would start another.
                 self._stream.close()  # type: ignore[no-untyped-call]  # untyped in the stub
         except zstandard.ZstdError as exc:
             raise OutputError(f"zstd compression failed: {exc}") from exc

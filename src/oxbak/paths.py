@@ -16,6 +16,7 @@ __all__ = [
     "link_stays_inside",
     "member_name",
     "parse_member_name",
+    "shown",
     "sort_key",
 ]
 
@@ -34,6 +35,14 @@ def display(path: bytes) -> str:
         parts = path.split(b"\\")
         text = "\\\\".join(p.decode("utf-8", "backslashreplace") for p in parts)
     return text
+
+
+def shown(path: bytes, limit: int = 160) -> str:
+    """:func:`display`, shortened for messages: a hostile 4 KB name stays readable."""
+    text = display(path)
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit - 50]}…{text[-40:]}"
 
 
 def sort_key(path: bytes) -> tuple[bytes, ...]:
@@ -57,33 +66,32 @@ def parse_member_name(name: bytes) -> bytes:
     :raises UnsafeArchiveError: for absolute names, traversal, names outside ``tree/``.
     :raises LimitExceededError: for names longer than the format allows.
     """
-    shown = display(name[:200])
+    name_s = shown(name)
     if not name:
         raise UnsafeArchiveError("refusing member with an empty name")
     if b"\0" in name:
-        raise UnsafeArchiveError(f"refusing member {shown!r}: name contains a NUL byte")
+        raise UnsafeArchiveError(f"refusing member {name_s!r}: name contains a NUL byte")
     if name.startswith(b"/"):
-        raise UnsafeArchiveError(f"refusing member {shown!r}: absolute path")
+        raise UnsafeArchiveError(f"refusing member {name_s!r}: absolute path")
     if len(name) > fmt.MAX_PATH_BYTES:
         raise LimitExceededError(
-            f"refusing member {shown[:60]!r}…: name is {len(name)} bytes, "
-            f"limit {fmt.MAX_PATH_BYTES}"
+            f"refusing member {name_s!r}: name is {len(name)} bytes, limit {fmt.MAX_PATH_BYTES}"
         )
     if name in (fmt.TREE_PREFIX.encode(), _PREFIX):
         return b""
     if not name.startswith(_PREFIX):
-        raise UnsafeArchiveError(f"refusing member {shown!r}: outside {fmt.TREE_PREFIX}/")
+        raise UnsafeArchiveError(f"refusing member {name_s!r}: outside {fmt.TREE_PREFIX}/")
     rel = name[len(_PREFIX) :]
     if rel.endswith(b"/"):
         rel = rel[:-1]
     for part in rel.split(b"/"):
         if part in (b"", b".", b".."):
             raise UnsafeArchiveError(
-                f"refusing member {shown!r}: path component {display(part)!r} not allowed"
+                f"refusing member {name_s!r}: path component {shown(part)!r} not allowed"
             )
         if len(part) > fmt.MAX_NAME_BYTES:
             raise LimitExceededError(
-                f"refusing member {shown[:60]!r}…: a component is {len(part)} bytes, "
+                f"refusing member {name_s!r}: a component is {len(part)} bytes, "
                 f"limit {fmt.MAX_NAME_BYTES}"
             )
     return rel

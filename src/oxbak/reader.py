@@ -27,7 +27,7 @@ from .manifest import (
     decode_index_record,
     decode_manifest,
 )
-from .paths import display, parse_member_name
+from .paths import display, parse_member_name, shown
 from .tarfmt import (
     PAX,
     REGULAR,
@@ -100,7 +100,7 @@ class ArchiveReader:
 
     def _take(self, n: int) -> bytes:
         if not self._fill(n):
-            raise CorruptArchiveError(
+            raise self._premature(
                 f"archive is truncated: the tar stream ends inside a member "
                 f"(at byte {self._offset + len(self._buf)})"
             )
@@ -111,12 +111,15 @@ class ArchiveReader:
     def _skip(self, n: int) -> None:
         while n:
             if not self._fill(1):
-                raise CorruptArchiveError(
-                    "archive is truncated: the tar stream ends inside a member"
-                )
+                raise self._premature("archive is truncated: the tar stream ends inside a member")
             step = min(n, self._available())
             self._pos += step
             n -= step
+
+    def _premature(self, message: str) -> CorruptArchiveError:
+        """The error for a tar stream that ended early: a zstd-level cause comes first."""
+        self._z.check_end()  # raises if the archive is empty or its last frame is cut
+        return CorruptArchiveError(message)
 
     # -- members ----------------------------------------------------------------------
     def _next_header(self) -> Header | None:
@@ -126,7 +129,7 @@ class ArchiveReader:
         pax: dict[bytes, bytes] | None = None
         while True:
             if not self._fill(_BLOCK):
-                raise CorruptArchiveError(
+                raise self._premature(
                     "archive is truncated: the tar end-of-archive marker is missing"
                 )
             block = self._take(_BLOCK)
@@ -172,9 +175,11 @@ class ArchiveReader:
         header = self._next_header()
         if header is None:
             raise ManifestError("archive has no manifest.json (it holds no members)")
-        if header.name != _MANIFEST_MEMBER or header.typeflag != REGULAR:
+        if header.name == _MANIFEST_MEMBER and header.typeflag != REGULAR:
+            raise ManifestError("manifest.json is not a regular file member")
+        if header.name != _MANIFEST_MEMBER:
             raise ManifestError(
-                f"first member is {display(header.name[:200])!r}, not {fmt.MANIFEST_NAME}"
+                f"first member is {shown(header.name[:200])!r}, not {fmt.MANIFEST_NAME}"
             )
         if header.size > fmt.MAX_MANIFEST_BYTES:
             raise LimitExceededError(
@@ -210,9 +215,7 @@ class ArchiveReader:
         left = size
         while left:
             if not self._fill(1):
-                raise CorruptArchiveError(
-                    "archive is truncated: the tar stream ends inside a member"
-                )
+                raise self._premature("archive is truncated: the tar stream ends inside a member")
             step = min(left, self._available(), _READ)
             view = memoryview(self._buf)[self._pos : self._pos + step]
             self._pos += step

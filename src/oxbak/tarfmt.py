@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
-from .paths import display
+from .paths import shown
 
 __all__ = ["Header", "encode_header", "decode_pax", "parse_header", "padding"]
 
@@ -174,9 +174,7 @@ def _octal(field: bytes, what: str, name: bytes) -> int:
     if not text:
         return 0
     if text.translate(None, b"01234567"):  # anything left is not an octal digit
-        raise CorruptArchiveError(
-            f"tar header of {display(name[:100])!r}: {what} field is not octal"
-        )
+        raise CorruptArchiveError(f"tar header of {shown(name[:100])!r}: {what} field is not octal")
     return int(text, 8)
 
 
@@ -196,11 +194,11 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     actual = sum(block[:148]) + sum(block[156:]) + 8 * 0x20
     if stored != actual:
         raise CorruptArchiveError(
-            f"tar header of {display(raw_name)!r}: checksum mismatch "
+            f"tar header of {shown(raw_name)!r}: checksum mismatch "
             f"(stored {stored}, computed {actual})"
         )
     if block[257:265] != b"ustar\x0000":
-        raise CorruptArchiveError(f"tar header of {display(raw_name)!r}: not a POSIX ustar header")
+        raise CorruptArchiveError(f"tar header of {shown(raw_name)!r}: not a POSIX ustar header")
     typeflag = block[156:157]
     if typeflag == b"\0":
         typeflag = REGULAR
@@ -220,11 +218,11 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
         _apply_pax(header, pax)
     if typeflag not in (REGULAR, HARDLINK, SYMLINK, DIRECTORY, PAX):
         kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
-        raise UnsafeArchiveError(f"refusing member {display(header.name)!r}: {kind} not allowed")
+        raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {kind} not allowed")
     if not -_MAX_SECONDS <= header.mtime_ns // 1_000_000_000 < _MAX_SECONDS:
-        raise CorruptArchiveError(f"member {display(header.name)!r}: mtime out of range")
+        raise CorruptArchiveError(f"member {shown(header.name)!r}: mtime out of range")
     if header.uid > _MAX_ID or header.gid > _MAX_ID:
-        raise CorruptArchiveError(f"member {display(header.name)!r}: owner id out of range")
+        raise CorruptArchiveError(f"member {shown(header.name)!r}: owner id out of range")
     return header
 
 
@@ -241,20 +239,20 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
             break
         space = data.find(b" ", pos, pos + 24)
         if space < 0 or not data[pos:space].isdigit():
-            raise CorruptArchiveError(f"pax header of {display(owner)!r} is malformed")
+            raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
         length = int(data[pos:space])
         end = pos + length
         if length <= space - pos + 1 or end > len(data) or data[end - 1 : end] != b"\n":
-            raise CorruptArchiveError(f"pax header of {display(owner)!r} is malformed")
+            raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
         key, eq, value = data[space + 1 : end - 1].partition(b"=")
         if not eq or not key:
-            raise CorruptArchiveError(f"pax header of {display(owner)!r} is malformed")
+            raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
         if key in (b"path", b"linkpath", b"size", b"mtime", b"uid", b"gid", b"hdrcharset"):
             records[key] = value
         elif key not in _IGNORED_PAX_KEYS and not key.startswith(_IGNORED_PAX_PREFIXES):
             raise UnsafeArchiveError(
-                f"refusing member after pax header {display(owner)!r}: "
-                f"unsupported pax key {display(key)!r}"
+                f"refusing member after pax header {shown(owner)!r}: "
+                f"unsupported pax key {shown(key)!r}"
             )
         pos = end
     return records
@@ -262,7 +260,7 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
 
 def _pax_int(value: bytes, key: str, name: bytes) -> int:
     if not value.isdigit() or len(value) > 20:
-        raise CorruptArchiveError(f"pax {key} of {display(name)!r} is not a valid number")
+        raise CorruptArchiveError(f"pax {key} of {shown(name)!r} is not a valid number")
     return int(value)
 
 
@@ -287,7 +285,7 @@ def _parse_pax_mtime(value: bytes, name: bytes) -> int:
     body = value[1:] if negative else value
     sec, dot, frac = body.partition(b".")
     if not sec.isdigit() or len(sec) > 20 or (dot and (not frac.isdigit() or len(frac) > 9)):
-        raise CorruptArchiveError(f"pax mtime of {display(name)!r} is not a valid time")
+        raise CorruptArchiveError(f"pax mtime of {shown(name)!r} is not a valid time")
     ns = int(sec) * 1_000_000_000 + (int(frac.ljust(9, b"0")) if dot else 0)
     return -ns if negative else ns
 
@@ -296,5 +294,5 @@ def check_pax_size(size: int, name: bytes) -> None:
     """Refuse pax headers larger than the format allows before reading them."""
     if size > fmt.MAX_PAX_BYTES:
         raise LimitExceededError(
-            f"pax header of {display(name)!r} is {size} bytes, limit {fmt.MAX_PAX_BYTES}"
+            f"pax header of {shown(name)!r} is {size} bytes, limit {fmt.MAX_PAX_BYTES}"
         )

@@ -27,7 +27,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .manifest import Index, IndexRecord, Manifest, Totals, sections
-from .paths import display, link_stays_inside, parse_member_name, sort_key
+from .paths import display, link_stays_inside, parse_member_name, shown, sort_key
 from .reader import Archive, ArchiveReader, open_archive
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 
@@ -102,20 +102,22 @@ def _run(
         kind = _KIND[header.typeflag]
         key = sort_key(rel)
         if previous is None:
+            if not rel and kind != "dir":
+                raise CorruptArchiveError(f"tree member 'tree/' is a {kind}, not a directory")
             if rel or kind != "dir":
                 raise CorruptArchiveError(
-                    f"first tree member is {display(header.name)!r}, not the root directory tree/"
+                    f"first tree member is {shown(header.name)!r}, not the root directory tree/"
                 )
         else:
             if key <= previous:
                 what = "duplicate entry" if key == previous else "entry out of order"
-                raise UnsafeArchiveError(f"refusing member {display(header.name)!r}: {what}")
+                raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {what}")
             parent = rel.rpartition(b"/")[0]
             while stack and stack[-1] != parent:
                 stack.pop()
             if not stack:
                 raise UnsafeArchiveError(
-                    f"refusing member {display(header.name)!r}: its parent is not a directory "
+                    f"refusing member {shown(header.name)!r}: its parent is not a directory "
                     f"earlier in the archive"
                 )
         previous = key
@@ -125,7 +127,7 @@ def _run(
                 f"archive holds more entries than its manifest declares ({max_entries})"
             )
         if kind != "file" and header.size:
-            raise CorruptArchiveError(f"member {display(header.name)!r}: a {kind} with data")
+            raise CorruptArchiveError(f"member {shown(header.name)!r}: a {kind} with data")
         if kind == "dir":
             totals.directories += 1
             stack.append(rel)
@@ -136,7 +138,7 @@ def _run(
         if kind == "file":
             if totals.bytes + header.size > max_bytes:
                 raise LimitExceededError(
-                    f"member {display(header.name)!r} ({header.size} bytes) takes the archive "
+                    f"member {shown(header.name)!r} ({header.size} bytes) takes the archive "
                     f"beyond the {max_bytes} bytes its manifest declares"
                 )
             totals.files += 1
@@ -153,8 +155,8 @@ def _run(
             target = _hardlink_target(header)
             if target not in files:
                 raise UnsafeArchiveError(
-                    f"refusing hardlink {display(header.name)!r}: target "
-                    f"{display(header.linkname)!r} is not an earlier file of the archive"
+                    f"refusing hardlink {shown(header.name)!r}: target "
+                    f"{shown(header.linkname)!r} is not an earlier file of the archive"
                 )
             totals.hardlinks += 1
             dest.hardlink(rel, target)
@@ -163,11 +165,11 @@ def _run(
             target = header.linkname
             if not target or b"\0" in target:
                 raise UnsafeArchiveError(
-                    f"refusing symlink {display(header.name)!r}: empty or invalid target"
+                    f"refusing symlink {shown(header.name)!r}: empty or invalid target"
                 )
             if len(target) > fmt.MAX_PATH_BYTES:
                 raise LimitExceededError(
-                    f"refusing symlink {display(header.name)!r}: target is {len(target)} bytes, "
+                    f"refusing symlink {shown(header.name)!r}: target is {len(target)} bytes, "
                     f"limit {fmt.MAX_PATH_BYTES}"
                 )
             totals.symlinks += 1
@@ -190,7 +192,7 @@ def _hardlink_target(header: Header) -> bytes:
         return parse_member_name(header.linkname)
     except ArchiveError as exc:
         raise UnsafeArchiveError(
-            f"refusing hardlink {display(header.name)!r}: target {display(header.linkname)!r} "
+            f"refusing hardlink {shown(header.name)!r}: target {shown(header.linkname)!r} "
             f"is not inside the archive's tree"
         ) from exc
 
@@ -219,24 +221,23 @@ def _check_index(
         got = next(stored, None)
         path = record.raw_path
         if got is None:
-            problems.append(f"index lists {display(path)!r}, which the archive does not hold")
+            problems.append(f"index lists {shown(path)!r}, which the archive does not hold")
             continue
         rel, kind, size, digest = got
         if rel != path or kind != record.type:
             problems.append(
-                f"index lists {record.type} {display(path)!r} where the archive holds "
-                f"{kind} {display(rel)!r}"
+                f"index lists {record.type} {shown(path)!r} where the archive holds "
+                f"{kind} {shown(rel)!r}"
             )
             continue
         if size != record.size:
             problems.append(
-                f"size mismatch for {display(rel)!r}: "
-                f"index says {record.size}, archive holds {size}"
+                f"size mismatch for {shown(rel)!r}: index says {record.size}, archive holds {size}"
             )
         if kind != "dir" and (record.digest is None or digest.hex() != record.digest):
-            problems.append(f"digest mismatch for {display(rel)!r}: content is not what was packed")
+            problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
     for rel, _, _, _ in stored:
-        problems.append(f"{display(rel)!r} is in the archive but not in its index")
+        problems.append(f"{shown(rel)!r} is in the archive but not in its index")
     if count != index.entries:
         problems.append(f"index header declares {index.entries} records, it holds {count}")
     changed = sum(1 for r in flagged if r.changed)
@@ -392,6 +393,6 @@ def _check_links(links: dict[bytes, bytes], staging: StagingDir, allow_external:
     for path, target in links.items():
         if not link_stays_inside(path, target, lookup):
             raise UnsafeArchiveError(
-                f"refusing symlink {display(path)!r} -> {display(target)!r}: it points outside "
+                f"refusing symlink {shown(path)!r} -> {shown(target)!r}: it points outside "
                 f"the destination (use --allow-external-symlinks to restore it anyway)"
             )

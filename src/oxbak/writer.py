@@ -386,9 +386,9 @@ class _Packer:
                 return data, before, False
             data = _read_all(fd, before.st_size + 1)
             st = os.fstat(fd)
-            if (
-                len(data) == st.st_size == before.st_size
-                and (st.st_mtime_ns, st.st_ctime_ns) == (before.st_mtime_ns, before.st_ctime_ns)
+            if len(data) == st.st_size == before.st_size and (st.st_mtime_ns, st.st_ctime_ns) == (
+                before.st_mtime_ns,
+                before.st_ctime_ns,
             ):
                 return data, st, True
         return data, st, False
