@@ -30,7 +30,7 @@ and with only blobs/ (profile large)
 Determinism: the same arguments give a byte-identical tree, with identical modification
 times (every file, directory and symlink gets an mtime derived from the seed, with a
 non-zero nanosecond part) and modes 0644/0755, whatever --jobs is. Every piece of work
-(a chunk of documents, a subdirectory, a region of a large file) has its own random
+(a directory of documents, a region of a large file) has its own random
 generator seeded from (seed, piece), so pieces can be generated in parallel.
 
 DEST must not exist or must be an empty directory. Standard library only.
@@ -47,38 +47,57 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 CATEGORIES = (
-    "seeds", "evals", "memory/conversations", "memory/sessions", "memory/facts",
-    "memory/episodes", "memory/knowledge", "sessions", "agent_groups",
+    "seeds",
+    "evals",
+    "memory/conversations",
+    "memory/sessions",
+    "memory/facts",
+    "memory/episodes",
+    "memory/knowledge",
+    "sessions",
+    "agent_groups",
 )
 WEIGHTS = (3, 2, 10, 6, 30, 8, 6, 4, 1)
-WORDS = ["agent", "memory", "fact", "episode", "tool", "call", "result", "plan", "step", "goal", "user", "reply", "context", "token", "model", "kernel", "seed", "eval", "score", "pass", "fail", "retry", "cache", "vector", "embedding", "summary", "note", "task", "queue", "state", "backup", "restore", "manifest"]
+# fmt: off
+WORDS = (
+    "agent", "memory", "fact", "episode", "tool", "call", "result", "plan", "step", "goal",
+    "user", "reply", "context", "token", "model", "kernel", "seed", "eval", "score", "pass",
+    "fail", "retry", "cache", "vector", "embedding", "summary", "note", "task", "queue",
+    "state", "backup", "restore", "manifest",
+)
+# fmt: on
 
-SMALL_FILES = 60_000          # files of profile small at scale 1
-SMALL_CHUNK = 2_000           # documents per generator (unit of parallel work)
-SMALL_MAX_TEXT = 64_000       # cap of a document's text, in characters
-HUGE_FILES = 1_000_000        # files of profile huge-count at scale 1
-HUGE_DIR_FILES = 1_000        # files per subdirectory in huge-count
+SMALL_FILES = 60_000  # files of profile small at scale 1
+SMALL_MAX_TEXT = 64_000  # cap of a document's text, in characters
+HUGE_FILES = 1_000_000  # files of profile huge-count at scale 1
+HUGE_DIR_FILES = 1_000  # files per subdirectory in huge-count
 TINY_MIN, TINY_MAX = 100, 300  # size range of a huge-count file, in bytes
 
 MIB = 1 << 20
-LARGE_FILES = (               # name, size in MiB at scale 1, content kind
+LARGE_FILES = (  # name, size in MiB at scale 1, content kind
     ("events-0.jsonl", 256, "text"),
     ("events-1.jsonl", 256, "text"),
     ("vectors.bin", 192, "random"),
-    ("index.db", 64, "half"),   # each MiB is random or JSONL text, half and half
+    ("index.db", 64, "half"),  # each MiB is random or JSONL text, half and half
 )
-LARGE_REGION = 8 * MIB        # unit of parallel work in a large file
+LARGE_REGION = 8 * MIB  # unit of parallel work in a large file
 
-EPOCH = 1_704_067_200         # 2024-01-01T00:00:00Z: timestamps are safely in the past
+EPOCH = 1_704_067_200  # 2024-01-01T00:00:00Z: timestamps are safely in the past
 YEAR_SECONDS = 360 * 86_400
 NS = 1_000_000_000
-PHRASES = 65_536              # size of the phrase table (indexed by 16-bit numbers)
-LINE_BREAK_EVERY = 16         # one phrase in 16 ends a JSONL line (~300 chars of text)
+PHRASES = 65_536  # size of the phrase table (indexed by 16-bit numbers)
+LINE_BREAK_EVERY = 16  # one phrase in 16 ends a JSONL line (~300 chars of text)
+
+
+Piece = tuple[Any, ...]  # (worker name, arguments...): one unit of parallel work
 
 
 # --------------------------------------------------------------------------- helpers
+
 
 def rng_for(seed: int, key: str) -> random.Random:
     """An independent generator for one piece of work (string seeds are stable)."""
@@ -96,7 +115,7 @@ def random_mtime_ns(bits: int) -> int:
     return (EPOCH + bits % YEAR_SECONDS) * NS + 1 + (bits >> 32) % (NS - 1)
 
 
-def u16s(data: bytes) -> array.array:
+def u16s(data: bytes) -> array.array[int]:
     """The bytes as little-endian unsigned 16-bit numbers, on any platform."""
     values = array.array("H", data)
     if sys.byteorder == "big":
@@ -116,7 +135,7 @@ def tables(seed: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
     """
     rng = rng_for(seed, "tables")
     picks = rng.choices(WORDS, k=3 * PHRASES)
-    phrases = tuple(" ".join(picks[i:i + 3]) + " " for i in range(0, 3 * PHRASES, 3))
+    phrases = tuple(" ".join(picks[i : i + 3]) + " " for i in range(0, 3 * PHRASES, 3))
     tags = tuple(
         "[\n    " + ",\n    ".join(f'"{w}"' for w in rng.sample(WORDS, 3)) + "\n  ]"
         for _ in range(4096)
@@ -130,15 +149,19 @@ def tables(seed: int) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]
 def jsonl_line_start(rng: random.Random) -> str:
     """The start of one JSONL event line, up to the opening quote of its text."""
     tags = ", ".join(f'"{w}"' for w in rng.sample(WORDS, 3))
-    return (f'{{"id": "%s", "created_at": "{created_at(rng.getrandbits(32))}", '
-            f'"event": "{rng.choice(WORDS)}", "tags": [{tags}], '
-            f'"score": {rng.random():.6f}, "text": "')
+    return (
+        f'{{"id": "%s", "created_at": "{created_at(rng.getrandbits(32))}", '
+        f'"event": "{rng.choice(WORDS)}", "tags": [{tags}], '
+        f'"score": {rng.random():.6f}, "text": "'
+    )
 
 
 def created_at(bits: int) -> str:
     """An RFC 3339 time in 2024 (minute resolution) from 32 random bits."""
-    return (f"2024-{bits % 12 + 1:02d}-{(bits >> 4) % 28 + 1:02d}T"
-            f"{(bits >> 9) % 24:02d}:{(bits >> 14) % 60:02d}:00Z")
+    return (
+        f"2024-{bits % 12 + 1:02d}-{(bits >> 4) % 28 + 1:02d}T"
+        f"{(bits >> 9) % 24:02d}:{(bits >> 14) % 60:02d}:00Z"
+    )
 
 
 class TextSource:
@@ -152,8 +175,8 @@ class TextSource:
         """The next n characters; with whole_words, cut back to the last full word."""
         while self.pos + n + 1 > len(self.buf):
             more = "".join(map(self.phrases.__getitem__, u16s(self.rng.randbytes(2 * self.block))))
-            self.buf, self.pos = self.buf[self.pos:] + more, 0
-        piece = self.buf[self.pos:self.pos + n]
+            self.buf, self.pos = self.buf[self.pos :] + more, 0
+        piece = self.buf[self.pos : self.pos + n]
         if whole_words:
             cut = piece.rfind(" ")
             if cut > 0:
@@ -168,7 +191,7 @@ def write_file(dir_fd: int, name: str, data: bytes, mtime_ns: int) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.utime(fd, ns=(mtime_ns, mtime_ns))
     finally:
         os.close(fd)
@@ -176,7 +199,8 @@ def write_file(dir_fd: int, name: str, data: bytes, mtime_ns: int) -> None:
 
 # --------------------------------------------------------------------------- work pieces
 
-def small_chunk(dest: str, seed: int, cat: str, start: int, stop: int) -> tuple[int, int]:
+
+def small_docs(dest: str, seed: int, cat: str, start: int, stop: int) -> tuple[int, int]:
     """Write documents start..stop-1 of category cat (pretty-printed JSON, ~1.7 KB)."""
     phrases, tags, _ = tables(seed)
     rng = rng_for(seed, f"small/{cat}/{start}")
@@ -211,9 +235,11 @@ def huge_subdir(dest: str, seed: int, cat: str, sub: int, start: int, stop: int)
     try:
         for i in range(start, stop):
             bits = rng.getrandbits(256)
-            head = (f'{{"id":"{i:08x}-{bits & 0xFFFF_FFFF_FFFF_FFFF:016x}",'
-                    f'"ts":"{created_at((bits >> 64) & 0xFFFF_FFFF)}",'
-                    f'"score":{((bits >> 96) & 0xFFFF_FFFF) % 1_000_000 / 1e6:.6f},"text":"')
+            head = (
+                f'{{"id":"{i:08x}-{bits & 0xFFFF_FFFF_FFFF_FFFF:016x}",'
+                f'"ts":"{created_at((bits >> 64) & 0xFFFF_FFFF)}",'
+                f'"score":{((bits >> 96) & 0xFFFF_FFFF) % 1_000_000 / 1e6:.6f},"text":"'
+            )
             size = TINY_MIN + ((bits >> 128) & 0xFFFF_FFFF) % (TINY_MAX - TINY_MIN + 1)
             data = (head + text.take(size - len(head) - 3, whole_words=False) + '"}\n').encode()
             write_file(dir_fd, f"{i:06d}.json", data, random_mtime_ns(bits >> 192))
@@ -237,14 +263,16 @@ def jsonl_chunk(rng: random.Random, tokens: tuple[str, ...], first: str, n: int)
     text = "".join(parts)
     count = text.count("%s")
     ids = rng.randbytes(8 * count).hex()
-    text = text % tuple(ids[j:j + 16] for j in range(0, 16 * count, 16))
+    text = text % tuple(ids[j : j + 16] for j in range(0, 16 * count, 16))
     cut = text.rfind("\n", 0, n)
     if cut < 0:  # n is shorter than one line (tiny --scale): blank padding
         return b" " * (n - 1) + b"\n" if n else b""
     return (text[:cut] + " " * (n - cut - 1) + "\n").encode()
 
 
-def large_region(dest: str, seed: int, name: str, kind: str, offset: int, length: int) -> tuple[int, int]:
+def large_region(
+    dest: str, seed: int, name: str, kind: str, offset: int, length: int
+) -> tuple[int, int]:
     """Write bytes offset..offset+length-1 of blobs/name, one MiB chunk at a time."""
     _, _, tokens = tables(seed)
     rng = rng_for(seed, f"large/{name}/{offset}")
@@ -268,28 +296,38 @@ def large_region(dest: str, seed: int, name: str, kind: str, offset: int, length
     return 0, len(data)
 
 
-def run_piece(piece: tuple) -> tuple[int, int]:
+def run_piece(piece: Piece) -> tuple[int, int]:
     """Run one work piece (function name, arguments); returns (files, bytes)."""
-    func, *args = piece
-    return {"small": small_chunk, "huge": huge_subdir, "large": large_region}[func](*args)
+    name, *args = piece
+    workers: dict[str, Callable[..., tuple[int, int]]] = {
+        "small": small_docs,
+        "huge": huge_subdir,
+        "large": large_region,
+    }
+    func = workers[name]
+    return func(*args)
 
 
 # --------------------------------------------------------------------------- planning
 
+
 def category_counts(total: int) -> list[tuple[str, int]]:
     """Files per category for a total, in the fixed proportions."""
-    return [(cat, total * w // sum(WEIGHTS)) for cat, w in zip(CATEGORIES, WEIGHTS)]
+    return [(cat, total * w // sum(WEIGHTS)) for cat, w in zip(CATEGORIES, WEIGHTS, strict=True)]
 
 
-def plan_small(dest: str, seed: int, scale: float, dirs: list[str], pieces: list) -> None:
-    """Add the directories and pieces of profile small at the given scale."""
+def plan_small(dest: str, seed: int, scale: float, dirs: list[str], pieces: list[Piece]) -> None:
+    """Add the directories and pieces of profile small at the given scale.
+
+    One piece per directory, so that each directory's files are created one after the
+    other in name order (a directory's on-disk size depends on its insertion order).
+    """
     for cat, count in category_counts(int(SMALL_FILES * scale)):
         dirs.append(cat)
-        for start in range(0, count, SMALL_CHUNK):
-            pieces.append(("small", dest, seed, cat, start, min(count, start + SMALL_CHUNK)))
+        pieces.append(("small", dest, seed, cat, 0, count))
 
 
-def plan_huge(dest: str, seed: int, scale: float, dirs: list[str], pieces: list) -> None:
+def plan_huge(dest: str, seed: int, scale: float, dirs: list[str], pieces: list[Piece]) -> None:
     """Add the directories and pieces of profile huge-count at the given scale."""
     for cat, count in category_counts(int(HUGE_FILES * scale)):
         dirs.append(cat)
@@ -298,7 +336,9 @@ def plan_huge(dest: str, seed: int, scale: float, dirs: list[str], pieces: list)
             pieces.append(("huge", dest, seed, cat, sub, start, min(count, start + HUGE_DIR_FILES)))
 
 
-def plan_large(dest: str, seed: int, scale: float, dirs: list[str], pieces: list) -> list[tuple[str, int]]:
+def plan_large(
+    dest: str, seed: int, scale: float, dirs: list[str], pieces: list[Piece]
+) -> list[tuple[str, int]]:
     """Add the directory and pieces of profile large; returns (file, size) to create."""
     dirs.append("blobs")
     files = []
@@ -306,7 +346,9 @@ def plan_large(dest: str, seed: int, scale: float, dirs: list[str], pieces: list
         size = int(mib * MIB * scale)
         files.append((f"blobs/{name}", size))
         for offset in range(0, size, LARGE_REGION):
-            pieces.append(("large", dest, seed, name, kind, offset, min(LARGE_REGION, size - offset)))
+            pieces.append(
+                ("large", dest, seed, name, kind, offset, min(LARGE_REGION, size - offset))
+            )
     return files
 
 
@@ -330,7 +372,9 @@ def add_extras(dest: str, profile: str) -> tuple[list[str], list[str]]:
     return [path for _, path in links], notes
 
 
-def generate(dest: str, profile: str, scale: float, seed: int, extras: bool, jobs: int) -> tuple[int, int]:
+def generate(
+    dest: str, profile: str, scale: float, seed: int, extras: bool, jobs: int
+) -> tuple[int, int]:
     """Build the whole tree; returns (regular files, bytes)."""
     if os.path.lexists(dest) and (not os.path.isdir(dest) or os.listdir(dest)):
         raise SystemExit(f"make_state.py: {dest} must not exist or must be an empty directory")
@@ -338,7 +382,7 @@ def generate(dest: str, profile: str, scale: float, seed: int, extras: bool, job
     extras = extras or profile == "mixed"
     part = scale / 2 if profile == "mixed" else scale
     dirs: list[str] = []
-    pieces: list[tuple] = []
+    pieces: list[Piece] = []
     large_files: list[tuple[str, int]] = []
     if profile in ("small", "mixed"):
         plan_small(dest, seed, part, dirs, pieces)
@@ -397,10 +441,17 @@ def main() -> None:
     p.add_argument("--profile", choices=["small", "large", "mixed", "huge-count"], default="small")
     p.add_argument("--scale", type=float, default=1.0, help="multiply file counts or sizes")
     p.add_argument("--seed", type=int, default=20261124)
-    p.add_argument("--extras", action="store_true",
-                   help="add empty dirs, two relative symlinks and a hardlink (always on for mixed)")
-    p.add_argument("--jobs", type=int, default=min(os.cpu_count() or 1, 8),
-                   help="worker processes (the tree does not depend on it)")
+    p.add_argument(
+        "--extras",
+        action="store_true",
+        help="add empty dirs, two relative symlinks and a hardlink (always on for mixed)",
+    )
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=min(os.cpu_count() or 1, 8),
+        help="worker processes (the tree does not depend on it)",
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no summary line")
     a = p.parse_args()
     if a.scale <= 0:
@@ -408,8 +459,11 @@ def main() -> None:
     start = time.perf_counter()
     files, total = generate(a.dest, a.profile, a.scale, a.seed, a.extras, max(1, a.jobs))
     if not a.quiet:
-        print(f"make_state.py: {a.profile} x{a.scale:g}: {files} files, {total / 1e6:.1f} MB "
-              f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+        print(
+            f"make_state.py: {a.profile} x{a.scale:g}: {files} files, {total / 1e6:.1f} MB "
+            f"in {time.perf_counter() - start:.1f} s",
+            file=sys.stderr,
+        )
 
 
 if __name__ == "__main__":
