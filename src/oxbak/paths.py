@@ -84,7 +84,15 @@ def parse_member_name(name: bytes) -> bytes:
     rel = name[len(_PREFIX) :]
     if rel.endswith(b"/"):
         rel = rel[:-1]
-    for part in rel.split(b"/"):
+    parts = rel.split(b"/")
+    if (
+        b"" not in parts
+        and b"." not in parts
+        and b".." not in parts
+        and max(map(len, parts)) <= fmt.MAX_NAME_BYTES
+    ):
+        return rel  # the common case, decided without a Python-level loop
+    for part in parts:
         if part in (b"", b".", b".."):
             raise UnsafeArchiveError(
                 f"refusing member {name_s!r}: path component {shown(part)!r} not allowed"

@@ -12,7 +12,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
@@ -210,8 +210,17 @@ class ArchiveReader:
                 raise ManifestError("archive holds a second manifest.json")
             yield header
 
-    def data(self, size: int) -> Iterator[memoryview]:
-        """The current member's *size* data bytes, in pieces, then skips its padding."""
+    def data(self, size: int) -> Iterable[memoryview]:
+        """The current member's *size* data bytes, in pieces; its padding is skipped later."""
+        pos = self._pos
+        if len(self._buf) - pos >= size:
+            # The common case for small files: the whole member is already decompressed.
+            self._pos = pos + size
+            self._pending -= size
+            return (memoryview(self._buf)[pos : pos + size],)
+        return self._data_pieces(size)
+
+    def _data_pieces(self, size: int) -> Iterator[memoryview]:
         left = size
         while left:
             if not self._fill(1):

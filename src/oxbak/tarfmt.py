@@ -14,6 +14,8 @@ the archive.
 from __future__ import annotations
 
 import functools
+import re
+import struct
 from dataclasses import dataclass
 
 from . import format as fmt
@@ -78,6 +80,8 @@ def _pax_mtime(mtime_ns: int) -> bytes:
 # magic, empty uname/gname (machine-dependent, never stored), zero device numbers.
 _TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(155 + 12)
 _TAIL_SUM = sum(_TAIL) + 8 * 0x20  # plus the checksum field, counted as spaces
+_MTIME_RECORD = re.compile(rb"([0-9]{1,3}) mtime=(-?[0-9]{1,20}(?:\.[0-9]{1,9})?)\n")
+_NUMERIC = struct.Struct("8s8s8s12s12s8s")  # mode uid gid size mtime checksum, at 100
 _FIELDS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
 
 
@@ -183,6 +187,27 @@ def is_zero_block(block: bytes | memoryview) -> bool:
     return block == _ZERO_BLOCK
 
 
+def _numbers(block: bytes, name: bytes) -> tuple[int, int, int, int, int, int]:
+    """mode, uid, gid, size, mtime and checksum: NUL/space-terminated octal fields."""
+    try:
+        if block[100:156].translate(None, b"01234567 \0"):
+            raise ValueError
+        return tuple(  # type: ignore[return-value]
+            int(field.rstrip(b" \0").lstrip(b" ") or b"0", 8)
+            for field in _NUMERIC.unpack_from(block, 100)
+        )
+    except ValueError:
+        # Slow path, only to name the bad field in the message.
+        return (
+            _octal(block[100:108], "mode", name),
+            _octal(block[108:116], "uid", name),
+            _octal(block[116:124], "gid", name),
+            _octal(block[124:136], "size", name),
+            _octal(block[136:148], "mtime", name),
+            _octal(block[148:156], "checksum", name),
+        )
+
+
 def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     """Decode one 512-byte ustar header, verifying its checksum, then apply *pax* records.
 
@@ -190,8 +215,8 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     :raises UnsafeArchiveError: a member type oxbak never writes (devices, FIFOs, …).
     """
     raw_name = block[0:100].split(b"\0", 1)[0]
-    stored = _octal(block[148:156], "checksum", raw_name)
-    actual = sum(block[:148]) + sum(block[156:]) + 8 * 0x20
+    mode, uid, gid, size, mtime, stored = _numbers(block, raw_name)
+    actual = sum(block) - sum(block[148:156]) + 8 * 0x20
     if stored != actual:
         raise CorruptArchiveError(
             f"tar header of {shown(raw_name)!r}: checksum mismatch "
@@ -205,14 +230,14 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     prefix = block[345:500].split(b"\0", 1)[0]
     name = prefix + b"/" + raw_name if prefix else raw_name
     header = Header(
-        name=name,
-        typeflag=typeflag,
-        mode=_octal(block[100:108], "mode", name),
-        uid=_octal(block[108:116], "uid", name),
-        gid=_octal(block[116:124], "gid", name),
-        size=_octal(block[124:136], "size", name),
-        mtime_ns=_octal(block[136:148], "mtime", name) * 1_000_000_000,
-        linkname=block[157:257].split(b"\0", 1)[0],
+        name,
+        typeflag,
+        mode,
+        uid,
+        gid,
+        size,
+        mtime * 1_000_000_000,
+        block[157:257].split(b"\0", 1)[0],
     )
     if pax:
         _apply_pax(header, pax)
@@ -232,6 +257,9 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
     :raises CorruptArchiveError: malformed records.
     :raises UnsafeArchiveError: keys oxbak does not understand (e.g. ``GNU.sparse.*``).
     """
+    single = _MTIME_RECORD.fullmatch(data)
+    if single is not None and int(single[1]) == len(data):
+        return {b"mtime": single[2]}  # what the writer puts before nearly every file
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):

@@ -97,10 +97,14 @@ def _run(
     stack: list[bytes] = []
     previous: tuple[bytes, ...] | None = None
     report_at = 0
+    count = 0
+    per_dir = seen.sections
+    stored = seen.records
     for header in reader.members():
         rel = parse_member_name(header.name)
         kind = _KIND[header.typeflag]
         key = sort_key(rel)
+        parent = rel.rpartition(b"/")[0]
         if previous is None:
             if not rel and kind != "dir":
                 raise CorruptArchiveError(f"tree member 'tree/' is a {kind}, not a directory")
@@ -112,7 +116,6 @@ def _run(
             if key <= previous:
                 what = "duplicate entry" if key == previous else "entry out of order"
                 raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {what}")
-            parent = rel.rpartition(b"/")[0]
             while stack and stack[-1] != parent:
                 stack.pop()
             if not stack:
@@ -121,7 +124,7 @@ def _run(
                     f"earlier in the archive"
                 )
         previous = key
-        count = totals.entries + 1
+        count += 1
         if count > max_entries:
             raise LimitExceededError(
                 f"archive holds more entries than its manifest declares ({max_entries})"
@@ -132,9 +135,9 @@ def _run(
             totals.directories += 1
             stack.append(rel)
             dest.directory(rel, header.mode, header.mtime_ns, header.uid, header.gid)
-            seen.records.append((rel, kind, 0, b""))
+            stored.append((rel, kind, 0, b""))
             continue
-        seen.sections[rel.rpartition(b"/")[0]] = seen.sections.get(rel.rpartition(b"/")[0], 0) + 1
+        per_dir[parent] = per_dir.get(parent, 0) + 1
         if kind == "file":
             if totals.bytes + header.size > max_bytes:
                 raise LimitExceededError(
@@ -147,7 +150,7 @@ def _run(
                 rel, header.mode, header.mtime_ns, header.uid, header.gid, reader.data(header.size)
             )
             files.add(rel)
-            seen.records.append((rel, kind, header.size, digest))
+            stored.append((rel, kind, header.size, digest))
             if progress is not None and totals.bytes >= report_at:
                 progress(totals.bytes, max_bytes)
                 report_at = totals.bytes + (1 << 20)
@@ -160,7 +163,7 @@ def _run(
                 )
             totals.hardlinks += 1
             dest.hardlink(rel, target)
-            seen.records.append((rel, kind, 0, _hash(target)))
+            stored.append((rel, kind, 0, _hash(target)))
         else:
             target = header.linkname
             if not target or b"\0" in target:
@@ -175,7 +178,7 @@ def _run(
             totals.symlinks += 1
             seen.links[rel] = target
             dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
-            seen.records.append((rel, kind, 0, _hash(target)))
+            stored.append((rel, kind, 0, _hash(target)))
     if previous is None:
         raise CorruptArchiveError("archive holds no tree (the root directory tree/ is missing)")
     index, records = reader.index()
