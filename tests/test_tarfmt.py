@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import io
-from decimal import Decimal
 import tarfile
+from decimal import Decimal
 
 import pytest
 from hypothesis import given

@@ -62,8 +62,12 @@ class _Group(click.Group):
             if _debug():
                 traceback.print_exc()
             _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            _fail("interrupted", 130)
+        except KeyboardInterrupt as exc:
+            # The library has removed its temp file or staging directory by now. Exit at
+            # once: zstd's worker threads would otherwise finish their jobs first.
+            click.echo("oxbak: error: interrupted", err=True)
+            sys.stderr.flush()
+            os._exit(143 if isinstance(exc, _Terminated) else 130)
         except BrokenPipeError:
             # The reader went away (e.g. `oxbak list x | head`): not our failure to report.
             sys.stderr.close()
@@ -79,9 +83,12 @@ class _Group(click.Group):
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an exception so temp files and staging directories are removed."""
+
+
 def _on_sigterm(signum: int, frame: object) -> NoReturn:
-    # Turn SIGTERM into an exception so temp files and staging directories are removed.
-    raise KeyboardInterrupt
+    raise _Terminated
 
 
 @contextmanager
@@ -164,7 +171,7 @@ def _parse_labels(
 
 
 @cli.command("pack")
-@click.argument("src", type=click.Path(file_okay=False, path_type=str))
+@click.argument("src")
 @click.option(
     "-o",
     "--output",
@@ -512,4 +519,14 @@ def recover_cmd(dest: str) -> None:
 
 def main() -> None:
     """Entry point of the ``oxbak`` console script."""
-    cli(prog_name="oxbak")
+    try:
+        code = cli.main(prog_name="oxbak", standalone_mode=False)
+    except click.UsageError as exc:
+        # One line, like every other error; the command's --help has the details.
+        where = exc.ctx.command_path if exc.ctx is not None else "oxbak"
+        _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+    except click.ClickException as exc:
+        _fail(exc.format_message(), exc.exit_code)
+    except click.Abort:
+        _fail("interrupted", 130)
+    sys.exit(code if isinstance(code, int) else 0)

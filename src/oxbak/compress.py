@@ -102,7 +102,7 @@ class ZstdWriter:
                 self._stream.close()  # type: ignore[no-untyped-call]  # untyped in the stub
         except zstandard.ZstdError as exc:
             raise OutputError(f"zstd compression failed: {exc}") from exc
-        self.bytes_out = self._out.tell() if self._out.seekable() else 0
+        self.bytes_out = self._first_len + self._stream.tell()
 
 
 @contextlib.contextmanager

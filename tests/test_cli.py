@@ -1,0 +1,978 @@
+"""The installed ``oxbak`` command, run in real subprocesses.
+
+Every test goes through the console script the package installs (next to the running
+interpreter), so argument parsing, exit codes, what goes to stdout (data only) and to
+stderr (messages only), and the one-line error contract are checked as a user sees them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import pty
+import random
+import re
+import shlex
+import socket
+import stat
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+OXBAK = Path(sys.executable).parent / "oxbak"
+EPOCH = "1700000000"
+EPOCH_RFC3339 = "2023-11-14T22:13:20Z"
+NON_UTF8 = b"caf\xe9.json"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+COMMANDS = ("pack", "unpack", "info", "list", "verify", "recover")
+
+Snapshot = dict[bytes, tuple[object, ...]]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _env(extra: Mapping[str, str | None] | None = None) -> dict[str, str]:
+    """The environment for a child: ours, without OXBAK_DEBUG, with *extra* applied."""
+    env = dict(os.environ)
+    env.pop("OXBAK_DEBUG", None)
+    for key, value in (extra or {}).items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return env
+
+
+def oxbak(
+    *args: str | os.PathLike[str],
+    input: bytes | None = None,
+    env: Mapping[str, str | None] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[bytes]:
+    """Run the installed command; stdin is empty unless *input* is given."""
+    return subprocess.run(
+        [str(OXBAK), *map(str, args)],
+        input=input if input is not None else b"",
+        capture_output=True,
+        env=_env(env),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def sh(script: str, *, cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    """Run a bash pipeline (with pipefail)."""
+    return subprocess.run(
+        ["bash", "-o", "pipefail", "-c", script],
+        capture_output=True,
+        env=_env(),
+        cwd=cwd,
+        timeout=60,
+    )
+
+
+def q(path: str | os.PathLike[str]) -> str:
+    return shlex.quote(str(path))
+
+
+def text(data: bytes) -> str:
+    return data.decode("utf-8")
+
+
+def assert_one_error(
+    result: subprocess.CompletedProcess[bytes], code: int = 1, *, stdout_empty: bool = True
+) -> str:
+    """Exit *code*, exactly one stderr line ``oxbak: error: …``, no traceback; the line."""
+    err = text(result.stderr)
+    assert result.returncode == code, (result.returncode, err)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("oxbak: error: "), err
+    if stdout_empty:
+        assert result.stdout == b""
+    return lines[0]
+
+
+def assert_usage_error(result: subprocess.CompletedProcess[bytes], needle: str) -> None:
+    """A usage error: exit 2, nothing on stdout, one `oxbak: error:` line with the reason."""
+    err = text(result.stderr)
+    assert result.returncode == 2, (result.returncode, err)
+    assert result.stdout == b""
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("oxbak: error: "), err
+    assert needle in err, err
+
+
+def assert_ok(result: subprocess.CompletedProcess[bytes]) -> None:
+    assert result.returncode == 0, (result.returncode, result.stderr.decode(errors="replace"))
+    assert b"Traceback" not in result.stderr
+
+
+def set_mtimes(root: Path, base_ns: int = 1_600_000_000_123_456_789) -> None:
+    """Give every entry a distinct nanosecond mtime; directories last, deepest first."""
+    root_b = os.fsencode(root)
+    dirs: list[bytes] = [root_b]
+    others: list[bytes] = []
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            (others if os.path.islink(p) else dirs).append(p)
+        others += [os.path.join(dirpath, name) for name in filenames]
+    step = 1_000_000_007
+    for i, p in enumerate(sorted(others)):
+        t = base_ns + i * step
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+    for i, p in enumerate(sorted(dirs, key=lambda d: -d.count(b"/"))):
+        t = base_ns + (len(others) + i) * step + 1
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+
+
+def make_tree(root: Path) -> Path:
+    """A small tree with every kind of entry oxbak stores, nanosecond mtimes included."""
+    rng = random.Random(1234)
+    (root / "a" / "deep").mkdir(parents=True)
+    (root / "empty").mkdir()
+    (root / "sub" / "dir").mkdir(parents=True)
+    (root / "a" / "f.txt").write_bytes(b"hello, oxbak\n")
+    (root / "a" / "run.sh").write_bytes(b"#!/bin/sh\necho run\n")
+    (root / "a" / "deep" / "data.bin").write_bytes(rng.randbytes(64 * 1024))
+    (root / "a" / "x.tmp").write_bytes(b"scratch")
+    (root / "sub" / "keep.txt").write_bytes(b"keep me\n" * 50)
+    (root / "sub" / "dir" / "y.txt").write_bytes(b"inside sub/dir\n")
+    (root / "top.tmp").write_bytes(b"scratch too")
+    with open(os.path.join(os.fsencode(root), NON_UTF8), "wb") as fh:
+        fh.write(b'{"name": "caf\xc3\xa9"}\n')
+    os.symlink("a/f.txt", root / "link")
+    os.symlink("../sub/keep.txt", root / "a" / "up")
+    os.link(root / "a" / "f.txt", root / "hl")
+    os.chmod(root / "a" / "run.sh", 0o755)
+    os.chmod(root / "a" / "f.txt", 0o640)
+    os.chmod(root / "sub" / "keep.txt", 0o600)
+    os.chmod(root / "a", 0o750)
+    os.chmod(root / "empty", 0o700)
+    set_mtimes(root)
+    return root
+
+
+def snapshot(root: Path) -> Snapshot:
+    """Everything a restore must reproduce: per relative path its type, mode, mtime (ns),
+    content or link target, and for files the set of paths sharing its inode."""
+    root_b = os.fsencode(root)
+    by_inode: dict[int, list[bytes]] = {}
+    raw: dict[bytes, os.stat_result] = {b".": os.lstat(root_b)}
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in dirnames + filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root_b)
+            st = os.lstat(full)
+            raw[rel] = st
+            if stat.S_ISREG(st.st_mode):
+                by_inode.setdefault(st.st_ino, []).append(rel)
+    snap: Snapshot = {}
+    for rel, st in raw.items():
+        full = os.path.join(root_b, rel)
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            snap[rel] = ("symlink", os.readlink(full), st.st_mtime_ns)
+        elif stat.S_ISDIR(st.st_mode):
+            snap[rel] = ("dir", mode, st.st_mtime_ns)
+        elif stat.S_ISREG(st.st_mode):
+            with open(full, "rb") as fh:
+                content = fh.read()
+            links = tuple(sorted(by_inode[st.st_ino]))
+            snap[rel] = ("file", mode, st.st_mtime_ns, content, links)
+        else:
+            snap[rel] = ("other", stat.S_IFMT(st.st_mode))
+    return snap
+
+
+def content_bytes(root: Path) -> int:
+    """Bytes of regular-file content in the tree, each inode counted once."""
+    seen: dict[object, int] = {}
+    for value in snapshot(root).values():
+        if value[0] == "file":
+            content, links = value[3], value[4]
+            assert isinstance(content, bytes)
+            seen[links] = len(content)
+    return sum(seen.values())
+
+
+def archive_paths(archive: Path) -> set[str]:
+    result = oxbak("list", "--json", archive)
+    assert_ok(result)
+    return {json.loads(line)["path"] for line in text(result.stdout).splitlines()}
+
+
+def info_json(archive: Path) -> dict[str, object]:
+    result = oxbak("info", "--json", archive)
+    assert_ok(result)
+    assert result.stderr == b""
+    data = json.loads(result.stdout)
+    assert isinstance(data, dict)
+    return data
+
+
+def display(path: bytes) -> str:
+    return path.decode("utf-8", "backslashreplace")
+
+
+def leftovers(directory: Path) -> list[str]:
+    return sorted(n for n in os.listdir(directory) if n.startswith(".") and "oxbak" in n)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="session")
+def command() -> Path:
+    assert OXBAK.is_file(), f"the console script is not installed at {OXBAK}"
+    return OXBAK
+
+
+@pytest.fixture
+def src(tmp_path: Path, command: Path) -> Path:
+    return make_tree(tmp_path / "src")
+
+
+@pytest.fixture
+def archive(src: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "out" / "src.oxbak"
+    out.parent.mkdir()
+    assert_ok(oxbak("pack", src, "-o", out, env={"SOURCE_DATE_EPOCH": EPOCH}))
+    return out
+
+
+@pytest.fixture(scope="module")
+def many_archive(tmp_path_factory: pytest.TempPathFactory, command: Path) -> Path:
+    """An archive with 2,000 entries: far more `list` output than a pipe buffer holds."""
+    base = tmp_path_factory.mktemp("many")
+    root = base / "many"
+    for d in range(20):
+        (root / f"d{d:02}").mkdir(parents=True)
+        for i in range(100):
+            (root / f"d{d:02}" / f"a-file-with-a-longer-name-{i:03}.txt").write_bytes(b"x")
+    out = base / "many.oxbak"
+    assert_ok(oxbak("pack", root, "-o", out))
+    return out
+
+
+# --------------------------------------------------------------------------- version, help
+
+
+def test_version(command: Path) -> None:
+    from importlib.metadata import version
+
+    result = oxbak("--version")
+    assert_ok(result)
+    assert result.stderr == b""
+    assert text(result.stdout).strip() == f"oxbak, version {version('oxbak')}"
+    assert_ok(short := oxbak("-V"))
+    assert short.stdout == result.stdout
+
+
+def test_python_dash_m_version(command: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "oxbak", "--version"], capture_output=True, env=_env(), timeout=60
+    )
+    assert_ok(result)
+    assert result.stderr == b""
+    assert result.stdout == oxbak("--version").stdout
+
+
+def test_top_level_help(command: Path) -> None:
+    result = oxbak("--help")
+    assert_ok(result)
+    assert result.stderr == b""
+    out = text(result.stdout)
+    assert out.startswith("Usage: oxbak ")
+    assert "Example" in out
+    for cmd in COMMANDS:
+        assert re.search(rf"^\s+{cmd}\s", out, re.M), f"{cmd} missing from --help"
+
+
+@pytest.mark.parametrize("cmd", COMMANDS)
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_command_help_shows_an_example(command: Path, cmd: str, flag: str) -> None:
+    result = oxbak(cmd, flag)
+    assert_ok(result)
+    assert result.stderr == b""
+    out = text(result.stdout)
+    assert out.startswith(f"Usage: oxbak {cmd} ")
+    assert "Example" in out
+    assert re.search(rf"^\s+(\S+ \| )?.*oxbak {cmd}\b", out, re.M), out
+
+
+def test_unknown_command_is_a_usage_error(command: Path) -> None:
+    assert_usage_error(oxbak("frobnicate"), "frobnicate")
+
+
+# --------------------------------------------------------------------------- pack
+
+
+def test_pack_default_output_name_in_cwd(src: Path, tmp_path: Path) -> None:
+    work = tmp_path / "work"
+    work.mkdir()
+    before = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    result = oxbak("pack", src, cwd=work)
+    after = dt.datetime.now(tz=dt.UTC)
+    assert_ok(result)
+    assert result.stdout == b""
+    names = os.listdir(work)
+    assert len(names) == 1, names
+    name = names[0]
+    assert re.fullmatch(r"src-\d{8}T\d{6}Z\.oxbak", name), name
+    stamp = dt.datetime.strptime(name[4:20], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    assert before <= stamp <= after
+    assert text(result.stderr).rstrip("\n").endswith(f"-> {name}")
+    assert_ok(oxbak("verify", work / name))
+
+
+def test_pack_to_named_output(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "named.oxbak"
+    result = oxbak("pack", src, "-o", out)
+    assert_ok(result)
+    assert result.stdout == b""
+    assert out.read_bytes().startswith(ZSTD_MAGIC)
+    assert leftovers(tmp_path) == []
+    assert_ok(oxbak("verify", out))
+
+
+def test_pack_refuses_existing_output_without_force(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exists.oxbak"
+    precious = b"not an archive, but someone's file\n" * 10
+    out.write_bytes(precious)
+    line = assert_one_error(oxbak("pack", src, "-o", out))
+    assert "exists" in line and "--force" in line
+    assert out.read_bytes() == precious
+    assert leftovers(tmp_path) == []
+
+
+def test_pack_force_replaces_existing_output(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "exists.oxbak"
+    out.write_bytes(b"old")
+    assert_ok(oxbak("pack", src, "-o", out, "--force"))
+    assert out.read_bytes().startswith(ZSTD_MAGIC)
+    assert leftovers(tmp_path) == []
+    assert_ok(oxbak("verify", out))
+
+
+def test_pack_to_stdout_writes_only_the_archive(src: Path) -> None:
+    result = oxbak("pack", src, "-o", "-")
+    assert_ok(result)
+    assert result.stdout.startswith(ZSTD_MAGIC)
+    err = text(result.stderr)  # messages only: text, no archive bytes
+    assert all(line.startswith(("packed ", "oxbak: ")) for line in err.splitlines()), err
+    # `verify -` rejects any byte before or after the archive.
+    verified = oxbak("verify", "-", input=result.stdout)
+    assert_ok(verified)
+    assert verified.stdout == b""
+
+
+def test_pack_to_a_terminal_is_refused(src: Path) -> None:
+    controller, terminal = pty.openpty()
+    try:
+        result = subprocess.run(
+            [str(OXBAK), "pack", str(src), "-o", "-"],
+            stdin=subprocess.DEVNULL,
+            stdout=terminal,
+            stderr=subprocess.PIPE,
+            env=_env(),
+            timeout=60,
+        )
+    finally:
+        os.close(terminal)
+        os.close(controller)
+    assert result.returncode == 2
+    assert "terminal" in text(result.stderr)
+
+
+def test_pipeline_pack_stdout_into_unpack_stdin_restores_the_tree(
+    src: Path, tmp_path: Path
+) -> None:
+    dest = tmp_path / "restored"
+    pack_err, unpack_err = tmp_path / "pack.err", tmp_path / "unpack.err"
+    result = sh(
+        f"{q(OXBAK)} pack {q(src)} -o - 2>{q(pack_err)} "
+        f"| {q(OXBAK)} unpack - {q(dest)} 2>{q(unpack_err)}"
+    )
+    assert result.returncode == 0, (pack_err.read_text(), unpack_err.read_text())
+    assert result.stdout == b""
+    assert pack_err.read_text().startswith("packed ")
+    assert "Traceback" not in unpack_err.read_text()
+    restored = snapshot(dest)
+    assert restored == snapshot(src)
+    # Spelled out, the properties the equality covers:
+    dest_b = os.fsencode(dest)
+    assert os.readlink(dest / "link") == "a/f.txt"
+    assert os.stat(dest / "hl").st_ino == os.stat(dest / "a" / "f.txt").st_ino
+    assert os.stat(dest / "a" / "run.sh").st_mode & 0o777 == 0o755
+    assert os.stat(dest / "a" / "f.txt").st_mtime_ns % 1_000_000_000 != 0
+    assert os.stat(dest / "a" / "f.txt").st_mtime_ns == os.stat(src / "a" / "f.txt").st_mtime_ns
+    assert os.path.isdir(dest / "empty") and os.listdir(dest / "empty") == []
+    with open(os.path.join(dest_b, NON_UTF8), "rb") as fh:
+        assert fh.read() == b'{"name": "caf\xc3\xa9"}\n'
+
+
+def test_pack_labels_show_in_info(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "labels.oxbak"
+    assert_ok(oxbak("pack", src, "-o", out, "--label", "k=v", "--label", "app_version=0.4.1=x"))
+    assert info_json(out)["labels"] == {"k": "v", "app_version": "0.4.1=x"}
+
+
+@pytest.mark.parametrize("label", ["novalue", "=value"])
+def test_pack_bad_label_is_a_usage_error(src: Path, tmp_path: Path, label: str) -> None:
+    out = tmp_path / "never.oxbak"
+    assert_usage_error(oxbak("pack", src, "-o", out, "--label", label), "KEY=VALUE")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("level", ["0", "20", "fast"])
+def test_pack_bad_level_is_a_usage_error(src: Path, tmp_path: Path, level: str) -> None:
+    out = tmp_path / "never.oxbak"
+    assert_usage_error(oxbak("pack", src, "-o", out, "--level", level), "--level")
+    assert not out.exists()
+
+
+def test_pack_exclude(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "ex.oxbak"
+    assert_ok(oxbak("pack", src, "-o", out, "--exclude", "*.tmp", "--exclude", "sub/dir"))
+    paths = archive_paths(out)
+    assert "a/x.tmp" not in paths and "top.tmp" not in paths
+    assert "sub/dir" not in paths and "sub/dir/y.txt" not in paths
+    assert {"sub", "sub/keep.txt", "a/f.txt", "a/deep/data.bin"} <= paths
+    assert_ok(oxbak("verify", out))
+
+
+def test_pack_skips_fifo_and_socket_with_warnings(
+    src: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    os.mkfifo(src / "pipe")
+    # AF_UNIX paths are limited to ~108 bytes: bind relative to the directory.
+    with monkeypatch.context() as patch, socket.socket(socket.AF_UNIX) as sock:
+        patch.chdir(src / "sub")
+        sock.bind("sock")
+    out = tmp_path / "special.oxbak"
+    result = oxbak("pack", src, "-o", out)
+    assert_ok(result)
+    assert result.stdout == b""
+    warnings = [ln for ln in text(result.stderr).splitlines() if ln.startswith("oxbak: warning:")]
+    assert len(warnings) == 2, warnings
+    assert any("'pipe'" in w for w in warnings)
+    assert any("'sub/sock'" in w for w in warnings)
+    paths = archive_paths(out)
+    assert "pipe" not in paths and "sub/sock" not in paths
+    assert info_json(out)["skipped"] == 2
+
+
+def test_pack_warns_about_external_symlink(src: Path, tmp_path: Path) -> None:
+    os.symlink("../outside", src / "ext")
+    result = oxbak("pack", src, "-o", tmp_path / "ext.oxbak")
+    assert_ok(result)
+    warnings = [ln for ln in text(result.stderr).splitlines() if ln.startswith("oxbak: warning:")]
+    assert len(warnings) == 1, warnings
+    assert "'ext'" in warnings[0] and "../outside" in warnings[0]
+
+
+def test_pack_summary_line(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "sum.oxbak"
+    result = oxbak("pack", src, "-o", out)
+    assert_ok(result)
+    assert result.stdout == b""
+    lines = text(result.stderr).splitlines()
+    assert len(lines) == 1, lines
+    size = r"[\d,.]+ (?:B|KB|MB|GB)"
+    m = re.fullmatch(
+        rf"packed (?P<entries>[\d,]+) entries \(.*\), (?P<bin>{size}) in -> (?P<bout>{size}), "
+        rf"ratio (?P<ratio>[\d.]+)x, (?P<secs>[\d.]+) s -> (?P<out>.+)",
+        lines[0],
+    )
+    assert m, lines[0]
+    assert int(m["entries"].replace(",", "")) == len(snapshot(src))
+    assert m["out"] == str(out)
+
+
+def test_pack_json_summary_on_stdout(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "j.oxbak"
+    result = oxbak("pack", src, "-o", out, "--json")
+    assert_ok(result)
+    assert result.stderr == b""
+    data = json.loads(result.stdout)
+    assert data["output"] == str(out)
+    assert data["entries"] == len(snapshot(src))
+    assert data["bytes_out"] == out.stat().st_size
+    assert data["bytes_in"] == data["manifest"]["totals"]["bytes"]
+    assert data["partial"] is False and data["changed"] == [] and data["missing"] == []
+    assert isinstance(data["seconds"], (int, float))
+
+
+def test_pack_json_with_stdout_output_is_a_usage_error(src: Path) -> None:
+    assert_usage_error(oxbak("pack", src, "-o", "-", "--json"), "--json")
+
+
+def test_pack_missing_source(tmp_path: Path, command: Path) -> None:
+    out = tmp_path / "never.oxbak"
+    line = assert_one_error(oxbak("pack", tmp_path / "nope", "-o", out))
+    assert "nope" in line
+    assert not out.exists()
+    assert leftovers(tmp_path) == []
+
+
+def test_pack_source_is_a_file(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "never.oxbak"
+    line = assert_one_error(oxbak("pack", src / "a" / "f.txt", "-o", out))
+    assert "f.txt" in line
+    assert not out.exists()
+
+
+def test_pack_output_directory_missing(src: Path, tmp_path: Path) -> None:
+    assert_one_error(oxbak("pack", src, "-o", tmp_path / "no" / "such" / "x.oxbak"))
+
+
+def test_pack_exit_3_when_a_file_changes_while_it_is_read(tmp_path: Path, command: Path) -> None:
+    # A file larger than the small-file limit is read in chunks between two fstat()s; a
+    # thread touching it without pause changes its ctime during the read, every time.
+    root = tmp_path / "live"
+    root.mkdir()
+    big = root / "big.log"
+    big.write_bytes(os.urandom(12 << 20).hex().encode())
+    (root / "calm.txt").write_bytes(b"calm\n")
+    stop = threading.Event()
+
+    def touch() -> None:
+        while not stop.is_set():
+            os.utime(big)
+
+    toucher = threading.Thread(target=touch)
+    toucher.start()
+    try:
+        result = oxbak("pack", root, "-o", tmp_path / "live.oxbak")
+    finally:
+        stop.set()
+        toucher.join()
+    err = text(result.stderr)
+    assert result.returncode == 3, err
+    assert result.stdout == b""
+    assert "Traceback" not in err
+    warnings = [ln for ln in err.splitlines() if ln.startswith("oxbak: warning:")]
+    assert any("'big.log'" in w and "changed" in w for w in warnings), err
+    assert any("PARTIAL" in w for w in warnings), err
+
+    archive = tmp_path / "live.oxbak"
+    info = info_json(archive)
+    assert info["partial"] is True and info["changed"] == 1
+    verified = oxbak("verify", "--json", archive)
+    assert_ok(verified)
+    report = json.loads(verified.stdout)
+    assert report["ok"] is True and report["partial"] is True
+    assert report["changed"] == ["big.log"] and report["missing"] == []
+    restored = oxbak("unpack", archive, tmp_path / "dest")
+    assert_ok(restored)
+    assert "PARTIAL" in text(restored.stderr) and "big.log" in text(restored.stderr)
+    assert (tmp_path / "dest" / "calm.txt").read_bytes() == b"calm\n"
+
+
+# --------------------------------------------------------------------------- info
+
+
+def test_info_human(archive: Path, src: Path) -> None:
+    result = oxbak("info", archive)
+    assert_ok(result)
+    assert result.stderr == b""
+    out = text(result.stdout)
+    assert re.search(r"^format:\s+oxbak version 1$", out, re.M), out
+    assert re.search(rf"^created:\s+{EPOCH_RFC3339}$", out, re.M), out
+    assert re.search(r"^entries:\s+17 \(8 files, 6 dirs, 2 symlinks, 1 hardlinks\)$", out, re.M)
+    assert re.search(r"^sections:\s+5$", out, re.M), out
+    for line in ("  a: 4", "  a/deep: 1", "  .: 4", "  sub: 1", "  sub/dir: 1"):
+        assert line in out.splitlines(), out
+    assert re.search(r"^compression:\s+zstd level 3$", out, re.M)
+    assert re.search(r"^partial:\s+no$", out, re.M)
+
+
+def test_info_json(archive: Path, src: Path) -> None:
+    data = info_json(archive)
+    for key in (
+        "format",
+        "version",
+        "created_at",
+        "oxbak_version",
+        "sections",
+        "totals",
+        "compression",
+        "labels",
+        "skipped",
+        "partial",
+    ):
+        assert key in data, key
+    assert data["format"] == "oxbak"
+    assert data["version"] == 1
+    assert data["created_at"] == EPOCH_RFC3339
+    assert data["totals"] == {
+        "files": 8,
+        "hardlinks": 1,
+        "directories": 6,
+        "symlinks": 2,
+        "bytes": content_bytes(src),
+    }
+    assert data["partial"] is False
+    assert data["labels"] == {}
+    assert data["skipped"] == 0
+    assert data["compression"] == {"algorithm": "zstd", "level": 3, "checksum": True}
+
+
+def test_info_created_at_without_source_date_epoch(src: Path, tmp_path: Path) -> None:
+    out = tmp_path / "now.oxbak"
+    before = dt.datetime.now(tz=dt.UTC).replace(microsecond=0)
+    assert_ok(oxbak("pack", src, "-o", out, env={"SOURCE_DATE_EPOCH": None}))
+    after = dt.datetime.now(tz=dt.UTC)
+    created = dt.datetime.strptime(str(info_json(out)["created_at"]), "%Y-%m-%dT%H:%M:%SZ")
+    assert before <= created.replace(tzinfo=dt.UTC) <= after
+
+
+def test_info_from_stdin(archive: Path) -> None:
+    result = oxbak("info", "--json", "-", input=archive.read_bytes())
+    assert_ok(result)
+    assert json.loads(result.stdout) == info_json(archive)
+
+
+def test_info_on_a_non_archive(tmp_path: Path, command: Path) -> None:
+    junk = tmp_path / "junk.oxbak"
+    junk.write_bytes(b"hello world\n" * 100)
+    assert_one_error(oxbak("info", junk))
+    assert_one_error(oxbak("info", tmp_path / "missing.oxbak"))
+
+
+# --------------------------------------------------------------------------- list
+
+
+def _expected_rows(src: Path) -> list[dict[str, object]]:
+    """What `list --json` must print for the tree at *src*, in archive order."""
+    snap = snapshot(src)
+    order = sorted(snap, key=lambda p: () if p == b"." else tuple(p.split(b"/")))
+    first_of_inode: set[tuple[bytes, ...]] = set()
+    rows: list[dict[str, object]] = []
+    for rel in order:
+        st = os.lstat(os.path.join(os.fsencode(src), rel))
+        kind = snap[rel][0]
+        row: dict[str, object] = {
+            "path": "." if rel == b"." else display(rel),
+            "mode": f"{stat.S_IMODE(st.st_mode):04o}",
+            "size": st.st_size if kind == "file" else 0,
+            "mtime_ns": st.st_mtime_ns,
+            "type": kind,
+        }
+        if kind == "symlink":
+            row["target"] = os.fsdecode(os.readlink(os.path.join(os.fsencode(src), rel)))
+        elif kind == "file":
+            links = snap[rel][4]
+            assert isinstance(links, tuple)
+            if len(links) > 1:
+                if links in first_of_inode:
+                    first = min(links, key=lambda p: tuple(p.split(b"/")))
+                    row.update(type="hardlink", size=0, target=display(first))
+                first_of_inode.add(links)
+        rows.append(row)
+    return rows
+
+
+def test_list_json(archive: Path, src: Path) -> None:
+    result = oxbak("list", "--json", archive)
+    assert_ok(result)
+    assert result.stderr == b""
+    rows = [json.loads(line) for line in text(result.stdout).splitlines()]
+    assert rows == _expected_rows(src)
+
+
+def test_list_human(archive: Path, src: Path) -> None:
+    result = oxbak("list", archive)
+    assert_ok(result)
+    assert result.stderr == b""
+    lines = text(result.stdout).splitlines()
+    expected = _expected_rows(src)
+    assert len(lines) == len(expected)
+    for line, row in zip(lines, expected, strict=True):
+        m = re.fullmatch(
+            r"(?P<kind>[-dlh])(?P<perm>[-rwx]{9}) +(?P<size>\d+) "
+            r"(?P<mtime>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?P<path>.+?)(?: -> (?P<target>.+))?",
+            line,
+        )
+        assert m, line
+        kind = {"-": "file", "d": "dir", "l": "symlink", "h": "hardlink"}[m["kind"]]
+        assert kind == row["type"], line
+        assert m["path"] == row["path"], line
+        assert int(m["size"]) == row["size"], line
+        mtime_ns = row["mtime_ns"]
+        assert isinstance(mtime_ns, int)
+        assert m["mtime"] == time.strftime(
+            "%Y-%m-%d %H:%M:%S", time.gmtime(mtime_ns // 1_000_000_000)
+        )
+        mode = int(str(row["mode"]), 8)
+        perm = "".join(c if mode & (1 << (8 - i)) else "-" for i, c in enumerate("rwxrwxrwx"))
+        assert m["perm"] == perm, line
+        assert m["target"] == row.get("target"), line
+
+
+def test_list_from_stdin(archive: Path) -> None:
+    assert oxbak("list", "-", input=archive.read_bytes()).stdout == oxbak("list", archive).stdout
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_list_into_head_has_no_traceback(many_archive: Path, tmp_path: Path, as_json: bool) -> None:
+    err, rc = tmp_path / "list.err", tmp_path / "list.rc"
+    flag = "--json " if as_json else ""
+    result = subprocess.run(
+        [
+            "bash",
+            "-c",
+            f"{q(OXBAK)} list {flag}{q(many_archive)} 2>{q(err)} | head -1; "
+            f"echo ${{PIPESTATUS[0]}} > {q(rc)}",
+        ],
+        capture_output=True,
+        env=_env(),
+        timeout=60,
+    )
+    assert result.returncode == 0
+    lines = text(result.stdout).splitlines()
+    assert len(lines) == 1
+    assert (json.loads(lines[0])["path"] if as_json else lines[0].split()[-1]) == "."
+    assert err.read_text() == ""  # neither a traceback nor "Exception ignored … BrokenPipe"
+    assert int(rc.read_text()) == 141  # the pipe did break (the output exceeds its buffer)
+
+
+# --------------------------------------------------------------------------- verify
+
+
+def corrupt(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x55
+    path.write_bytes(bytes(data))
+
+
+def test_verify_intact(archive: Path) -> None:
+    result = oxbak("verify", archive)
+    assert_ok(result)
+    assert result.stdout == b""
+    assert text(result.stderr).startswith("ok")
+    data = json.loads(oxbak("verify", "--json", archive).stdout)
+    assert data["ok"] is True and data["problems"] == []
+    assert data["entries"] == 17
+
+
+def test_verify_corrupt_byte_in_the_middle(archive: Path) -> None:
+    corrupt(archive, archive.stat().st_size // 2)
+    result = oxbak("verify", archive)
+    assert result.returncode == 1
+    assert result.stdout == b""
+    err = text(result.stderr)
+    assert "Traceback" not in err
+    lines = err.splitlines()
+    assert len(lines) >= 2
+    assert all(ln.startswith("oxbak: problem: ") for ln in lines[:-1]), err
+    assert lines[-1].startswith("oxbak: error: ") and "damaged" in lines[-1]
+
+    as_json = oxbak("verify", "--json", archive)
+    assert as_json.returncode == 1
+    data = json.loads(as_json.stdout)
+    assert data["ok"] is False
+    assert isinstance(data["problems"], list) and data["problems"]
+    assert all(isinstance(p, str) and p for p in data["problems"])
+
+
+@pytest.mark.parametrize("keep", [0.25, 0.5, 0.99])
+def test_verify_truncated(archive: Path, keep: float) -> None:
+    data = archive.read_bytes()
+    archive.write_bytes(data[: int(len(data) * keep)])
+    result = oxbak("verify", archive)
+    assert result.returncode == 1
+    assert "Traceback" not in text(result.stderr)
+    assert text(result.stderr).splitlines()[-1].startswith("oxbak: error: ")
+    unpacked = oxbak("unpack", archive, archive.parent / "dest")
+    assert_one_error(unpacked)
+    assert not (archive.parent / "dest").exists()
+
+
+def test_verify_from_stdin(archive: Path) -> None:
+    assert_ok(oxbak("verify", "-", input=archive.read_bytes()))
+
+
+# --------------------------------------------------------------------------- unpack
+
+
+def test_unpack_into_new_dir(archive: Path, src: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "new" / "dest"
+    dest.parent.mkdir()
+    result = oxbak("unpack", archive, dest)
+    assert_ok(result)
+    assert result.stdout == b""
+    assert text(result.stderr).startswith("restored 17 entries")
+    assert snapshot(dest) == snapshot(src)
+    assert leftovers(dest.parent) == []
+
+
+def test_unpack_json(archive: Path, tmp_path: Path) -> None:
+    result = oxbak("unpack", "--json", archive, tmp_path / "dest")
+    assert_ok(result)
+    assert result.stderr == b""
+    data = json.loads(result.stdout)
+    assert data["dest"] == str(tmp_path / "dest")
+    assert data["entries"] == 17 and data["partial"] is False
+
+
+def test_unpack_into_existing_empty_dir(archive: Path, src: Path, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    assert_ok(oxbak("unpack", archive, dest))
+    assert snapshot(dest) == snapshot(src)
+    assert leftovers(tmp_path) == []
+
+
+def _occupied(dest: Path) -> Path:
+    (dest / "sub").mkdir(parents=True)
+    (dest / "mine.txt").write_bytes(b"mine")
+    (dest / "a").mkdir()
+    (dest / "a" / "f.txt").write_bytes(b"old f")
+    (dest / "sub" / "other.txt").write_bytes(b"other")
+    set_mtimes(dest, base_ns=1_500_000_000_000_000_001)
+    return dest
+
+
+def test_unpack_into_non_empty_dir_is_refused(archive: Path, tmp_path: Path) -> None:
+    dest = _occupied(tmp_path / "dest")
+    before = snapshot(dest)
+    line = assert_one_error(oxbak("unpack", archive, dest))
+    assert "not empty" in line
+    assert snapshot(dest) == before
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_replace(archive: Path, src: Path, tmp_path: Path) -> None:
+    dest = _occupied(tmp_path / "dest")
+    assert_ok(oxbak("unpack", "--replace", archive, dest))
+    assert not (dest / "mine.txt").exists()
+    assert not (dest / "sub" / "other.txt").exists()
+    assert snapshot(dest) == snapshot(src)
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_merge(archive: Path, src: Path, tmp_path: Path) -> None:
+    dest = _occupied(tmp_path / "dest")
+    assert_ok(oxbak("unpack", "--merge", archive, dest))
+    assert (dest / "mine.txt").read_bytes() == b"mine"
+    assert (dest / "sub" / "other.txt").read_bytes() == b"other"
+    assert (dest / "a" / "f.txt").read_bytes() == (src / "a" / "f.txt").read_bytes()
+    merged, source = snapshot(dest), snapshot(src)
+    for rel, value in source.items():
+        if value[0] != "dir":
+            assert merged[rel] == value, rel
+    assert set(merged) - set(source) == {b"mine.txt", b"sub/other.txt"}
+    assert leftovers(tmp_path) == []
+
+
+def test_unpack_replace_and_merge_is_a_usage_error(archive: Path, tmp_path: Path) -> None:
+    dest = _occupied(tmp_path / "dest")
+    before = snapshot(dest)
+    assert_usage_error(oxbak("unpack", "--replace", "--merge", archive, dest), "--merge")
+    assert snapshot(dest) == before
+
+
+def test_unpack_refuses_external_symlink(src: Path, tmp_path: Path) -> None:
+    os.symlink("../outside", src / "ext")
+    archive = tmp_path / "ext.oxbak"
+    assert_ok(oxbak("pack", src, "-o", archive))
+    dest = tmp_path / "dest"
+    line = assert_one_error(oxbak("unpack", archive, dest))
+    assert "'ext'" in line and "../outside" in line
+    assert not dest.exists()
+    assert leftovers(tmp_path) == []
+
+    assert_ok(oxbak("unpack", "--allow-external-symlinks", archive, dest))
+    assert os.readlink(dest / "ext") == "../outside"
+    assert snapshot(dest) == snapshot(src)
+
+
+def test_unpack_missing_archive(tmp_path: Path, command: Path) -> None:
+    assert_one_error(oxbak("unpack", tmp_path / "missing.oxbak", tmp_path / "dest"))
+    assert not (tmp_path / "dest").exists()
+
+
+def test_recover_with_nothing_to_do(tmp_path: Path, command: Path) -> None:
+    result = oxbak("recover", tmp_path / "dest")
+    assert_ok(result)
+    assert result.stdout == b""
+    assert "nothing to recover" in text(result.stderr)
+
+
+# --------------------------------------------------------------------------- reproducibility
+
+
+def test_same_tree_twice_is_byte_identical(src: Path, tmp_path: Path) -> None:
+    one, two = tmp_path / "one.oxbak", tmp_path / "two.oxbak"
+    assert_ok(oxbak("pack", src, "-o", one, env={"SOURCE_DATE_EPOCH": EPOCH}))
+    assert_ok(oxbak("pack", src, "-o", two, env={"SOURCE_DATE_EPOCH": EPOCH}))
+    assert one.read_bytes() == two.read_bytes()
+
+
+def test_thread_count_does_not_change_the_bytes(tmp_path: Path, command: Path) -> None:
+    # Enough compressible data for zstd to cut several multithreaded jobs at level 1.
+    root = tmp_path / "src"
+    root.mkdir()
+    rng = random.Random(7)
+    words = [rng.randbytes(rng.randrange(3, 12)).hex().encode() for _ in range(4000)]
+    for i in range(3):
+        (root / f"part{i}.txt").write_bytes(b" ".join(rng.choices(words, k=300_000)))
+    set_mtimes(root)
+    outs = []
+    for threads in ("1", "2", "3"):
+        out = tmp_path / f"t{threads}.oxbak"
+        assert_ok(
+            oxbak(
+                "pack",
+                root,
+                "-o",
+                out,
+                "--level",
+                "1",
+                "--threads",
+                threads,
+                env={"SOURCE_DATE_EPOCH": EPOCH},
+            )
+        )
+        outs.append(out.read_bytes())
+    assert outs[0] == outs[1] == outs[2]
+
+
+def test_streamed_archive_is_reproducible_too(src: Path) -> None:
+    env: dict[str, str | None] = {"SOURCE_DATE_EPOCH": EPOCH}
+    one = oxbak("pack", src, "-o", "-", env=env)
+    two = oxbak("pack", src, "-o", "-", "--threads", "1", env=env)
+    assert_ok(one)
+    assert_ok(two)
+    assert one.stdout == two.stdout
+
+
+# --------------------------------------------------------------------------- debug
+
+
+def test_traceback_only_with_oxbak_debug(tmp_path: Path, command: Path) -> None:
+    missing = tmp_path / "nope"
+    plain = oxbak("pack", missing, "-o", tmp_path / "x.oxbak")
+    assert_one_error(plain)
+    debug = oxbak("pack", missing, "-o", tmp_path / "x.oxbak", env={"OXBAK_DEBUG": "1"})
+    assert debug.returncode == 1
+    err = text(debug.stderr)
+    assert "Traceback (most recent call last)" in err
+    assert err.splitlines()[-1].startswith("oxbak: error: ")
+    flag = oxbak("--debug", "pack", missing, "-o", tmp_path / "x.oxbak")
+    assert flag.returncode == 1
+    assert "Traceback (most recent call last)" in text(flag.stderr)
+    zero = oxbak("pack", missing, "-o", tmp_path / "x.oxbak", env={"OXBAK_DEBUG": "0"})
+    assert_one_error(zero)
