@@ -35,6 +35,7 @@ from .tarfmt import (
     check_pax_size,
     decode_pax,
     is_zero_block,
+    known_pax_size,
     padding,
     parse_header,
 )
@@ -124,30 +125,40 @@ class ArchiveReader:
     # -- members ----------------------------------------------------------------------
     def _next_header(self) -> Header | None:
         """The next member's header (pax applied), or None at the end-of-archive marker."""
-        self._skip(self._pending)
+        pending = self._pending
         self._pending = 0
+        if len(self._buf) - self._pos >= pending:
+            self._pos += pending
+        else:
+            self._skip(pending)
         pax: dict[bytes, bytes] | None = None
         while True:
-            if not self._fill(_BLOCK):
+            if len(self._buf) - self._pos < _BLOCK and not self._fill(_BLOCK):
                 raise self._premature(
                     "archive is truncated: the tar end-of-archive marker is missing"
                 )
-            block = self._take(_BLOCK)
-            if is_zero_block(block):
-                if pax is not None:
-                    raise CorruptArchiveError("pax header is not followed by a member")
-                self._end_of_archive()
-                return None
-            header = parse_header(block, pax)
-            if header.typeflag != PAX:
-                self._pending = header.size + padding(header.size)
-                return header
+            pos = self._pos
+            block = self._buf[pos : pos + _BLOCK]
+            self._pos = pos + _BLOCK
+            size = known_pax_size(block)
+            owner = fmt.PAX_HEADER_NAME
+            if size is None:
+                if is_zero_block(block):
+                    if pax is not None:
+                        raise CorruptArchiveError("pax header is not followed by a member")
+                    self._end_of_archive()
+                    return None
+                header = parse_header(block, pax)
+                if header.typeflag != PAX:
+                    self._pending = header.size + padding(header.size)
+                    return header
+                size, owner = header.size, header.name
+                check_pax_size(size, owner)
             if pax is not None:
                 raise CorruptArchiveError("two pax headers in a row")
-            check_pax_size(header.size, header.name)
-            data = self._take(header.size)
-            self._skip(padding(header.size))
-            pax = decode_pax(data, header.name)
+            data = self._take(size)
+            self._skip(padding(size))
+            pax = decode_pax(data, owner)
 
     def _end_of_archive(self) -> None:
         block = self._take(_BLOCK) if self._fill(_BLOCK) else b""

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import functools
 import re
-import struct
 from dataclasses import dataclass
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
 from .paths import shown
 
-__all__ = ["Header", "encode_header", "decode_pax", "parse_header", "padding"]
+__all__ = ["Header", "decode_pax", "encode_header", "known_pax_size", "padding", "parse_header"]
 
 REGULAR = b"0"
 HARDLINK = b"1"
@@ -81,7 +80,7 @@ def _pax_mtime(mtime_ns: int) -> bytes:
 _TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(155 + 12)
 _TAIL_SUM = sum(_TAIL) + 8 * 0x20  # plus the checksum field, counted as spaces
 _MTIME_RECORD = re.compile(rb"([0-9]{1,3}) mtime=(-?[0-9]{1,20}(?:\.[0-9]{1,9})?)\n")
-_NUMERIC = struct.Struct("8s8s8s12s12s8s")  # mode uid gid size mtime checksum, at 100
+_NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _FIELDS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
 
 
@@ -110,6 +109,9 @@ def _ustar(
 @functools.lru_cache(maxsize=256)
 def _pax_block(size: int) -> bytes:
     return _ustar(fmt.PAX_HEADER_NAME, 0o644, 0, 0, size, 0, PAX, b"")
+
+
+_KNOWN_PAX = {_pax_block(n): n for n in range(1, 128)}
 
 
 def encode_header(
@@ -182,6 +184,15 @@ def _octal(field: bytes, what: str, name: bytes) -> int:
     return int(text, 8)
 
 
+def known_pax_size(block: bytes) -> int | None:
+    """The data size of *block* if it is exactly a pax header as oxbak writes them.
+
+    Such a block is valid by construction (its checksum was computed by this module), so
+    the reader can skip parsing it: this is the header before nearly every member.
+    """
+    return _KNOWN_PAX.get(block)
+
+
 def is_zero_block(block: bytes | memoryview) -> bool:
     """Whether *block* is all zeros (half of the end-of-archive marker)."""
     return block == _ZERO_BLOCK
@@ -189,15 +200,23 @@ def is_zero_block(block: bytes | memoryview) -> bool:
 
 def _numbers(block: bytes, name: bytes) -> tuple[int, int, int, int, int, int]:
     """mode, uid, gid, size, mtime and checksum: NUL/space-terminated octal fields."""
+    region = block[100:156]
     try:
-        if block[100:156].translate(None, b"01234567 \0"):
+        # Only octal digits, spaces and NULs may appear; int() then ignores the padding
+        # (NULs turned into spaces) and still rejects a space or NUL between digits.
+        if region.translate(None, b"01234567 \0"):
             raise ValueError
-        return tuple(  # type: ignore[return-value]
-            int(field.rstrip(b" \0").lstrip(b" ") or b"0", 8)
-            for field in _NUMERIC.unpack_from(block, 100)
+        r = region.translate(_NUL_TO_SPACE)
+        return (
+            int(r[0:8], 8),
+            int(r[8:16], 8),
+            int(r[16:24], 8),
+            int(r[24:36], 8),
+            int(r[36:48], 8),
+            int(r[48:56], 8),
         )
     except ValueError:
-        # Slow path, only to name the bad field in the message.
+        # Slow path: blank fields are 0, anything else names the bad field.
         return (
             _octal(block[100:108], "mode", name),
             _octal(block[108:116], "uid", name),
