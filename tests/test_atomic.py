@@ -493,10 +493,17 @@ def test_unpack_interrupted_cleans_up_by_itself(
             proc.kill()
             proc.communicate()
     err = stderr.decode()
-    assert proc.returncode in (130, 128 + sig), (proc.returncode, err)
     assert stdout == b"" and "Traceback" not in err
-    assert err.splitlines() == ["oxbak: error: interrupted"]
-    assert snapshot(dest) == trees.old
+    if proc.returncode == 0:
+        # On a loaded machine the signal can land after the commit point: the restore is
+        # then complete, and only its clean-up was cut short (and said so).
+        assert snapshot(dest) == trees.new
+        assert "interrupted after" in err
+        assert_ok(oxbak("recover", dest))
+    else:
+        assert proc.returncode in (130, 128 + sig), (proc.returncode, err)
+        assert err.splitlines() == ["oxbak: error: interrupted"]
+        assert snapshot(dest) == trees.old
     assert oxbak_leftovers(area) == []  # no `recover` needed after a catchable signal
 
 

@@ -21,7 +21,12 @@ import os, random, sys
 root = sys.argv[1]
 rng = random.Random(int(sys.argv[2]))
 def record(gen):
-    return b"%d:%s\n" % (gen, (b"%d" % gen) * rng.randint(50, 3000))
+    return b"%d:%s\n" % (gen, (b"%d" % gen) * rng.randint(20, 400))
+def content(gen):
+    return b"".join(record(gen) for _ in range(rng.randint(1, 8)))
+# Each change is one write(2) of whole records: what the application itself makes visible
+# at once. A backup can only promise not to mix moments, not to fix an application's own
+# half-written file.
 gen = 0
 while True:
     gen += 1
@@ -29,23 +34,25 @@ while True:
     name = os.path.join(root, "f%03d" % rng.randrange(120))
     try:
         if op == 0:  # rewrite in place
-            with open(name, "wb") as f:
-                for _ in range(rng.randint(1, 20)):
-                    f.write(record(gen))
+            fd = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            os.write(fd, content(gen))
+            os.close(fd)
         elif op == 1:  # rewrite by rename
             tmp = name + ".tmp%d" % gen
-            with open(tmp, "wb") as f:
-                for _ in range(rng.randint(1, 20)):
-                    f.write(record(gen))
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            os.write(fd, content(gen))
+            os.close(fd)
             os.rename(tmp, name)
         elif op == 2:  # append
-            with open(name, "ab") as f:
-                f.write(record(gen))
+            fd = os.open(name, os.O_WRONLY | os.O_APPEND)
+            os.write(fd, record(gen))
+            os.close(fd)
         elif op == 3:  # delete
             os.unlink(name)
         else:  # create a new file
-            with open(os.path.join(root, "new%06d" % gen), "wb") as f:
-                f.write(record(gen))
+            fd = os.open(os.path.join(root, "new%06d" % gen), os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            os.write(fd, record(gen))
+            os.close(fd)
     except FileNotFoundError:
         pass
 """

@@ -138,3 +138,19 @@ def test_pax_records() -> None:
     with pytest.raises(LimitExceededError):
         tarfmt.check_pax_size(10**6, b"x")
     assert tarfmt.decode_pax(b"13 atime=1.5\n", b"x") == {}
+
+
+@given(
+    st.lists(names, min_size=1, max_size=3).map(lambda p: b"tree/" + b"/".join(p)),
+    st.integers(0, 2**40),
+    st.one_of(mtimes, st.integers(-(2**40), 2**70)),
+    st.integers(0, 0o7777),
+    st.integers(0, 2**24),
+)
+def test_file_header_fast_path_equals_general_encoder(
+    name: bytes, size: int, mtime_ns: int, mode: int, uid: int
+) -> None:
+    general = tarfmt.encode_header(
+        name, typeflag=tarfmt.REGULAR, mode=mode, size=size, mtime_ns=mtime_ns, uid=uid, gid=uid
+    )
+    assert tarfmt.file_header(name, mode, size, mtime_ns, uid, uid) == general

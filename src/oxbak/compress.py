@@ -46,6 +46,30 @@ def skippable_frame(total: int) -> bytes:
     )
 
 
+class _WriteAll:
+    """Wraps the caller's output so that a short write is completed or reported.
+
+    A raw (unbuffered) file object may accept fewer bytes than offered, e.g. when the
+    disk fills; python-zstandard does not look at the count, so it is checked here.
+    """
+
+    def __init__(self, out: BinaryIO) -> None:
+        self._out = out
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        view = memoryview(data)
+        total = len(view)
+        while view:
+            n = self._out.write(view)
+            if not n:
+                raise OutputError("cannot write the archive: the output accepted no bytes")
+            view = view[n:]
+        return total
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 class ZstdWriter:
     """Writes the frames of an archive to a binary file object it does not own.
 
@@ -63,7 +87,12 @@ class ZstdWriter:
         compressor = zstandard.ZstdCompressor(
             level=level, write_checksum=True, write_content_size=False, threads=max(threads, 1)
         )
-        self._stream = compressor.stream_writer(out, closefd=False, write_size=1 << 20)
+        self._sink = _WriteAll(out)
+        self._stream = compressor.stream_writer(
+            self._sink,  # type: ignore[arg-type]  # any object with write() is accepted
+            closefd=False,
+            write_size=1 << 20,
+        )
         self._first_len = 0
         self.bytes_out = 0
 
@@ -72,7 +101,7 @@ class ZstdWriter:
         frame = self._one_shot.compress(data)
         self._first_len = len(frame) + fmt.MANIFEST_RESERVE
         with _writing():
-            self._out.write(frame + skippable_frame(fmt.MANIFEST_RESERVE))
+            self._sink.write(frame + skippable_frame(fmt.MANIFEST_RESERVE))
 
     def rewrite_first(self, data: bytes) -> bool:
         """Replace frame 1 in place with *data* compressed; False if it does not fit."""
@@ -82,7 +111,7 @@ class ZstdWriter:
             return False
         with _writing():
             self._out.seek(0)
-            self._out.write(frame + skippable_frame(room))
+            self._sink.write(frame + skippable_frame(room))
             self._out.seek(0, os.SEEK_END)
         return True
 

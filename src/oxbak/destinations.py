@@ -249,11 +249,20 @@ class StagingDir:
                 f"cannot create a staging directory in {parent!r}: {exc.strerror}"
             ) from exc
         self._root_b = os.fsencode(self.root)
-        self._lock = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._lock = -1
+        try:
+            self._lock = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+            fcntl.flock(self._lock, fcntl.LOCK_EX)
+        except OSError as exc:
+            self._release()
+            remove_tree(self.root)
+            raise DestinationError(
+                f"cannot lock the staging directory in {parent!r}: {exc.strerror}"
+            ) from exc
         self._dirs: list[tuple[bytes, int, int, int, int]] = []
         self._links: list[tuple[bytes, bytes, int, int, int]] = []
         self._umask = _current_umask()
+        self.committed = False
         self.entries: list[bytes] = []
 
     def _path(self, rel: bytes) -> bytes:
@@ -333,16 +342,40 @@ class StagingDir:
             )
 
     # -- commit --------------------------------------------------------------------------
-    def commit(self) -> None:
-        """Make the staged tree durable, then put it in place according to the mode."""
+    def commit(self) -> list[str]:
+        """Make the staged tree durable, then put it in place according to the mode.
+
+        Up to the commit point a failure leaves DEST as it was (a merge is rolled back).
+        After it, DEST holds the restored tree whatever happens, so later steps (syncing
+        the parent directory, deleting the old tree) only return warnings.
+        """
         _syncfs(self.root)
+        old: str | None = None
         if self.mode == "merge" and os.path.isdir(self.dest):
             self._merge()
         elif self.mode == "replace" and os.path.lexists(self.dest):
-            self._replace()
+            old = self._replace()
         else:
             self._rename_new()
-        _fsync_dir(self.parent)
+        self.committed = True
+        warnings: list[str] = []
+        try:
+            try:
+                _fsync_dir(self.parent)
+            except OSError as exc:
+                warnings.append(f"{self.dest!r} is restored, but syncing its parent failed: {exc}")
+            self._release()
+            if old is not None:
+                remove_tree(old)
+        except KeyboardInterrupt:
+            # The restore is done: an interrupt now only stops the clean-up.
+            self._release()
+            warnings.append(f"interrupted after {self.dest!r} was restored")
+        if old is not None and os.path.lexists(old):
+            warnings.append(
+                f"the old tree is left at {old!r}; `oxbak recover {self.dest}` removes it"
+            )
+        return warnings
 
     def _rename_new(self) -> None:
         try:
@@ -353,28 +386,52 @@ class StagingDir:
                     f"cannot unpack into {self.dest!r}: it appeared or was filled meanwhile"
                 ) from exc
             raise
-        self._release()
 
-    def _replace(self) -> None:
+    def _replace(self) -> str:
+        """Swap the staged tree into DEST; return where the old tree now is."""
         if _exchange(self.root, self.dest):
-            _fsync_dir(self.parent)
-            self._release_and_remove(self.root)
-            return
+            return self.root
         # Two renames where the atomic swap is missing: a killed process leaves the old
         # tree at OLD_PREFIX…, and recover() puts it back.
         aside = tempfile.mktemp(
             prefix=f"{OLD_PREFIX}{os.path.basename(self.dest)}.", dir=self.parent
         )
         os.rename(self.dest, aside)
-        os.rename(self.root, self.dest)
-        _fsync_dir(self.parent)
-        self._release()
-        remove_tree(aside)
+        try:
+            os.rename(self.root, self.dest)
+        except BaseException:
+            os.rename(aside, self.dest)
+            raise
+        return aside
 
     def _merge(self) -> None:
         # Iterative, depth-first: a recursion per level would fail on a deep tree. Each
         # directory is opened with O_NOFOLLOW and entries are renamed relative to that
-        # descriptor, so no rename passes through a symlink in DEST.
+        # descriptor, so no rename passes through a symlink in DEST. Every replaced entry
+        # is first hard-linked into a backup directory, so an error half-way can be rolled
+        # back; a kill leaves each entry old or new, never torn, and recover() then
+        # removes the backup.
+        base = os.path.basename(self.dest)
+        backup = os.fsencode(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{base}.", dir=self.parent))
+        journal: list[tuple[str, bytes, bytes, os.stat_result | None]] = []
+        try:
+            self._merge_into(backup, journal)
+        except BaseException as exc:
+            problems = _roll_back(journal, backup)
+            remove_tree(os.fsdecode(backup))
+            if problems:
+                fault = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+                raise DestinationError(
+                    f"merge into {self.dest!r} failed ({fault}) and could not be fully "
+                    f"rolled back: " + "; ".join(problems[:3])
+                ) from exc
+            raise
+        remove_tree(os.fsdecode(backup))
+        remove_tree(self.root)
+
+    def _merge_into(
+        self, backup: bytes, journal: list[tuple[str, bytes, bytes, os.stat_result | None]]
+    ) -> None:
         dest_b = os.fsencode(self.dest)
         todo: list[tuple[bytes, bytes, os.stat_result | None]] = [(b"", self._root_b, None)]
         while todo:
@@ -386,6 +443,8 @@ class StagingDir:
                     os.chmod(fd, stat.S_IMODE(finished.st_mode))
                     os.utime(fd, ns=(finished.st_atime_ns, finished.st_mtime_ns))
                     continue
+                # Before anything in it changes: its mode and times, to roll back to.
+                journal.append(("meta", where, b"", os.fstat(fd)))
                 todo.append((rel, src, os.lstat(src)))
                 for name in sorted(os.listdir(src), reverse=True):
                     here = src + b"/" + name
@@ -395,12 +454,15 @@ class StagingDir:
                         there = None
                     if there is not None and stat.S_ISDIR(there.st_mode) and os.path.isdir(here):
                         todo.append((rel + b"/" + name if rel else name, here, None))
-                    else:
-                        # Files, links and new directories move in one rename: never torn.
-                        os.rename(here, name, dst_dir_fd=fd)
+                        continue
+                    if there is not None:
+                        kept = backup + b"/%d" % len(journal)
+                        os.link(name, kept, src_dir_fd=fd, follow_symlinks=False)
+                    # Files, links and new directories move in one rename: never torn.
+                    os.rename(here, name, dst_dir_fd=fd)
+                    journal.append(("added" if there is None else "replaced", where, name, None))
             finally:
                 os.close(fd)
-        self._release_and_remove(self.root)
 
     def merge_conflicts(self, entries: Iterable[tuple[bytes, str]]) -> list[str]:
         """List the paths where DEST and the archive disagree on being a directory.
@@ -437,9 +499,34 @@ class StagingDir:
         self._release()
 
     def abort(self) -> None:
-        """Remove the staging directory and everything in it."""
-        remove_tree(self.root)
+        """Remove the staging directory and everything in it (nothing, once committed)."""
+        if not self.committed:
+            remove_tree(self.root)
         self._release()
+
+
+def _roll_back(
+    journal: list[tuple[str, bytes, bytes, os.stat_result | None]], backup: bytes
+) -> list[str]:
+    """Undo a merge's steps in reverse order; return what could not be undone."""
+    problems: list[str] = []
+    for number in range(len(journal) - 1, -1, -1):
+        action, where, name, before = journal[number]
+        path = where + b"/" + name
+        try:
+            if action == "replaced":
+                os.rename(backup + b"/%d" % number, path)
+            elif action == "added":
+                if os.path.isdir(path) and not os.path.islink(path):
+                    remove_tree(os.fsdecode(path))
+                else:
+                    os.unlink(path)
+            elif before is not None:
+                os.chmod(where, stat.S_IMODE(before.st_mode))
+                os.utime(where, ns=(before.st_atime_ns, before.st_mtime_ns))
+        except OSError as exc:
+            problems.append(f"{display(path)!r}: {exc.strerror}")
+    return problems
 
 
 def _check_dest(dest: str, mode: Mode) -> None:

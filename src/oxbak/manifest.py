@@ -201,7 +201,7 @@ def decode_manifest(data: bytes) -> Manifest:
         header = _header_decoder.decode(data)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError: test it first
         raise ManifestError(f"manifest.json is malformed: {exc}") from exc
-    except msgspec.DecodeError as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"manifest.json is not valid JSON: {exc}") from exc
     if header.format != fmt.FORMAT_NAME:
         raise ManifestError(
@@ -216,7 +216,7 @@ def decode_manifest(data: bytes) -> Manifest:
         )
     try:
         manifest = _manifest_decoder.decode(data)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         raise ManifestError(f"manifest.json is malformed: {exc}") from exc
     _check_counts(manifest)
     return manifest
@@ -246,7 +246,7 @@ def decode_index_header(line: bytes) -> Index:
     """
     try:
         index = _index_decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         raise CorruptArchiveError(f"index.jsonl header is malformed: {exc}") from exc
     if index.format != fmt.INDEX_FORMAT_NAME or index.version != fmt.INDEX_VERSION:
         raise CorruptArchiveError(
@@ -265,7 +265,7 @@ def decode_index_record(line: bytes, number: int) -> IndexRecord:
     """
     try:
         record = _record_decoder.decode(line)
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         raise CorruptArchiveError(f"index.jsonl record {number} is malformed: {exc}") from exc
     if (record.path is None) == (record.path_b64 is None):
         raise CorruptArchiveError(

@@ -114,6 +114,31 @@ def _pax_block(size: int) -> bytes:
 _KNOWN_PAX = {_pax_block(n): n for n in range(1, 128)}
 
 
+def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid: int) -> bytes:
+    """:func:`encode_header` for a regular file, with a fast path for the common shape.
+
+    The common shape is an ASCII name of at most 100 bytes, a size under 8 GiB, small ids
+    and a non-negative mtime: one cached pax block carrying the exact mtime, then ustar.
+    """
+    sec, frac = divmod(mtime_ns, 1_000_000_000)
+    if (
+        len(name) > 100
+        or not name.isascii()
+        or size >= _MAX_OCTAL_11
+        or not 0 <= sec < _MAX_OCTAL_11
+        or uid >= _MAX_OCTAL_7
+        or gid >= _MAX_OCTAL_7
+    ):
+        return encode_header(
+            name, typeflag=REGULAR, mode=mode, size=size, mtime_ns=mtime_ns, uid=uid, gid=gid
+        )
+    main = _ustar(name, mode & 0o7777, uid, gid, size, sec, REGULAR, b"")
+    if not frac:
+        return main
+    record = _pax_record(b"mtime", b"%d.%s" % (sec, (b"%09d" % frac).rstrip(b"0")))
+    return _pax_block(len(record)) + record + bytes(_BLOCK - len(record)) + main
+
+
 def encode_header(
     name: bytes,
     *,

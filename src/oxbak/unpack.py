@@ -355,7 +355,8 @@ def unpack(
                     )
             _check_links(seen.links, staging, allow_external_symlinks)
             staging.finish()
-            staging.commit()
+            for warning in staging.commit():
+                logger.warning("%s", warning)
         except OSError as exc:
             staging.abort()
             raise DestinationError(

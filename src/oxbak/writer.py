@@ -34,7 +34,7 @@ from .manifest import (
 )
 from .paths import display, link_stays_inside, member_name
 from .scan import Entry, Scan, scan_tree
-from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, padding
+from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, file_header, padding
 
 __all__ = ["PackResult", "default_output_name", "pack"]
 
@@ -47,6 +47,7 @@ _CHUNK = 1 << 20
 _MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
 _INDEX_MEMBER = fmt.INDEX_NAME.encode()
 _TREE = fmt.TREE_PREFIX.encode() + b"/"
+_RECENT_NS = 2_000_000_000  # a file modified this recently is read twice
 _ZEROS = bytes(512)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
@@ -341,6 +342,11 @@ class _Packer:
             and st.st_ctime_ns == entry.ctime_ns
             and st.st_ino == entry.ino
         )
+        if consistent and time.time_ns() - st.st_mtime_ns < _RECENT_NS:
+            # Timestamps move in coarse ticks, so a rewrite of the same size just now may
+            # not show in the stat: a file changed that recently must also read the same
+            # twice.
+            consistent = os.pread(fd, entry.size + 1, 0) == data
         if not consistent:
             data, st, consistent = self._reread(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -352,14 +358,8 @@ class _Packer:
                 self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
                 return
         size = len(data)
-        self.buf += encode_header(
-            _TREE + entry.path,
-            typeflag=REGULAR,
-            mode=entry.mode,
-            size=size,
-            mtime_ns=entry.mtime_ns,
-            uid=entry.uid,
-            gid=entry.gid,
+        self.buf += file_header(
+            _TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid
         )
         self.buf += data
         if size % 512:
