@@ -1,0 +1,1 @@
+"""The hostile-archive corpus run through the real ``oxbak`` command (see ``build.py``)."""
