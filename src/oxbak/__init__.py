@@ -15,8 +15,9 @@ Archives are paths or binary file objects. Every deliberate error is an ``OxbakE
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ._version import __version__
-from .destinations import recover
 from .errors import (
     ArchiveError,
     CorruptArchiveError,
@@ -32,10 +33,41 @@ from .errors import (
     UnsafeArchiveError,
     UnsupportedVersionError,
 )
-from .manifest import Manifest
-from .reader import EntryInfo, list_entries, read_manifest
-from .unpack import UnpackResult, VerifyResult, unpack, verify
-from .writer import PackResult, pack
+
+if TYPE_CHECKING:
+    from .destinations import recover
+    from .manifest import Manifest
+    from .reader import EntryInfo, list_entries, read_manifest
+    from .unpack import UnpackResult, VerifyResult, unpack, verify
+    from .writer import PackResult, pack
+
+# The rest of the API is imported on first use, so that `oxbak info` does not pay for the
+# writer's and the unpacker's imports at every start.
+_LAZY = {
+    "recover": "destinations",
+    "Manifest": "manifest",
+    "EntryInfo": "reader",
+    "list_entries": "reader",
+    "read_manifest": "reader",
+    "UnpackResult": "unpack",
+    "VerifyResult": "unpack",
+    "unpack": "unpack",
+    "verify": "unpack",
+    "PackResult": "writer",
+    "pack": "writer",
+}
+
+
+def __getattr__(name: str) -> object:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'oxbak' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "ArchiveError",

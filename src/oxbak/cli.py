@@ -7,7 +7,6 @@ only with ``--debug`` or ``OXBAK_DEBUG=1``.
 
 from __future__ import annotations
 
-import logging
 import os
 import signal
 import sys
@@ -15,19 +14,21 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import msgspec
 
 from . import format as fmt
 from ._version import __version__
-from .destinations import Mode, recover
 from .errors import OxbakError
-from .manifest import Manifest
-from .reader import list_entries, read_manifest
-from .unpack import unpack, verify
-from .writer import pack
+
+if TYPE_CHECKING:
+    from .destinations import Mode
+    from .manifest import Manifest
+
+# Library functions are imported inside each command: `oxbak info` then loads the reader
+# only, which keeps its start-up time small.
 
 __all__ = ["main"]
 
@@ -42,12 +43,6 @@ def _debug() -> bool:
 def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"oxbak: error: {message}", err=True)
     sys.exit(code)
-
-
-class _StderrHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        level = "warning" if record.levelno >= logging.WARNING else "note"
-        click.echo(f"oxbak: {level}: {record.getMessage()}", err=True)
 
 
 class _Group(click.Group):
@@ -142,13 +137,24 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ["OXBAK_DEBUG"] = "1"
-    logger = logging.getLogger("oxbak")
-    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
-        logger.addHandler(_StderrHandler())
-    logger.setLevel(logging.INFO)
-    logger.propagate = False
     if threading_is_main():
         signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+def _show_library_warnings() -> None:
+    """Route the library's ``oxbak`` logger to stderr as ``oxbak: warning: …`` lines."""
+    import logging
+
+    class StderrHandler(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            level = "warning" if record.levelno >= logging.WARNING else "note"
+            click.echo(f"oxbak: {level}: {record.getMessage()}", err=True)
+
+    logger = logging.getLogger("oxbak")
+    if not any(type(h).__name__ == "StderrHandler" for h in logger.handlers):
+        logger.addHandler(StderrHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def threading_is_main() -> bool:
@@ -228,6 +234,9 @@ def pack_cmd(
       oxbak pack /var/lib/oxios -o oxios.oxbak --label oxios_version=0.4.1
       ssh host oxbak pack /var/lib/oxios -o - | oxbak unpack - restored
     """
+    from .writer import pack
+
+    _show_library_warnings()
     to_stdout = out == "-"
     if to_stdout and as_json:
         raise click.UsageError("--json cannot be combined with -o - (stdout holds the archive)")
@@ -317,6 +326,9 @@ def unpack_cmd(
       oxbak unpack state.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
     """
+    from .unpack import unpack
+
+    _show_library_warnings()
     if replace and merge:
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
@@ -397,6 +409,8 @@ def info_cmd(archive: str, as_json: bool) -> None:
     Example:
       oxbak info state.oxbak --json
     """
+    from .reader import read_manifest
+
     manifest = read_manifest(archive)
     click.echo(_json.encode(manifest).decode() if as_json else _render_manifest(manifest))
 
@@ -417,6 +431,8 @@ def list_cmd(archive: str, as_json: bool) -> None:
     Example:
       oxbak list state.oxbak | grep memory/facts
     """
+    from .reader import list_entries
+
     out = sys.stdout
     for e in list_entries(archive):
         if as_json:
@@ -462,6 +478,9 @@ def verify_cmd(archive: str, as_json: bool) -> None:
     Example:
       oxbak verify state.oxbak && echo intact
     """
+    from .unpack import verify
+
+    _show_library_warnings()
     with _progress("verifying", True) as progress:
         report = verify(archive, progress=progress)
     if as_json:
@@ -510,6 +529,8 @@ def recover_cmd(dest: str) -> None:
     Example:
       oxbak recover /var/lib/oxios
     """
+    from .destinations import recover
+
     actions = recover(dest)
     for action in actions:
         click.echo(action, err=True)

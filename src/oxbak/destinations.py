@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import errno
 import fcntl
+import functools
 import hashlib
 import os
 import stat
@@ -97,20 +97,22 @@ class HashOnly:
         """Nothing to finish."""
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
-    name = ctypes.util.find_library("c")
+    """The C library, for renameat2 and syncfs (not in the os module).
+
+    The process's own symbols include libc; ``ctypes.util.find_library`` would run
+    ``ldconfig`` and cost milliseconds at every start.
+    """
     try:
-        return ctypes.CDLL(name, use_errno=True) if name else None
+        return ctypes.CDLL(None, use_errno=True)
     except OSError:
         return None
 
 
-_LIBC = _libc()
-
-
 def _exchange(a: str, b: str) -> bool:
     """Swap two directories in one step (Linux renameat2 RENAME_EXCHANGE); False if absent."""
-    fn = getattr(_LIBC, "renameat2", None) if _LIBC is not None else None
+    fn = getattr(_libc(), "renameat2", None)
     if fn is None:
         return False
     at_fdcwd = -100
@@ -125,7 +127,7 @@ def _exchange(a: str, b: str) -> bool:
 
 def _syncfs(path: str) -> None:
     """Make everything written on *path*'s filesystem durable."""
-    fn = getattr(_LIBC, "syncfs", None) if _LIBC is not None else None
+    fn = getattr(_libc(), "syncfs", None)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         if fn is None or fn(fd) != 0:

@@ -111,7 +111,10 @@ def _pax_block(size: int) -> bytes:
     return _ustar(fmt.PAX_HEADER_NAME, 0o644, 0, 0, size, 0, PAX, b"")
 
 
-_KNOWN_PAX = {_pax_block(n): n for n in range(1, 128)}
+@functools.cache
+def _known_pax() -> dict[bytes, int]:
+    # Built on first use, not at import: `oxbak info` never needs it.
+    return {_pax_block(n): n for n in range(1, 128)}
 
 
 def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid: int) -> bytes:
@@ -215,7 +218,7 @@ def known_pax_size(block: bytes) -> int | None:
     Such a block is valid by construction (its checksum was computed by this module), so
     the reader can skip parsing it: this is the header before nearly every member.
     """
-    return _KNOWN_PAX.get(block)
+    return _known_pax().get(block)
 
 
 def is_zero_block(block: bytes | memoryview) -> bool:
