@@ -38,7 +38,7 @@ if TYPE_CHECKING:
     from .destinations import recover
     from .manifest import Manifest
     from .reader import EntryInfo, list_entries, read_manifest
-    from .unpack import UnpackResult, VerifyResult, unpack, verify
+    from .restore import UnpackResult, VerifyResult, unpack, verify
     from .writer import PackResult, pack
 
 # The rest of the API is imported on first use, so that `oxbak info` does not pay for the
@@ -49,10 +49,10 @@ _LAZY = {
     "EntryInfo": "reader",
     "list_entries": "reader",
     "read_manifest": "reader",
-    "UnpackResult": "unpack",
-    "VerifyResult": "unpack",
-    "unpack": "unpack",
-    "verify": "unpack",
+    "UnpackResult": "restore",
+    "VerifyResult": "restore",
+    "unpack": "restore",
+    "verify": "restore",
     "PackResult": "writer",
     "pack": "writer",
 }

@@ -326,7 +326,7 @@ def unpack_cmd(
       oxbak unpack state.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
     """
-    from .unpack import unpack
+    from .restore import unpack
 
     _show_library_warnings()
     if replace and merge:
@@ -478,7 +478,7 @@ def verify_cmd(archive: str, as_json: bool) -> None:
     Example:
       oxbak verify state.oxbak && echo intact
     """
-    from .unpack import verify
+    from .restore import verify
 
     _show_library_warnings()
     with _progress("verifying", True) as progress:

@@ -1,5 +1,8 @@
 """unpack() and verify(): one loop from the archive (source) into a destination (sink).
 
+(The module is called ``restore`` so that ``oxbak.unpack`` is always the function, never a
+submodule shadowing it.)
+
 The loop enforces every rule a member must obey — name, order, parent, type, declared
 bounds — hashes every file as it goes to the destination, then checks the integrity index
 record by record and the manifest's totals. Only after all of that does ``unpack`` commit
