@@ -18,12 +18,12 @@ and every piece takes overrides to break exactly one thing.
 from __future__ import annotations
 
 import base64
-import hashlib
 import io
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, Literal
 
+import blake3
 import msgspec
 import zstandard
 
@@ -318,8 +318,8 @@ def first_member_end(tar: bytes) -> int:
 
 
 def blake(data: bytes) -> str:
-    """BLAKE2b-256 of *data*, hex: the index's digest."""
-    return hashlib.blake2b(data, digest_size=32).hexdigest()
+    """BLAKE3-256 of *data*, hex: the index's digest."""
+    return blake3.blake3(data).hexdigest()
 
 
 def display(path: bytes) -> str:
@@ -624,7 +624,7 @@ def index_header(
     base: dict[str, Json] = {
         "format": "oxbak-index",
         "version": 1,
-        "digest": "blake2b-256",
+        "digest": "blake3-256",
         "entries": len(records),
         "partial": False,
         "changed": 0,

@@ -18,7 +18,6 @@ import ctypes
 import errno
 import fcntl
 import functools
-import hashlib
 import os
 import stat
 import tempfile
@@ -26,8 +25,9 @@ from collections.abc import Iterable
 from typing import Literal, Protocol
 
 from . import format as fmt
-from .errors import DestinationError
-from .paths import display
+from .digest import Hasher
+from .errors import DestinationError, LimitExceededError
+from .paths import display, shown
 
 __all__ = ["Destination", "HashOnly", "Mode", "StagingDir", "recover", "remove_tree"]
 
@@ -37,6 +37,7 @@ STAGE_PREFIX = ".oxbak-stage-"
 OLD_PREFIX = ".oxbak-old-"
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
+_PATH_MAX = 4096  # including the terminating NUL
 
 
 class Destination(Protocol):
@@ -54,7 +55,7 @@ class Destination(Protocol):
         gid: int,
         chunks: Iterable[memoryview],
     ) -> bytes:
-        """Write a file from *chunks*; return the BLAKE2b digest of what was written."""
+        """Write a file from *chunks*; return the digest of what was written."""
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link *path* to the earlier file *target*."""
@@ -82,10 +83,10 @@ class HashOnly:
         chunks: Iterable[memoryview],
     ) -> bytes:
         """Hash *chunks*."""
-        hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+        hasher = Hasher()
         for chunk in chunks:
             hasher.update(chunk)
-        return hasher.digest()
+        return hasher.digest(fmt.DIGEST_SIZE)
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Nothing to create."""
@@ -268,7 +269,15 @@ class StagingDir:
         self.entries: list[bytes] = []
 
     def _path(self, rel: bytes) -> bytes:
-        return self._root_b + b"/" + rel if rel else self._root_b
+        path = self._root_b + b"/" + rel if rel else self._root_b
+        if len(path) >= _PATH_MAX:
+            # The format allows 4096-byte member names, but the kernel takes at most 4095
+            # bytes per path, staging directory included: say which member, not ENAMETOOLONG.
+            raise LimitExceededError(
+                f"refusing member {shown(rel)!r}: its path is too long to create in "
+                f"{self.parent!r} ({len(path)} bytes with the staging directory)"
+            )
+        return path
 
     def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
         """Create the directory privately; its mode and mtime are applied at the end."""
@@ -290,7 +299,7 @@ class StagingDir:
         perm = mode & 0o1777  # setuid and setgid never survive a restore
         fd = os.open(target, _WRITE_FLAGS, perm)
         try:
-            hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+            hasher = Hasher()
             for chunk in chunks:
                 hasher.update(chunk)
                 while chunk:
@@ -303,7 +312,7 @@ class StagingDir:
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
-        return hasher.digest()
+        return hasher.digest(fmt.DIGEST_SIZE)
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link to an earlier file of this archive (the loop checked that it is one)."""

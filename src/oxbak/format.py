@@ -15,7 +15,7 @@ FORMAT_NAME: Final = "oxbak"
 FORMAT_VERSION: Final = 1
 INDEX_FORMAT_NAME: Final = "oxbak-index"
 INDEX_VERSION: Final = 1
-DIGEST_NAME: Final = "blake2b-256"
+DIGEST_NAME: Final = "blake3-256"
 DIGEST_SIZE: Final = 32
 
 MANIFEST_NAME: Final = "manifest.json"

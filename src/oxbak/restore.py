@@ -12,7 +12,6 @@ problem it finds instead of stopping at the first.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from dataclasses import dataclass, field
 
 from . import format as fmt
 from .destinations import Destination, HashOnly, Mode, StagingDir
+from .digest import digest as digest_of
 from .errors import (
     ArchiveError,
     CorruptArchiveError,
@@ -173,10 +173,10 @@ def _run(
                 raise UnsafeArchiveError(
                     f"refusing symlink {shown(header.name)!r}: empty or invalid target"
                 )
-            if len(target) > fmt.MAX_PATH_BYTES:
+            if len(target) >= fmt.MAX_PATH_BYTES:  # symlink(2) takes at most 4095 bytes
                 raise LimitExceededError(
                     f"refusing symlink {shown(header.name)!r}: target is {len(target)} bytes, "
-                    f"limit {fmt.MAX_PATH_BYTES}"
+                    f"limit {fmt.MAX_PATH_BYTES - 1}"
                 )
             totals.symlinks += 1
             seen.links[rel] = target
@@ -204,7 +204,7 @@ def _hardlink_target(header: Header) -> bytes:
 
 
 def _hash(data: bytes) -> bytes:
-    return hashlib.blake2b(data, digest_size=fmt.DIGEST_SIZE).digest()
+    return digest_of(data)
 
 
 def _check_index(

@@ -6,7 +6,6 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
-import hashlib
 import logging
 import os
 import stat
@@ -19,6 +18,7 @@ from typing import BinaryIO
 from . import format as fmt
 from ._version import __version__
 from .compress import ZstdWriter
+from .digest import Hasher, hexdigest
 from .errors import OutputError, OutputExistsError, OxbakError, SourceError
 from .manifest import (
     Compression,
@@ -212,7 +212,7 @@ def _fsync_dir(directory: str) -> None:
 
 
 def _digest(data: bytes | memoryview) -> str:
-    return hashlib.blake2b(data, digest_size=fmt.DIGEST_SIZE).hexdigest()
+    return hexdigest(data)
 
 
 def _sections(entries: Sequence[Entry]) -> list[Section]:
@@ -366,7 +366,7 @@ class _Packer:
             self.buf += _ZEROS[: 512 - size % 512]
         self.bytes_in += size
         self.stored.append(entry)
-        digest = hashlib.blake2b(data, digest_size=fmt.DIGEST_SIZE).hexdigest()
+        digest = hexdigest(data)
         if consistent:
             self.record(entry, digest)
         else:
@@ -419,7 +419,7 @@ class _Packer:
             gid=entry.gid,
         )
         self.flush()
-        hasher = hashlib.blake2b(digest_size=fmt.DIGEST_SIZE)
+        hasher = Hasher()
         left = size
         while left:
             chunk = os.read(fd, min(_CHUNK, left))
@@ -438,9 +438,9 @@ class _Packer:
             st0.st_ctime_ns,
         )
         if same:
-            self.record(entry, hasher.hexdigest())
+            self.record(entry, hasher.hexdigest(fmt.DIGEST_SIZE))
         else:
-            self._changed(entry, hasher.hexdigest())
+            self._changed(entry, hasher.hexdigest(fmt.DIGEST_SIZE))
 
 
 def _read_all(fd: int, limit: int) -> bytes:
