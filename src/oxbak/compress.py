@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import queue
+import threading
 from collections.abc import Iterator
 from types import TracebackType
 from typing import BinaryIO, Protocol
@@ -29,6 +31,8 @@ __all__ = ["FrameWalker", "ZstdReader", "ZstdWriter"]
 _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MASK = 0xFFFFFFF0
 _READ_SIZE = 128 * 1024
+_AHEAD_PIECE = 1 << 20
+_AHEAD_DEPTH = 4
 
 
 class _Readable(Protocol):
@@ -300,6 +304,10 @@ class ZstdReader:
 
     def __init__(self, raw: _Readable) -> None:
         self.walker = FrameWalker(raw)
+        self._queue: queue.Queue[bytes | BaseException] | None = None
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._done = False
         decompressor = zstandard.ZstdDecompressor(max_window_size=fmt.MAX_WINDOW_SIZE)
         # The stub asks for IO[bytes]; any object with read() is accepted (documented).
         self._reader = decompressor.stream_reader(
@@ -310,18 +318,75 @@ class ZstdReader:
         )
 
     def read(self, size: int) -> bytes:
-        """Up to *size* decompressed bytes; ``b""`` at the end of the last frame."""
+        """Up to *size* decompressed bytes; ``b""`` at the end of the last frame.
+
+        After :meth:`read_ahead`, pieces come from the background thread instead (at
+        most ``_AHEAD_PIECE`` bytes each, whatever *size* asks).
+        """
+        if self._queue is not None:
+            return self._next_piece()
+        return self._decompress(size)
+
+    def _decompress(self, size: int) -> bytes:
         try:
             return self._reader.read(size)
         except zstandard.ZstdError as exc:
             raise CorruptArchiveError(f"zstd data is corrupt: {exc}") from exc
 
+    def read_ahead(self) -> None:
+        """Decompress in a background thread from now on, a few pieces ahead.
+
+        libzstd runs without the GIL, so decompressing the next piece overlaps with the
+        caller's parsing, hashing and writing of this one. At most ``_AHEAD_DEPTH``
+        pieces wait in the queue: memory stays bounded.
+        """
+        if self._queue is not None:
+            return
+        self._queue = queue.Queue(maxsize=_AHEAD_DEPTH)
+        self._thread = threading.Thread(target=self._produce, name="oxbak-zstd", daemon=True)
+        self._thread.start()
+
+    def _produce(self) -> None:
+        assert self._queue is not None
+        while not self._stop.is_set():
+            item: bytes | BaseException
+            try:
+                item = self._decompress(_AHEAD_PIECE)
+            except BaseException as exc:  # handed to the reading thread, raised there
+                item = exc
+            while not self._stop.is_set():
+                try:
+                    self._queue.put(item, timeout=0.1)
+                    break
+                except queue.Full:
+                    continue
+            if not isinstance(item, bytes) or not item:
+                return
+
+    def _next_piece(self) -> bytes:
+        assert self._queue is not None
+        if self._done:
+            return b""
+        item = self._queue.get()
+        if isinstance(item, BaseException):
+            self._done = True
+            raise item
+        if not item:
+            self._done = True
+            if self._thread is not None:
+                self._thread.join()
+        return item
+
+    def close(self) -> None:
+        """Stop the background thread, if any (the raw file is the caller's to close)."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
     def check_end(self) -> None:
         """After the last byte was read: the stream must end on a complete frame."""
-        try:
-            rest = self._reader.read(1)
-        except zstandard.ZstdError as exc:
-            raise CorruptArchiveError(f"zstd data is corrupt: {exc}") from exc
+        rest = self.read(1)
         if rest:
             raise CorruptArchiveError("data follows the end of the tar archive")
         self.walker.check_end()
@@ -335,4 +400,4 @@ class ZstdReader:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._reader.close()  # type: ignore[no-untyped-call]  # untyped in the stub
+        self.close()

@@ -56,16 +56,19 @@ def open_archive(archive: Archive) -> Iterator[ArchiveReader]:
     if isinstance(archive, (str, os.PathLike)):
         path = os.fspath(archive)
         if path == "-":
-            yield ArchiveReader(sys.stdin.buffer, name="<stdin>")
+            with contextlib.closing(ArchiveReader(sys.stdin.buffer, name="<stdin>")) as reader:
+                yield reader
             return
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
         except OSError as exc:
             raise OxbakError(f"cannot open archive {path!r}: {exc.strerror}") from exc
-        with fh:
-            yield ArchiveReader(fh, name=path)
+        with fh, contextlib.closing(ArchiveReader(fh, name=path)) as reader:
+            yield reader
     else:
-        yield ArchiveReader(archive, name=getattr(archive, "name", "<stream>"))
+        name = getattr(archive, "name", "<stream>")
+        with contextlib.closing(ArchiveReader(archive, name=name)) as reader:
+            yield reader
 
 
 class ArchiveReader:
@@ -208,6 +211,7 @@ class ArchiveReader:
         Data not read with :meth:`data` is skipped. Names are *not* validated here: that
         is the unpack loop's job, with the rest of its rules.
         """
+        self._z.read_ahead()
         while True:
             header = self._next_header()
             if header is None:
@@ -275,6 +279,10 @@ class ArchiveReader:
         """After the index: the end-of-archive marker, then the end of the zstd stream."""
         if self._next_header() is not None:
             raise CorruptArchiveError("archive has members after index.jsonl")
+
+    def close(self) -> None:
+        """Stop background decompression (the archive file is the opener's to close)."""
+        self._z.close()
 
     @property
     def bytes_in(self) -> int:
