@@ -202,3 +202,23 @@ def test_output_inside_source_is_not_packed_into_itself(tmp_path: Path) -> None:
     del expected[b"self.oxbak"]
     got = snapshot(str(dest))
     assert {k: v for k, v in got.items() if k} == {k: v for k, v in expected.items() if k}
+
+
+def test_hardlink_first_path_is_first_in_archive_order(tmp_path: Path) -> None:
+    """The inode's first path in *archive* order is the file, even when a later-listed
+    directory holds it (here ``a/x`` comes before ``z`` although the root is listed first).
+    """
+    src = tmp_path / "src"
+    build(str(src), {
+        b"a": Node("dir", children={b"x": Node("file", data=b"shared")}),
+        b"z": Node("hardlink", target=b"a/x"),
+        b"b": Node("hardlink", target=b"a/x"),
+    })
+    out = tmp_path / "o.oxbak"
+    oxbak.pack(src, out)
+    kinds = {e.name: (e.type, e.target) for e in oxbak.list_entries(out)}
+    assert kinds["a/x"] == ("file", b"")
+    assert kinds["b"] == ("hardlink", b"a/x") and kinds["z"] == ("hardlink", b"a/x")
+    assert oxbak.verify(out).ok
+    oxbak.unpack(out, tmp_path / "dest")
+    assert snapshot(str(tmp_path / "dest")) == snapshot(str(src))

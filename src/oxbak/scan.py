@@ -29,6 +29,8 @@ class Entry:
     uid: int
     gid: int
     target: bytes = b""  # symlink target, or a hardlink's first path
+    dev: int = 0
+    nlink: int = 1
 
 
 @dataclass(slots=True)
@@ -74,28 +76,26 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
     entries = result.entries
     # An explicit stack of pending directories keeps the walk in pre-order without recursion
     # depth limits: children are pushed in reverse so they pop in sorted order.
-    pending: list[tuple[bytes, os.stat_result, str]] = []
+    pending: list[Entry] = []
     _list_dir(root_b, b"", excludes, pending, result)
     while pending:
-        rel, dst, kind = pending.pop()
-        if kind == "dir":
-            entries.append(_entry(rel, "dir", dst))
-            _list_dir(root_b, rel, excludes, pending, result)
-        elif kind == "symlink":
+        entry = pending.pop()
+        entries.append(entry)
+        if entry.kind == "dir":
+            _list_dir(root_b, entry.path, excludes, pending, result)
+        elif entry.nlink > 1:
+            # Decided here, in archive order: the first path of an inode is the file.
+            key = (entry.dev, entry.ino)
+            first = first_of_inode.setdefault(key, entry.path)
+            if first != entry.path:
+                entry.kind, entry.target, entry.size = "hardlink", first, 0
+        elif entry.kind == "symlink":
             try:
-                target = os.readlink(os.path.join(root_b, rel))
+                entry.target = os.readlink(root_b + b"/" + entry.path)
             except OSError as exc:
-                raise SourceError(f"cannot read symlink {display(rel)!r}: {exc.strerror}") from exc
-            entries.append(_entry(rel, "symlink", dst, target=target))
-        else:
-            key = (dst.st_dev, dst.st_ino)
-            first = first_of_inode.get(key) if dst.st_nlink > 1 else None
-            if first is not None:
-                entries.append(_entry(rel, "hardlink", dst, target=first))
-            else:
-                if dst.st_nlink > 1:
-                    first_of_inode[key] = rel
-                entries.append(_entry(rel, "file", dst))
+                raise SourceError(
+                    f"cannot read symlink {display(entry.path)!r}: {exc.strerror}"
+                ) from exc
     result.skipped.sort(key=sort_key)
     return result
 
@@ -104,9 +104,15 @@ def _list_dir(
     root: bytes,
     rel: bytes,
     excludes: Sequence[str],
-    pending: list[tuple[bytes, os.stat_result, str]],
+    pending: list[Entry],
     result: Scan,
 ) -> None:
+    """Push the sorted children of directory *rel* on *pending* (reversed: pop in order).
+
+    Entries are made here, from the lstat, so nothing larger waits on the stack; a second
+    path of an inode becomes a hardlink when it is popped, in archive order. Special files
+    go to ``result.skipped``.
+    """
     path = os.path.join(root, rel) if rel else root
     try:
         with os.scandir(path) as it:
@@ -115,7 +121,7 @@ def _list_dir(
         raise SourceError(
             f"cannot list directory {display(rel or b'.')!r}: {exc.strerror}"
         ) from exc
-    batch: list[tuple[bytes, os.stat_result, str]] = []
+    batch: list[Entry] = []
     for name, dirent in children:
         child = rel + b"/" + name if rel else name
         if _excluded(child, name, excludes):
@@ -128,11 +134,11 @@ def _list_dir(
             raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
         mode = st.st_mode
         if stat.S_ISDIR(mode):
-            batch.append((child, st, "dir"))
-        elif stat.S_ISREG(mode):
-            batch.append((child, st, "file"))
+            batch.append(_entry(child, "dir", st))
         elif stat.S_ISLNK(mode):
-            batch.append((child, st, "symlink"))
+            batch.append(_entry(child, "symlink", st))
+        elif stat.S_ISREG(mode):
+            batch.append(_entry(child, "file", st))
         else:
             result.skipped.append(child)
     pending.extend(reversed(batch))
@@ -150,4 +156,6 @@ def _entry(rel: bytes, kind: EntryType, st: os.stat_result, *, target: bytes = b
         uid=st.st_uid,
         gid=st.st_gid,
         target=target,
+        dev=st.st_dev,
+        nlink=st.st_nlink if kind == "file" else 1,
     )

@@ -246,7 +246,7 @@ class _Packer:
         self.root = root
         self.writer = writer
         self.buf = bytearray()
-        self.index = tempfile.SpooledTemporaryFile(max_size=8 << 20)  # noqa: SIM115
+        self.index = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
         self.stored: list[Entry] = []
         self.changed: list[bytes] = []
         self.missing: list[bytes] = []
@@ -494,44 +494,44 @@ def _write(
     writer = ZstdWriter(out, level=level, threads=threads)
     writer.write_first(first)
     packer = _Packer(scan.root, writer, None if seekable else totals.bytes)
-    scanned_rest = totals.bytes
-    report_at = 0
-    for entry in entries:
-        if entry.kind == "file":
-            scanned_rest -= entry.size
-            packer.add_file(entry, scanned_rest)
-            if progress is not None and packer.bytes_in >= report_at:
-                progress(packer.bytes_in, totals.bytes)
-                report_at = packer.bytes_in + _CHUNK
-        else:
-            packer.add_simple(entry)
-    stored = packer.stored
-    final_totals = _totals(stored)
-    index_header = Index(
-        format=fmt.INDEX_FORMAT_NAME,
-        version=fmt.INDEX_VERSION,
-        digest=fmt.DIGEST_NAME,
-        entries=len(stored) + len(packer.missing),
-        partial=bool(packer.changed or packer.missing),
-        changed=len(packer.changed),
-        missing=len(packer.missing),
-        totals=final_totals,
-    )
-    head = encode(index_header)
-    spool = packer.index
-    size = len(head) + spool.tell()
-    packer.buf += encode_header(
-        _INDEX_MEMBER, typeflag=REGULAR, mode=0o644, size=size, mtime_ns=mtime_ns
-    )
-    packer.buf += head
-    spool.seek(0)
-    while chunk := spool.read(_CHUNK):
-        packer.buf += chunk
-        if len(packer.buf) >= _FLUSH_AT:
-            packer.flush()
-    packer.buf += bytes(padding(size) + 2 * fmt.BLOCK_SIZE)
-    packer.flush()
-    spool.close()
+    with packer.index:  # the index spool: closed on every path, errors included
+        scanned_rest = totals.bytes
+        report_at = 0
+        for entry in entries:
+            if entry.kind == "file":
+                scanned_rest -= entry.size
+                packer.add_file(entry, scanned_rest)
+                if progress is not None and packer.bytes_in >= report_at:
+                    progress(packer.bytes_in, totals.bytes)
+                    report_at = packer.bytes_in + _CHUNK
+            else:
+                packer.add_simple(entry)
+        stored = packer.stored
+        final_totals = _totals(stored)
+        index_header = Index(
+            format=fmt.INDEX_FORMAT_NAME,
+            version=fmt.INDEX_VERSION,
+            digest=fmt.DIGEST_NAME,
+            entries=len(stored) + len(packer.missing),
+            partial=bool(packer.changed or packer.missing),
+            changed=len(packer.changed),
+            missing=len(packer.missing),
+            totals=final_totals,
+        )
+        head = encode(index_header)
+        spool = packer.index
+        size = len(head) + spool.tell()
+        packer.buf += encode_header(
+            _INDEX_MEMBER, typeflag=REGULAR, mode=0o644, size=size, mtime_ns=mtime_ns
+        )
+        packer.buf += head
+        spool.seek(0)
+        while chunk := spool.read(_CHUNK):
+            packer.buf += chunk
+            if len(packer.buf) >= _FLUSH_AT:
+                packer.flush()
+        packer.buf += bytes(padding(size) + 2 * fmt.BLOCK_SIZE)
+        packer.flush()
     writer.finish()
     if progress is not None:
         progress(packer.bytes_in, totals.bytes)
