@@ -21,6 +21,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -143,7 +144,7 @@ def set_mtimes(root: Path, base_ns: int) -> None:
 
 
 def oxbak_leftovers(directory: Path) -> list[str]:
-    """Staging and moved-aside directories of unpack (``.oxbak-stage-…``, ``.oxbak-old-…``)."""
+    """Staging and moved-aside directories of unpack (``.oxbak-stage-…``, ``.oxbak-old-…``, ``.oxbak-merge-…``)."""
     return sorted(n for n in os.listdir(directory) if n.startswith(".oxbak-"))
 
 
@@ -526,3 +527,549 @@ def test_recover_removes_a_killed_unpack_staging_dir(trees: Trees, area: Path) -
     assert oxbak_leftovers(area) == []
     assert snapshot(dest) == trees.old
     shutil.rmtree(dest)
+
+
+# --------------------------------------------------------------------------- kill sweeps
+#
+# SIGKILL at many moments of one command, spread uniformly from its start to 110 % of an
+# uninterrupted run, plus kills triggered by what can be seen happening (the staged tree
+# finished, DEST swapped, the merge's first rename). After each kill the state must be
+# one of the two allowed ones, and the next command must clean up and succeed. The
+# `torture` tests run the full sweeps and print their figures (also appended to the file
+# named by $OXBAK_FIGURES); a small slice of each runs in `make test`.
+
+
+@dataclass(frozen=True)
+class Moment:
+    """When to kill: *at* seconds after the start, or *delay* seconds after *event*."""
+
+    label: str
+    at: float | None = None
+    event: str | None = None
+    delay: float = 0.0
+
+
+def _uniform(count: int, duration: float) -> list[Moment]:
+    """*count* moments from 0 to 110 % of *duration*, both ends included."""
+    span = 1.1 * duration
+    return [
+        Moment(f"{110 * i / (count - 1):.0f}%", at=span * i / (count - 1)) for i in range(count)
+    ]
+
+
+def _kill_at(
+    proc: subprocess.Popen[bytes],
+    started: float,
+    moment: Moment,
+    ready: Callable[[], bool] | None = None,
+) -> tuple[bool, float]:
+    """SIGKILL *proc* at *moment*; return whether it was still running, and when (s)."""
+    try:
+        if moment.at is not None:
+            time.sleep(max(0.0, started + moment.at - time.monotonic()))
+        else:
+            assert ready is not None
+            wait_until(lambda: ready() or proc.poll() is not None, poll=0.0002)
+            if moment.delay:
+                time.sleep(moment.delay)
+    finally:
+        alive = proc.poll() is None
+        when = time.monotonic() - started
+        proc.kill()
+        proc.communicate()
+    return alive, when
+
+
+def _figures(line: str) -> None:
+    print(line)
+    path = os.environ.get("OXBAK_FIGURES")
+    if path:
+        with open(path, "a") as fh:
+            fh.write(line + "\n")
+
+
+def _lost_bytes(snap: Snapshot, reference: Snapshot) -> int:
+    """Bytes of *reference*'s files that *snap* does not hold exactly."""
+    return sum(
+        len(v[3])  # type: ignore[arg-type]  # files: (type, mode, mtime, content, links)
+        for p, v in reference.items()
+        if v[0] == "file" and snap.get(p, (None,))[:4] != v[:4]
+    )
+
+
+def _other(flavour: str) -> str:
+    return "new" if flavour == "old" else "old"
+
+
+def _staged(area: Path, name: str) -> Callable[[], bool]:
+    """True once a staging directory under *area* holds *name* (symlinks are created last,
+    in finish(), just before the commit)."""
+    pattern = os.path.join(glob.escape(str(area)), ".oxbak-stage-*", name)
+    return lambda: bool(glob.glob(pattern))
+
+
+def replace_kill_sweep(
+    trees: Trees,
+    area: Path,
+    *,
+    uniform: int,
+    around_swap_ms: tuple[float, ...],
+    after_staged_ms: tuple[float, ...],
+    after_swap_ms: tuple[float, ...],
+    calibrations: int = 3,
+) -> dict[str, Any]:
+    """Kill ``unpack --replace`` at many moments; DEST must always be exactly one tree."""
+    wall = time.monotonic()
+    dest = area / "dest"
+    archive = {"old": trees.old_archive, "new": trees.new_archive}
+    snaps = {"old": trees.old, "new": trees.new}
+    assert_ok(oxbak("unpack", trees.old_archive, dest))
+    state = "old"
+
+    # Uninterrupted runs, each way: how long they take and when DEST's inode changes.
+    # Each follows a run killed once its whole tree was staged, and its clean-up: as after
+    # the sweep's late kills, the syncfs before the swap then has the most to flush. The
+    # slowest run sets the span of the sweep.
+    durations, swaps = [], []
+    for _ in range(calibrations):
+        target = _other(state)
+        proc = spawn("unpack", "--replace", archive[target], dest)
+        _kill_at(
+            proc, time.monotonic(), Moment("calibration", event="staged"), _staged(area, "link")
+        )
+        assert_ok(oxbak("recover", dest))
+        state = _which(snapshot(dest), trees)
+        target = _other(state)
+        before = _inode(dest)
+        proc = spawn("unpack", "--replace", archive[target], dest)
+        started = time.monotonic()
+        wait_until(functools.partial(_moved, dest, before, proc), poll=0.0002)
+        swaps.append(time.monotonic() - started)
+        proc.communicate()
+        durations.append(time.monotonic() - started)
+        assert proc.returncode == 0
+        state = target
+        assert snapshot(dest) == snaps[state]
+    duration, swap = max(durations), sorted(swaps)[len(swaps) // 2]
+    assert min(durations) >= 0.25, f"unpack took {min(durations):.2f} s: too fast to kill"
+
+    # Kills triggered by events first: once the tree is staged (just before the syncfs
+    # and the swap) and once DEST's inode has changed (while the old tree is deleted).
+    # The swaps they see date the swap under the sweep's own conditions; then kills at
+    # fixed offsets around that date, then the uniform spread.
+    event_moments = [
+        Moment(f"staged+{ms:g}ms", event="staged", delay=ms / 1000) for ms in after_staged_ms
+    ] + [Moment(f"swapped+{ms:g}ms", event="swapped", delay=ms / 1000) for ms in after_swap_ms]
+
+    outcomes: list[tuple[str, str, float, bool, str]] = []
+    seen_swaps: list[float] = []
+    full_runs: list[float] = []  # the uninterrupted unpacks after odd kills, as they go
+    leftovers_seen = cleaned = lost = 0
+
+    def attempt(kind: str, moment: Moment) -> None:
+        nonlocal state, leftovers_seen, cleaned, lost
+        target = _other(state)
+        before = _inode(dest)
+        proc = spawn("unpack", "--replace", archive[target], dest)
+        started = time.monotonic()
+        ready = {
+            "staged": _staged(area, "link"),
+            "swapped": lambda: _inode(dest) != before,
+            None: None,
+        }[moment.event]
+        alive, when = _kill_at(proc, started, moment, ready)
+
+        assert os.path.isdir(dest) and not os.path.islink(dest), f"DEST missing at {moment}"
+        snap = snapshot(dest)
+        now = _which(snap, trees)  # exactly the old or the new tree, never a mix
+        assert now in (state, target)
+        if moment.event == "swapped":
+            assert now == target, f"DEST's inode changed but it is not the new tree: {moment}"
+            if alive:
+                seen_swaps.append(when - moment.delay)
+        lost += _lost_bytes(snap, snaps[now])
+        outcomes.append((kind, moment.label, when, alive, "kept" if now == state else "reached"))
+        left = oxbak_leftovers(area)
+        assert all(
+            n.startswith((".oxbak-stage-dest.", ".oxbak-old-dest.", ".oxbak-merge-dest."))
+            for n in left
+        ), left
+        leftovers_seen += len(left)
+
+        if len(outcomes) % 2:
+            # `oxbak recover DEST` cleans up and leaves DEST as it is.
+            result = oxbak("recover", dest)
+            assert_ok(result)
+            assert result.stdout == b""
+            assert _which(snapshot(dest), trees) == now, "recover changed DEST"
+        else:
+            # The next unpack recovers first, then succeeds.
+            now = _other(now)
+            run_started = time.monotonic()
+            assert_ok(oxbak("unpack", "--replace", archive[now], dest))
+            full_runs.append(time.monotonic() - run_started)
+            assert snapshot(dest) == snaps[now]
+        assert oxbak_leftovers(area) == []
+        assert os.listdir(area) == ["dest"]
+        cleaned += len(left)
+        state = now
+
+    for moment in event_moments:
+        attempt("event", moment)
+    if seen_swaps:
+        swap = sorted(seen_swaps)[len(seen_swaps) // 2]
+    for ms in around_swap_ms:
+        attempt("around-swap", Moment(f"swap{ms:+g}ms", at=max(0.0, swap + ms / 1000)))
+    # Runs in the sweep follow kills and clean-ups; the uninterrupted ones seen so far
+    # may be slower than the calibration's: the spread covers the slower of the two.
+    if full_runs:
+        duration = max(duration, sorted(full_runs)[3 * len(full_runs) // 4])
+    for moment in _uniform(uniform, duration):
+        attempt("uniform", moment)
+
+    assert lost == 0
+    return {
+        "moments": len(outcomes),
+        "uniform": uniform,
+        "duration": duration,
+        "swap_at": swap,
+        "killed_running": sum(o[3] for o in outcomes),
+        "uniform_killed_running": sum(o[3] for o in outcomes if o[0] == "uniform"),
+        "kept_old_tree": sum(o[4] == "kept" for o in outcomes),
+        "reached_new_tree": sum(o[4] == "reached" for o in outcomes),
+        "around_swap": {
+            which: sum(1 for o in outcomes if o[0] == "around-swap" and o[4] == which)
+            for which in ("kept", "reached")
+        },
+        "leftovers_seen": leftovers_seen,
+        "leftovers_cleaned": cleaned,
+        "bytes_lost": lost,
+        "wall": time.monotonic() - wall,
+        "outcomes": outcomes,
+    }
+
+
+def _replace_line(f: dict[str, Any]) -> str:
+    return (
+        f"unpack --replace kill sweep: moments={f['moments']} "
+        f"(uniform {f['uniform']} over 0-110% of {f['duration']:.2f} s, swap seen at "
+        f"{f['swap_at']:.3f} s: {f['around_swap']['kept']} kills around it kept the old tree, "
+        f"{f['around_swap']['reached']} found the new) killed-while-running="
+        f"{f['killed_running']} "
+        f"states: old-tree-kept={f['kept_old_tree']} new-tree-reached={f['reached_new_tree']} "
+        f"mixed=0 missing=0; leftovers cleaned={f['leftovers_cleaned']} "
+        f"bytes lost={f['bytes_lost']}; wall {f['wall']:.1f} s"
+    )
+
+
+@pytest.mark.torture
+def test_unpack_replace_kill_sweep(trees: Trees, area: Path) -> None:
+    figures = replace_kill_sweep(
+        trees,
+        area,
+        uniform=50,
+        around_swap_ms=(-150, -100, -60, -30, -15, 0, 15, 30, 60, 100, 150),
+        after_staged_ms=(0, 1, 3, 6),
+        after_swap_ms=(0, 1, 2, 5, 10, 20),
+    )
+    _figures(_replace_line(figures))
+    print(*figures["outcomes"], sep="\n")
+    assert figures["uniform_killed_running"] >= 25, figures["outcomes"]
+    assert figures["kept_old_tree"] >= 10 and figures["reached_new_tree"] >= 10, figures
+
+
+def test_unpack_replace_kill_slice(trees: Trees, area: Path) -> None:
+    """The quick slice of the sweep above: a few moments, one on each side of the swap."""
+    figures = replace_kill_sweep(
+        trees,
+        area,
+        uniform=3,
+        around_swap_ms=(),
+        after_staged_ms=(0,),
+        after_swap_ms=(0,),
+        calibrations=1,
+    )
+    assert figures["reached_new_tree"] >= 1, figures["outcomes"]
+
+
+def pack_kill_sweep(
+    big_tree: Path, tiny_tree: Path, out_dir: Path, *, count: int, calibrations: int = 2
+) -> dict[str, Any]:
+    """Kill ``pack`` at *count* moments, alternately with no OUT and over an old OUT
+    (``--force``): OUT must be absent, the old archive, or the complete new one."""
+    wall = time.monotonic()
+    out_dir.mkdir()
+    out = out_dir / "out.oxbak"
+    durations = []
+    for _ in range(calibrations):
+        started = time.monotonic()
+        assert_ok(oxbak("pack", big_tree, "-o", out, "--level", SLOW_LEVEL, "--force"))
+        durations.append(time.monotonic() - started)
+    duration = max(durations)
+    reference = out.read_bytes()  # packs are reproducible (SOURCE_DATE_EPOCH is pinned)
+    assert_ok(oxbak("verify", out))
+    assert_ok(oxbak("pack", tiny_tree, "-o", out, "--force"))
+    old = out.read_bytes()
+    out.unlink()
+
+    states: dict[str, int] = {"absent": 0, "old": 0, "complete": 0}
+    alive_count = temps_seen = cleaned = lost = 0
+    for i, moment in enumerate(_uniform(count, duration)):
+        force = i % 2 == 1
+        if force:
+            out.write_bytes(old)
+        proc = spawn("pack", big_tree, "-o", out, "--level", SLOW_LEVEL, *(["--force"] * force))
+        alive, _ = _kill_at(proc, time.monotonic(), moment)
+        alive_count += alive
+        temps = pack_temps(out_dir)
+        assert len(temps) <= 1
+        assert sorted(os.listdir(out_dir)) == sorted(temps + (["out.oxbak"] * out.exists()))
+        if not out.exists():
+            assert not force, "pack --force lost the archive it was replacing"
+            state = "absent"
+        elif force and out.read_bytes() == old:
+            state = "old"
+        else:
+            data = out.read_bytes()
+            lost += 0 if data == reference else len(reference)
+            assert data == reference, f"OUT holds a partial archive after a kill at {moment}"
+            assert_ok(oxbak("verify", out))
+            state = "complete"
+        states[state] += 1
+        temps_seen += len(temps)
+        # The next pack to the same OUT removes the temp file a kill -9 left.
+        assert_ok(oxbak("pack", tiny_tree, "-o", out, "--force"))
+        assert os.listdir(out_dir) == ["out.oxbak"] and out.read_bytes() == old
+        cleaned += len(temps)
+        out.unlink()
+    assert lost == 0
+    return {
+        "moments": count,
+        "duration": duration,
+        "killed_running": alive_count,
+        "states": states,
+        "temps_seen": temps_seen,
+        "temps_cleaned": cleaned,
+        "bytes_lost": lost,
+        "wall": time.monotonic() - wall,
+    }
+
+
+def _pack_line(f: dict[str, Any]) -> str:
+    s = f["states"]
+    return (
+        f"pack kill sweep: moments={f['moments']} (uniform over 0-110% of "
+        f"{f['duration']:.2f} s, half over an old OUT with --force) "
+        f"killed-while-running={f['killed_running']} states: no-OUT={s['absent']} "
+        f"old-OUT-intact={s['old']} complete-and-verified={s['complete']} partial=0; "
+        f"temp files left by kill -9={f['temps_seen']} cleaned by the next pack="
+        f"{f['temps_cleaned']}; bytes lost={f['bytes_lost']}; wall {f['wall']:.1f} s"
+    )
+
+
+@pytest.mark.torture
+def test_pack_kill_sweep(big_tree: Path, tiny_tree: Path, tmp_path: Path) -> None:
+    figures = pack_kill_sweep(big_tree, tiny_tree, tmp_path / "out", count=24)
+    _figures(_pack_line(figures))
+    assert figures["killed_running"] >= 15
+    assert figures["states"]["complete"] >= 1
+
+
+def test_pack_kill_slice(big_tree: Path, tiny_tree: Path, tmp_path: Path) -> None:
+    figures = pack_kill_sweep(big_tree, tiny_tree, tmp_path / "out", count=3, calibrations=1)
+    assert figures["killed_running"] >= 1
+
+
+def _merge_expected(trees: Trees) -> Snapshot:
+    """DEST after merging the new tree into the old one: the new tree, plus the old
+    tree's entries the new one does not have."""
+    kept = {p: v for p, v in trees.old.items() if p not in trees.new}
+    return {**kept, **trees.new}
+
+
+def _merge_check(snap: Snapshot, trees: Trees) -> dict[str, int]:
+    """Classify DEST after a killed merge; fail on any torn, unexpected or missing entry."""
+    counts = {"old": 0, "new": 0, "added": 0, "kept": 0}
+    torn: list[bytes] = []
+    for path, value in snap.items():
+        old, new = trees.old.get(path), trees.new.get(path)
+        assert old is not None or new is not None, f"unexpected entry {path!r} in DEST"
+        if value[0] == "dir":
+            # Directories are merged, not replaced; their modes and times are set last.
+            assert (old or new or ("",))[0] == "dir" or (new or ("",))[0] == "dir", path
+            continue
+        # Files: (type, mode, mtime, content) — the inode's other names may differ while
+        # the hard link and its target are renamed one after the other.
+        is_old = old is not None and value[:4] == old[:4]
+        is_new = new is not None and value[:4] == new[:4]
+        if not (is_old or is_new):
+            torn.append(path)
+        elif new is None:
+            counts["kept"] += 1
+        elif old is None:
+            counts["added"] += 1
+        else:
+            counts["new" if is_new else "old"] += 1
+    missing = [p for p in trees.old if p not in snap]
+    assert not torn, f"torn or foreign entries in DEST: {torn[:5]}"
+    assert not missing, f"a killed merge removed {missing[:5]}"
+    return counts
+
+
+def _merging(dest: Path, proc: subprocess.Popen[bytes]) -> bool:
+    """The merge's commit has begun (its first rename brings `only-new` into DEST), or
+    *proc* ended."""
+    return os.path.lexists(dest / "only-new") or proc.poll() is not None
+
+
+def merge_kill_sweep(
+    trees: Trees,
+    area: Path,
+    *,
+    uniform: int,
+    in_commit: int,
+    after_staged_ms: tuple[float, ...],
+    calibrations: int = 3,
+) -> dict[str, Any]:
+    """Kill ``unpack --merge`` (the new tree into the old one) at many moments."""
+    wall = time.monotonic()
+    dest = area / "dest"
+    expected = _merge_expected(trees)
+    shared = sum(1 for p, v in trees.new.items() if v[0] != "dir" and p in trees.old)
+    added = sum(1 for p, v in trees.new.items() if v[0] != "dir" and p not in trees.old)
+
+    def reset() -> None:
+        assert_ok(oxbak("unpack", "--replace", trees.old_archive, dest))
+        assert snapshot(dest) == trees.old
+        assert oxbak_leftovers(area) == []
+
+    assert_ok(oxbak("unpack", trees.old_archive, dest))
+    # Uninterrupted merges, each after a reset as in the sweep: how long they take (the
+    # slowest sets the sweep's span) and how long their renames last, from the first
+    # (`only-new`, at the root) to one in the last directory (`dir29/added.txt`).
+    durations, commits, renames = [], [], []
+    last = dest / "dir29" / "added.txt"
+    for _ in range(calibrations):
+        proc = spawn("unpack", "--merge", trees.new_archive, dest)
+        started = time.monotonic()
+        wait_until(functools.partial(_merging, dest, proc), poll=0.0002)
+        commits.append(time.monotonic() - started)
+        wait_until(lambda: os.path.lexists(last) or proc.poll() is not None, poll=0.0002)  # noqa: B023
+        renames.append(time.monotonic() - started - commits[-1])
+        proc.communicate()
+        durations.append(time.monotonic() - started)
+        assert proc.returncode == 0
+        assert snapshot(dest) == expected
+        reset()
+    duration = max(durations)
+    commit_at = sorted(commits)[len(commits) // 2]
+    commit_span = max(0.002, sorted(renames)[len(renames) // 2])
+
+    # Kills once the tree is staged and kills spread over the renames (counted from the
+    # first one, as seen in each run) first; then the uniform spread, over the slower of
+    # the calibration and the uninterrupted merges seen meanwhile.
+    events = [
+        Moment(f"staged+{ms:g}ms", event="staged", delay=ms / 1000) for ms in after_staged_ms
+    ] + [
+        Moment(
+            f"merging+{1000 * commit_span * k / max(1, in_commit - 1):.1f}ms",
+            event="merging",
+            delay=commit_span * k / max(1, in_commit - 1),
+        )
+        for k in range(in_commit)
+    ]
+
+    phases = {"untouched": 0, "mixed": 0, "complete": 0}
+    alive_count = leftovers_seen = cleaned = lost = tried = 0
+    mixed_new: list[int] = []
+    full_runs: list[float] = []
+
+    def attempt(moment: Moment) -> None:
+        nonlocal alive_count, leftovers_seen, cleaned, lost, tried
+        tried += 1
+        proc = spawn("unpack", "--merge", trees.new_archive, dest)
+        started = time.monotonic()
+        ready = {
+            "staged": _staged(area, "link"),
+            "merging": lambda: os.path.lexists(dest / "only-new"),
+            None: None,
+        }[moment.event]
+        alive, _ = _kill_at(proc, started, moment, ready)
+        alive_count += alive
+        snap = snapshot(dest)
+        counts = _merge_check(snap, trees)
+        lost += _lost_bytes(snap, {p: v for p, v in trees.old.items() if p not in trees.new})
+        if counts["new"] == 0 and counts["added"] == 0:
+            phases["untouched"] += 1
+        elif counts["old"] == 0 and counts["added"] == added:
+            phases["complete"] += 1
+        else:
+            phases["mixed"] += 1
+            mixed_new.append(counts["new"])
+        left = oxbak_leftovers(area)
+        leftovers_seen += len(left)
+        # The next merge cleans up, then brings in the full new version of every file and
+        # leaves DEST's other files alone.
+        run_started = time.monotonic()
+        assert_ok(oxbak("unpack", "--merge", trees.new_archive, dest))
+        full_runs.append(time.monotonic() - run_started)
+        assert snapshot(dest) == expected
+        assert oxbak_leftovers(area) == []
+        cleaned += len(left)
+        reset()
+
+    for moment in events:
+        attempt(moment)
+    if full_runs:
+        duration = max(duration, sorted(full_runs)[3 * len(full_runs) // 4])
+    for moment in _uniform(uniform, duration):
+        attempt(moment)
+    assert lost == 0
+    return {
+        "moments": tried,
+        "uniform": uniform,
+        "duration": duration,
+        "commit_at": commit_at,
+        "commit_span": commit_span,
+        "killed_running": alive_count,
+        "phases": phases,
+        "shared_files": shared,
+        "mixed_new": sorted(mixed_new),
+        "leftovers_seen": leftovers_seen,
+        "leftovers_cleaned": cleaned,
+        "bytes_lost": lost,
+        "wall": time.monotonic() - wall,
+    }
+
+
+def _span(values: list[int]) -> str:
+    return f"{values[0]}-{values[-1]}" if values else "-"
+
+
+def _merge_line(f: dict[str, Any]) -> str:
+    p = f["phases"]
+    return (
+        f"unpack --merge kill sweep: moments={f['moments']} (uniform {f['uniform']} over "
+        f"0-110% of {f['duration']:.2f} s, the rest in the commit, whose renames start at "
+        f"{f['commit_at']:.3f} s and last {1000 * f['commit_span']:.0f} ms) "
+        f"killed-while-running={f['killed_running']} states: all-old={p['untouched']} "
+        f"mixed-old/new-files={p['mixed']} all-new={p['complete']} torn=0 unexpected=0 "
+        f"(mixed states held {_span(f['mixed_new'])} new versions of the "
+        f"{f['shared_files']} files in both trees); leftovers cleaned="
+        f"{f['leftovers_cleaned']}; bytes lost={f['bytes_lost']}; wall {f['wall']:.1f} s"
+    )
+
+
+@pytest.mark.torture
+def test_unpack_merge_kill_sweep(trees: Trees, area: Path) -> None:
+    figures = merge_kill_sweep(trees, area, uniform=24, in_commit=12, after_staged_ms=(0, 2))
+    _figures(_merge_line(figures))
+    assert figures["killed_running"] >= figures["moments"] // 2, figures
+    assert figures["phases"]["mixed"] >= 3, figures
+
+
+def test_unpack_merge_kill_slice(trees: Trees, area: Path) -> None:
+    figures = merge_kill_sweep(
+        trees, area, uniform=2, in_commit=2, after_staged_ms=(), calibrations=1
+    )
+    assert figures["killed_running"] >= 2

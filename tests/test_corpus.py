@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import resource
+import signal
 import stat
 import subprocess
 import sys
@@ -43,22 +44,14 @@ VARIANTS = ("new", "replace")
 
 NAMES = [case.name for case in corpus_build.CASES]
 
-#: Engine bugs this corpus found (see the reply / docs/RELIABILITY-figures-2.md). Only the
-#: *outcome* checks (exit codes, error text) may fail for these; every safety check
-#: (nothing outside DEST touched, DEST intact, no leftovers, no traceback, bounded time)
-#: still runs and must pass. A case listed here that passes fails the test: remove it.
-KNOWN_BUGS: dict[str, str] = {
-    "nesting-10000": (
-        "unpack stages into absolute paths, so a path of ~4096 - len(staging dir) bytes "
-        "already fails mkdir with ENAMETOOLONG: refused as \"cannot unpack into DEST: File "
-        "name too long\" instead of at the member that passes MAX_PATH_BYTES"
-    ),
-    "symlink-target-4096": (
-        "a 4096-byte symlink target passes the loop (limit is > 4096) but symlink(2) takes "
-        "at most 4095: verify says ok, unpack fails at commit with \"cannot unpack into "
-        "DEST: File name too long\", naming no member"
-    ),
-}
+#: Engine bugs the corpus has found and that are not fixed yet: case name -> the bug.
+#: Only the *outcome* checks (exit codes, error text) may fail for these; every safety
+#: check (nothing outside DEST touched, DEST intact, no leftovers, no traceback, bounded
+#: time) still runs and must pass. A listed case that passes fails the test: remove it.
+#: (Fixed so far: a 4096-byte symlink target passed verify and failed unpack with
+#: "File name too long"; a path too long for the staging directory failed mkdir with
+#: "cannot unpack into DEST: File name too long" instead of naming the member.)
+KNOWN_BUGS: dict[str, str] = {}
 
 
 # --------------------------------------------------------------------------- the corpus
@@ -146,7 +139,7 @@ def make_box(box: Path, *, existing_dest: bool) -> Path:
         os.symlink("keep.txt", dest / "link")
         os.link(dest / "keep.txt", dest / "hard")
     stamp = 1_600_000_000_000_000_000
-    for path, _, st in walk(box):
+    for path, _, _st in walk(box):
         os.utime(path, ns=(stamp, stamp), follow_symlinks=False)
     os.utime(box, ns=(stamp, stamp))
     return dest
@@ -203,21 +196,32 @@ def _limit_address_space() -> None:
     resource.setrlimit(resource.RLIMIT_AS, (ADDRESS_SPACE, ADDRESS_SPACE))
 
 
+LAUNCHER = Path(corpus_build.__file__).with_name("launch.py")
+
+
 def run_oxbak(args: list[str], *, cwd: Path, out: Path) -> Run:
-    """Run ``oxbak *args`` under RLIMIT_AS and TIMEOUT; rusage from ``os.wait4``."""
+    """Run ``oxbak *args`` under RLIMIT_AS (set in ``preexec_fn``) and TIMEOUT.
+
+    The child is started through ``corpus/launch.py``, a tiny process that reports the
+    command's own peak RSS from ``os.wait4`` (a child forked from pytest itself would
+    report pytest's size); the launcher's own ``wait4`` rusage is the fallback.
+    """
     env = dict(os.environ)
     env.pop("OXBAK_DEBUG", None)
-    stdout_path, stderr_path = out / "stdout", out / "stderr"
+    stdout_path, stderr_path, usage_path = out / "stdout", out / "stderr", out / "usage"
+    usage_path.unlink(missing_ok=True)
+    command = [sys.executable, "-I", "-S", str(LAUNCHER), str(usage_path), str(OXBAK), *args]
     started = time.monotonic()
     with open(stdout_path, "wb") as so, open(stderr_path, "wb") as se:
         proc = subprocess.Popen(
-            [str(OXBAK), *args],
+            command,
             cwd=cwd,
             stdin=subprocess.DEVNULL,
             stdout=so,
             stderr=se,
             env=env,
             preexec_fn=_limit_address_space,
+            start_new_session=True,  # one process group: a timeout kills both
         )
     timed_out = False
     while True:
@@ -226,19 +230,24 @@ def run_oxbak(args: list[str], *, cwd: Path, out: Path) -> Run:
             break
         if time.monotonic() - started > TIMEOUT:
             timed_out = True
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             pid, status, usage = os.wait4(proc.pid, 0)
             break
         time.sleep(0.002)
     seconds = time.monotonic() - started
     proc.returncode = os.waitstatus_to_exitcode(status)
+    max_rss = usage.ru_maxrss  # KiB on Linux
+    if usage_path.exists():
+        code_text, rss_text = usage_path.read_text().split()
+        assert int(code_text) == proc.returncode
+        max_rss = int(rss_text)
     return Run(
         args,
         proc.returncode,
         stdout_path.read_bytes(),
         stderr_path.read_bytes().decode("utf-8", "replace"),
         seconds,
-        usage.ru_maxrss,  # KiB on Linux
+        max_rss,
         timed_out,
     )
 

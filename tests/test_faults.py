@@ -374,6 +374,10 @@ def _pack_expecting_failure(src: Path, out: FailingWriter, what: str) -> None:
         return
     except OSError as exc:
         pytest.fail(f"{what}: raw {type(exc).__name__} escaped the library: {exc}")
+    if out.at and out.calls[out.op] < out.at:
+        # zstd's workers decide how output is split into writes, so a run may make fewer
+        # calls than the clean run counted: the planned fault never happened.
+        return
     pytest.fail(f"{what}: pack succeeded although its output failed")
 
 

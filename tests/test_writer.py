@@ -209,11 +209,14 @@ def test_hardlink_first_path_is_first_in_archive_order(tmp_path: Path) -> None:
     directory holds it (here ``a/x`` comes before ``z`` although the root is listed first).
     """
     src = tmp_path / "src"
-    build(str(src), {
-        b"a": Node("dir", children={b"x": Node("file", data=b"shared")}),
-        b"z": Node("hardlink", target=b"a/x"),
-        b"b": Node("hardlink", target=b"a/x"),
-    })
+    build(
+        str(src),
+        {
+            b"a": Node("dir", children={b"x": Node("file", data=b"shared")}),
+            b"z": Node("hardlink", target=b"a/x"),
+            b"b": Node("hardlink", target=b"a/x"),
+        },
+    )
     out = tmp_path / "o.oxbak"
     oxbak.pack(src, out)
     kinds = {e.name: (e.type, e.target) for e in oxbak.list_entries(out)}

@@ -35,6 +35,7 @@ Mode = Literal["new", "replace", "merge"]
 
 STAGE_PREFIX = ".oxbak-stage-"
 OLD_PREFIX = ".oxbak-old-"
+MERGE_PREFIX = ".oxbak-merge-"
 _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 _RENAME_EXCHANGE = 2
 _PATH_MAX = 4096  # including the terminating NUL
@@ -186,8 +187,9 @@ def remove_tree(root: str) -> None:
 def recover(dest: str | os.PathLike[str]) -> list[str]:
     """Clean up after an unpack of *dest* that was killed; return what was done.
 
-    A staging directory nobody holds is deleted. A moved-aside old tree (left only where
-    the atomic swap is unavailable) is moved back if DEST is missing, else deleted.
+    A staging directory or merge backup nobody holds is deleted. A moved-aside old tree
+    (left only where the atomic swap is unavailable) is moved back if DEST is missing,
+    else deleted.
     """
     dest_s = os.path.abspath(os.fspath(dest))
     parent, base = os.path.split(dest_s)
@@ -197,7 +199,7 @@ def recover(dest: str | os.PathLike[str]) -> list[str]:
     except OSError:
         return actions
     for name in sorted(names):
-        for prefix in (STAGE_PREFIX, OLD_PREFIX):
+        for prefix in (STAGE_PREFIX, OLD_PREFIX, MERGE_PREFIX):
             if not name.startswith(prefix + base + "."):
                 continue
             path = os.path.join(parent, name)
@@ -423,9 +425,17 @@ class StagingDir:
         # back; a kill leaves each entry old or new, never torn, and recover() then
         # removes the backup.
         base = os.path.basename(self.dest)
-        backup = os.fsencode(tempfile.mkdtemp(prefix=f"{OLD_PREFIX}{base}.", dir=self.parent))
+        backup = os.fsencode(tempfile.mkdtemp(prefix=f"{MERGE_PREFIX}{base}.", dir=self.parent))
         journal: list[tuple[str, bytes, bytes, os.stat_result | None]] = []
+        # Locked like the staging directory, so recover() leaves a running merge's alone;
+        # its own prefix, so recover() only ever deletes it (it is never an old tree).
         try:
+            lock = os.open(backup, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError:
+            remove_tree(os.fsdecode(backup))
+            raise
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX)
             self._merge_into(backup, journal)
         except BaseException as exc:
             problems = _roll_back(journal, backup)
@@ -437,6 +447,8 @@ class StagingDir:
                     f"rolled back: " + "; ".join(problems[:3])
                 ) from exc
             raise
+        finally:
+            os.close(lock)
         remove_tree(os.fsdecode(backup))
         remove_tree(self.root)
 
