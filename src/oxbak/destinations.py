@@ -29,7 +29,16 @@ from .digest import Hasher
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
 
-__all__ = ["Destination", "HashOnly", "Mode", "StagingDir", "recover", "remove_tree"]
+__all__ = [
+    "Destination",
+    "HashOnly",
+    "Mode",
+    "StagingDir",
+    "current_umask",
+    "fsync_dir",
+    "recover",
+    "remove_tree",
+]
 
 Mode = Literal["new", "replace", "merge"]
 
@@ -138,7 +147,8 @@ def _syncfs(path: str) -> None:
         os.close(fd)
 
 
-def _fsync_dir(path: str) -> None:
+def fsync_dir(path: str) -> None:
+    """Make a rename or creation in directory *path* durable."""
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
         os.fsync(fd)
@@ -266,7 +276,7 @@ class StagingDir:
             ) from exc
         self._dirs: list[tuple[bytes, int, int, int, int]] = []
         self._links: list[tuple[bytes, bytes, int, int, int]] = []
-        self._umask = _current_umask()
+        self._umask = current_umask()
         self.committed = False
         self.entries: list[bytes] = []
 
@@ -374,7 +384,7 @@ class StagingDir:
         warnings: list[str] = []
         try:
             try:
-                _fsync_dir(self.parent)
+                fsync_dir(self.parent)
             except OSError as exc:
                 warnings.append(f"{self.dest!r} is restored, but syncing its parent failed: {exc}")
             self._release()
@@ -567,7 +577,8 @@ def _check_dest(dest: str, mode: Mode) -> None:
         )
 
 
-def _current_umask() -> int:
+def current_umask() -> int:
+    """The process's umask (reading it means setting it, so it is set straight back)."""
     mask = os.umask(0o022)
     os.umask(mask)
     return mask

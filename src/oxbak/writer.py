@@ -18,6 +18,7 @@ from typing import BinaryIO
 from . import format as fmt
 from ._version import __version__
 from .compress import ZstdWriter
+from .destinations import current_umask, fsync_dir
 from .digest import Hasher, hexdigest
 from .errors import OutputError, OutputExistsError, OxbakError, SourceError
 from .manifest import (
@@ -141,7 +142,7 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
         raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.fchmod(fd, 0o644 & ~_umask())
+        os.fchmod(fd, 0o644 & ~current_umask())
         with os.fdopen(fd, "w+b", closefd=False) as fh:
             yield fh
             fh.flush()
@@ -156,7 +157,7 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
                     f"{path!r} already exists (use --force to replace it)"
                 ) from exc
             os.unlink(tmp)
-        _fsync_dir(directory)
+        fsync_dir(directory)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
@@ -192,27 +193,9 @@ def _remove_stale_temps(directory: str, base: str) -> None:
             os.close(fd)
 
 
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
 def _unlink_quietly(path: str) -> None:
     with contextlib.suppress(OSError):
         os.unlink(path)
-
-
-def _fsync_dir(directory: str) -> None:
-    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _digest(data: bytes | memoryview) -> str:
-    return hexdigest(data)
 
 
 def _sections(entries: Sequence[Entry]) -> list[Section]:
@@ -298,7 +281,7 @@ class _Packer:
                 gid=entry.gid,
                 linkname=link,
             )
-            digest = _digest(entry.target)
+            digest = hexdigest(entry.target)
         self.buf += header
         self.stored.append(entry)
         self.record(entry, digest)
