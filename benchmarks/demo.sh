@@ -10,8 +10,8 @@ mkdir -p "$out"
 
 step() { printf '\n\033[1m$ %s\033[0m\n' "$*"; }
 
-step "benchmarks/make_state.py $out/state --profile mixed --scale 0.05"
-"$bin/python" benchmarks/make_state.py "$out/state" --profile mixed --scale 0.05
+step "benchmarks/make_state.py $out/state --profile mixed --scale 0.1"
+"$bin/python" benchmarks/make_state.py "$out/state" --profile mixed --scale 0.1
 
 step "oxbak pack $out/state -o $out/state.oxbak --label oxios_version=0.4.1"
 "$bin/oxbak" pack "$out/state" -o "$out/state.oxbak" --label oxios_version=0.4.1
