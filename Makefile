@@ -31,7 +31,7 @@ bench: $(STAMP)
 	$(PY) benchmarks/bench.py
 
 bench-scale: $(STAMP)
-	$(PY) benchmarks/bench.py --datasets huge-count
+	$(PY) benchmarks/bench.py --datasets huge-count --rounds 1 --out benchmarks/RESULTS-scale.md
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache
