@@ -225,3 +225,57 @@ def test_hardlink_first_path_is_first_in_archive_order(tmp_path: Path) -> None:
     assert oxbak.verify(out).ok
     oxbak.unpack(out, tmp_path / "dest")
     assert snapshot(str(tmp_path / "dest")) == snapshot(str(src))
+
+
+class _FailingOs:
+    """The os module as oxbak.writer sees it, with one function failing (EIO)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __getattr__(self, attr: str) -> object:
+        if attr == self._name:
+
+            def fail(*args: object, **kwargs: object) -> None:
+                raise OSError(5, "Input/output error")
+
+            return fail
+        return getattr(os, attr)
+
+
+@pytest.mark.parametrize("call", ["fsync", "link", "replace", "fchmod", "unlink"])
+@pytest.mark.parametrize("force", [False, True])
+def test_pack_output_syscall_failures(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, call: str, force: bool
+) -> None:
+    """fsync, the no-clobber link, the replacing rename…: a failure is an OutputError, OUT is
+    absent (or the old archive, byte for byte, with --force) and no temp file is left."""
+    import oxbak.writer as writer_module
+
+    src = _tree(tmp_path)
+    out = tmp_path / "out.oxbak"
+    if force:
+        out.write_bytes(b"old archive")
+    monkeypatch.setattr(writer_module, "os", _FailingOs(call))
+    try:
+        oxbak.pack(src, out, force=force)
+    except oxbak.OutputError as exc:
+        assert "Input/output error" in str(exc)
+    else:
+        # Calls pack does not make in this mode, and the clean-up after the archive is in
+        # place (which only warns), leave a complete archive.
+        assert (call, force) in {
+            ("link", True),
+            ("replace", False),
+            ("unlink", True),
+            ("unlink", False),
+        }
+        assert oxbak.verify(out).ok
+        return
+    finally:
+        monkeypatch.undo()
+    if force:
+        assert out.read_bytes() == b"old archive"
+    else:
+        assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".oxbak-tmp")] == []

@@ -156,8 +156,6 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
                 raise OutputExistsError(
                     f"{path!r} already exists (use --force to replace it)"
                 ) from exc
-            os.unlink(tmp)
-        fsync_dir(directory)
     except OSError as exc:
         _unlink_quietly(tmp)
         raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
@@ -166,6 +164,18 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
         raise
     finally:
         os.close(fd)
+    # The archive is in place and complete: what follows can only warn.
+    try:
+        if not force:
+            os.unlink(tmp)
+        fsync_dir(directory)
+    except OSError as exc:
+        logger.warning(
+            "%r is written, but finishing up failed (%s); a leftover temp file is removed "
+            "by the next pack to the same name",
+            path,
+            exc.strerror or exc,
+        )
 
 
 def _remove_stale_temps(directory: str, base: str) -> None:
