@@ -25,6 +25,8 @@ from typing import Any
 
 import pytest
 
+from treeutil import set_mtimes
+
 OXBAK = Path(sys.executable).parent / "oxbak"
 
 Snapshot = dict[bytes, tuple[object, ...]]
@@ -126,21 +128,24 @@ def snapshot(root: Path) -> Snapshot:
     return snap
 
 
-def set_mtimes(root: Path, base_ns: int) -> None:
-    """Distinct nanosecond mtimes for everything, directories last and deepest first."""
-    root_b = os.fsencode(root)
-    dirs: list[bytes] = [root_b]
-    others: list[bytes] = []
-    for dirpath, dirnames, filenames in os.walk(root_b):
-        for name in dirnames:
-            p = os.path.join(dirpath, name)
-            (others if os.path.islink(p) else dirs).append(p)
-        others += [os.path.join(dirpath, name) for name in filenames]
-    for i, p in enumerate(sorted(others)):
-        os.utime(p, ns=(base_ns + i * 1_000_003, base_ns + i * 1_000_003), follow_symlinks=False)
-    base_ns += len(others) * 1_000_003
-    for i, p in enumerate(sorted(dirs, key=lambda d: -d.count(b"/"))):
-        os.utime(p, ns=(base_ns + i * 7 + 1, base_ns + i * 7 + 1), follow_symlinks=False)
+def interrupt(
+    proc: subprocess.Popen[bytes],
+    ready: Callable[[], bool],
+    delay: float,
+    sig: signal.Signals,
+    too_soon: str,
+) -> tuple[bytes, bytes]:
+    """Send *sig* to *proc* *delay* seconds after *ready*; return its stdout and stderr."""
+    try:
+        wait_until(lambda: ready() or proc.poll() is not None)
+        time.sleep(delay)
+        assert proc.poll() is None, too_soon
+        proc.send_signal(sig)
+        return proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
 
 
 def oxbak_leftovers(directory: Path) -> list[str]:
@@ -217,7 +222,11 @@ def _many_files(root: Path, flavour: str, seed: int) -> None:
     os.symlink(f"dir00/file00{0 if flavour == 'old' else 1}.txt", root / "link")
     os.link(root / "dir01" / "file001.txt", root / "hardlink")
     os.chmod(root / "dir02" / "file002.txt", 0o600 if flavour == "old" else 0o640)
-    set_mtimes(root, 1_650_000_000_000_000_017 if flavour == "old" else 1_700_000_000_123_456_789)
+    set_mtimes(
+        root,
+        1_650_000_000_000_000_017 if flavour == "old" else 1_700_000_000_123_456_789,
+        step=1_000_003,
+    )
 
 
 @dataclass(frozen=True)
@@ -274,17 +283,10 @@ def test_interrupted_pack_leaves_no_archive(
     extra = ["--force"] if force else []
 
     proc = spawn("pack", big_tree, "-o", out, "--level", SLOW_LEVEL, *extra)
-    try:
-        # Once the temp file exists the pack is writing (and its handlers are installed).
-        wait_until(lambda: bool(pack_temps(out_dir)) or proc.poll() is not None)
-        time.sleep(0.3)
-        assert proc.poll() is None, "pack ended before the signal: BIG tree too small?"
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # Once the temp file exists the pack is writing (and its handlers are installed).
+    stdout, stderr = interrupt(
+        proc, lambda: bool(pack_temps(out_dir)), 0.3, sig, "pack ended before the signal"
+    )
     err = stderr.decode()
 
     if sig == signal.SIGKILL:
@@ -482,17 +484,10 @@ def test_unpack_interrupted_cleans_up_by_itself(
     dest = area / "dest"
     assert_ok(oxbak("unpack", trees.old_archive, dest))
     proc = spawn("unpack", "--replace", trees.new_archive, dest)
-    try:
-        # Interrupt while the staging directory is being filled.
-        wait_until(lambda: bool(oxbak_leftovers(area)) or proc.poll() is not None)
-        time.sleep(0.1)
-        assert proc.poll() is None, "unpack ended before it could be interrupted"
-        proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    # Interrupt while the staging directory is being filled.
+    stdout, stderr = interrupt(
+        proc, lambda: bool(oxbak_leftovers(area)), 0.1, sig, "unpack ended before the signal"
+    )
     err = stderr.decode()
     assert stdout == b"" and "Traceback" not in err
     if proc.returncode == 0:

@@ -25,6 +25,8 @@ from pathlib import Path
 
 import pytest
 
+from treeutil import set_mtimes
+
 OXBAK = Path(sys.executable).parent / "oxbak"
 EPOCH = "1700000000"
 EPOCH_RFC3339 = "2023-11-14T22:13:20Z"
@@ -117,25 +119,6 @@ def assert_ok(result: subprocess.CompletedProcess[bytes]) -> None:
     assert b"Traceback" not in result.stderr
 
 
-def set_mtimes(root: Path, base_ns: int = 1_600_000_000_123_456_789) -> None:
-    """Give every entry a distinct nanosecond mtime; directories last, deepest first."""
-    root_b = os.fsencode(root)
-    dirs: list[bytes] = [root_b]
-    others: list[bytes] = []
-    for dirpath, dirnames, filenames in os.walk(root_b):
-        for name in dirnames:
-            p = os.path.join(dirpath, name)
-            (others if os.path.islink(p) else dirs).append(p)
-        others += [os.path.join(dirpath, name) for name in filenames]
-    step = 1_000_000_007
-    for i, p in enumerate(sorted(others)):
-        t = base_ns + i * step
-        os.utime(p, ns=(t, t), follow_symlinks=False)
-    for i, p in enumerate(sorted(dirs, key=lambda d: -d.count(b"/"))):
-        t = base_ns + (len(others) + i) * step + 1
-        os.utime(p, ns=(t, t), follow_symlinks=False)
-
-
 def make_tree(root: Path) -> Path:
     """A small tree with every kind of entry oxbak stores, nanosecond mtimes included."""
     rng = random.Random(1234)
@@ -159,7 +142,7 @@ def make_tree(root: Path) -> Path:
     os.chmod(root / "sub" / "keep.txt", 0o600)
     os.chmod(root / "a", 0o750)
     os.chmod(root / "empty", 0o700)
-    set_mtimes(root)
+    set_mtimes(root, 1_600_000_000_123_456_789)
     return root
 
 
@@ -929,7 +912,7 @@ def test_thread_count_does_not_change_the_bytes(tmp_path: Path, command: Path) -
     words = [rng.randbytes(rng.randrange(3, 12)).hex().encode() for _ in range(4000)]
     for i in range(3):
         (root / f"part{i}.txt").write_bytes(b" ".join(rng.choices(words, k=300_000)))
-    set_mtimes(root)
+    set_mtimes(root, 1_600_000_000_123_456_789)
     outs = []
     for threads in ("1", "2", "3"):
         out = tmp_path / f"t{threads}.oxbak"

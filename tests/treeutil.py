@@ -59,6 +59,28 @@ def build(
         os.utime(path, ns=(node.mtime_ns, node.mtime_ns))
 
 
+def set_mtimes(root: str | os.PathLike[str], base_ns: int, step: int = 1_000_000_007) -> None:
+    """Give every entry under *root* a distinct nanosecond mtime, *step* apart.
+
+    Files and symlinks first (in path order), then directories deepest first, so that
+    setting a child's time never moves its parent's afterwards.
+    """
+    root_b = os.fsencode(root)
+    dirs: list[bytes] = [root_b]
+    others: list[bytes] = []
+    for dirpath, dirnames, filenames in os.walk(root_b):
+        for name in dirnames:
+            p = os.path.join(dirpath, name)
+            (others if os.path.islink(p) else dirs).append(p)
+        others += [os.path.join(dirpath, name) for name in filenames]
+    for i, p in enumerate(sorted(others)):
+        t = base_ns + i * step
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+    for i, p in enumerate(sorted(dirs, key=lambda d: -d.count(b"/"))):
+        t = base_ns + (len(others) + i) * step + 1
+        os.utime(p, ns=(t, t), follow_symlinks=False)
+
+
 def snapshot(root: bytes | str) -> dict[bytes, tuple[object, ...]]:
     """Every entry under *root* (itself as ``b""``): type, permissions, mtime, content.
 
