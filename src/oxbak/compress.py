@@ -18,7 +18,6 @@ import os
 import queue
 import threading
 from collections.abc import Iterator
-from types import TracebackType
 from typing import BinaryIO, Protocol
 
 import zstandard
@@ -307,7 +306,7 @@ class ZstdReader:
     """Decompressed bytes of an archive, read in bounded pieces, strictly checked.
 
     ``read(n)`` never returns more than *n* bytes, so memory does not grow with what the
-    archive claims. Use as a context manager; the raw file is not closed.
+    archive claims. :meth:`close` stops background work; the raw file is not closed.
     """
 
     def __init__(self, raw: _Readable) -> None:
@@ -398,14 +397,3 @@ class ZstdReader:
         if rest:
             raise CorruptArchiveError("data follows the end of the tar archive")
         self.walker.check_end()
-
-    def __enter__(self) -> ZstdReader:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()

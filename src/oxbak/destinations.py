@@ -527,10 +527,6 @@ class StagingDir:
             os.close(self._lock)
         self._lock = -1
 
-    def _release_and_remove(self, path: str) -> None:
-        remove_tree(path)
-        self._release()
-
     def abort(self) -> None:
         """Remove the staging directory and everything in it (nothing, once committed)."""
         if not self.committed:
