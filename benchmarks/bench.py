@@ -34,8 +34,16 @@ How it is measured:
 
 * One warm-up round, then ``--rounds`` measured rounds. In every round both tools run, in
   alternating order (oxbak first in even rounds, the pipeline first in odd ones). The
-  page cache stays warm (caches are never dropped). Before each run the previous outputs
-  are deleted and ``os.sync()`` flushes dirty pages; none of that is timed.
+  page cache stays warm (caches are never dropped). Before each run ``os.sync()`` flushes
+  dirty pages; before a pack the previous archive is deleted. Unpack never deletes a tree
+  between its rounds: the previous round's tree is renamed aside and all of them are
+  deleted after the last round. None of that is timed.
+* ext4 keeps a freed inode out of reuse for 30 s (35 s while its block is dirty), and
+  while such inodes exist it scans past each of them for every file it creates
+  (``recently_deleted`` in ``fs/ext4/ialloc.c``). Creating 60k files right after deleting
+  60k took 8-12 s here instead of 0.6 s. So no creation-heavy step (unpack, dataset
+  generation) starts within ``RECENT_DELETE_SECONDS`` of deleting a tree: the harness
+  waits (untimed) until that window has passed.
 * Each command runs under a minimal wrapper (``python -I -S -c``) that forks, execs the
   command with stdout on /dev/null and collects it with ``os.wait4``:
   - wall time: ``time.perf_counter`` around fork .. wait4 (the wrapper's start-up is
@@ -72,6 +80,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,6 +97,8 @@ LEVEL = 3
 THREADS = 2
 OXBAK_PARTIAL_EXIT = 3
 MB = 1_000_000
+RECENT_DELETE_SECONDS = 36.0  # ext4's recently-deleted window (30 s, 35 s if dirty) + 1
+_last_tree_delete = float("-inf")  # time.monotonic() of the last deleted directory tree
 
 # Wall/size targets: (operation, dataset) -> [(metric, maximum ratio oxbak/pipeline)].
 RATIO_TARGETS = {
@@ -214,11 +225,21 @@ def run_ok(tool: str, run: Run) -> bool:
 
 
 def remove(path: Path) -> None:
-    """Delete a file or a directory tree if it exists."""
+    """Delete a file or a directory tree if it exists (a tree starts the settle window)."""
+    global _last_tree_delete
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path)
+        _last_tree_delete = time.monotonic()
     elif path.exists() or path.is_symlink():
         path.unlink()
+
+
+def settle() -> None:
+    """Wait until no tree was deleted within ext4's recently-deleted window."""
+    wait = _last_tree_delete + RECENT_DELETE_SECONDS - time.monotonic()
+    if wait > 0:
+        print(f"  (waiting {wait:.0f} s for ext4's recently-deleted inode window)", flush=True)
+        time.sleep(wait)
 
 
 def sh(script: str) -> list[str]:
@@ -280,11 +301,13 @@ def bench_operation(
 ) -> dict[str, Cell]:
     """Warm up, then run each tool `rounds` times in alternating order.
 
-    outputs[tool], if given, is deleted (untimed) before each run; after the last run it stays in
-    place (the packed archives are used by the following operations) unless the
-    operation is unpack. skip[tool] gives a reason not to run that tool at all.
+    outputs[tool], if given, is removed (untimed) before each run: a pack's archive is
+    deleted, an unpack's tree is renamed aside and deleted after the last round (see
+    settle()). The last archive stays in place for the following operations. skip[tool]
+    gives a reason not to run that tool at all.
     """
     cells = {tool: Cell() for tool in argvs}
+    aside: list[Path] = []
     for tool, reason in skip.items():
         if tool in cells:
             cells[tool].failure = reason
@@ -294,7 +317,12 @@ def bench_operation(
             cell = cells[tool]
             if cell.failure:
                 continue
-            if tool in outputs:
+            if tool in outputs and op == "unpack":
+                if outputs[tool].exists():
+                    aside.append(outputs[tool].with_name(f"{outputs[tool].name}.{len(aside)}"))
+                    outputs[tool].rename(aside[-1])
+                settle()
+            elif tool in outputs:
                 remove(outputs[tool])
             os.sync()
             run = measure(argvs[tool])
@@ -318,8 +346,8 @@ def bench_operation(
             if op == "pack" and outputs[tool].exists():
                 cell.output_bytes = outputs[tool].stat().st_size
     if op == "unpack":
-        for tool in argvs:
-            remove(outputs[tool])
+        for path in [*aside, *(outputs[tool] for tool in argvs)]:
+            remove(path)
     return cells
 
 
@@ -340,6 +368,7 @@ def make_dataset(label: str, profile: str, scale: float, data_dir: Path) -> Data
     if not (path.is_dir() and stamp.exists() and stamp.read_text() == wanted):
         remove(path)
         remove(stamp)
+        settle()
         print(f"generating {label} ({profile}, scale {scale:g}) ...", flush=True)
         subprocess.run(
             [
@@ -679,7 +708,9 @@ def report(
         f"- oxbak: {env['oxbak']}",
         f"- Rounds: {args.rounds} measured, after 1 warm-up, per tool and operation; the "
         "order alternates between oxbak and the pipeline; page cache warm; before each run "
-        "the previous output is deleted and `sync` runs (not timed)",
+        "`sync` runs; unpack trees are deleted only after the last round, and no unpack "
+        "starts within 36 s of a tree deletion (ext4's recently-deleted inode window; "
+        "see NOTES.md) (not timed)",
         f"- Compression: level {LEVEL}, {THREADS} threads for both tools",
     ]
     if args.scale != 1:

@@ -9,6 +9,7 @@ import tempfile
 from hypothesis import given
 
 import oxbak
+from oxbak.destinations import WRITEBACK_STEP
 from strategies import trees_with_hardlinks
 from treeutil import Node, build, snapshot
 
@@ -65,3 +66,25 @@ def test_streamed_archive_roundtrips(tmp_path: os.PathLike[str]) -> None:
     stream.seek(0)
     oxbak.unpack(stream, os.path.join(tmp_path, "dest"))
     assert snapshot(os.path.join(tmp_path, "dest")) == snapshot(src)
+
+
+def test_large_incompressible_files_roundtrip_across_writeback_steps(
+    tmp_path: os.PathLike[str],
+) -> None:
+    # Both the archive (pack) and the restored file (unpack) grow past several
+    # WRITEBACK_STEPs, so the early-writeback hints run on both sides.
+    step = WRITEBACK_STEP
+    src = os.path.join(tmp_path, "src")
+    build(
+        src,
+        {
+            b"big.bin": Node("file", data=os.urandom(2 * step + 12345)),
+            b"small.json": Node("file", data=b"{}"),
+        },
+    )
+    archive = os.path.join(tmp_path, "a.oxbak")
+    oxbak.pack(src, archive, threads=2)
+    assert os.path.getsize(archive) > 2 * step
+    dest = os.path.join(tmp_path, "dest")
+    oxbak.unpack(archive, dest)
+    assert snapshot(dest) == snapshot(src)

@@ -17,8 +17,8 @@ from typing import BinaryIO
 
 from . import format as fmt
 from ._version import __version__
-from .compress import ZstdWriter
-from .destinations import current_umask, fsync_dir
+from .compress import Output, ZstdWriter
+from .destinations import WRITEBACK_STEP, current_umask, fsync_dir, start_writeback
 from .digest import Hasher, hexdigest
 from .errors import OutputError, OutputExistsError, OxbakError, SourceError
 from .manifest import (
@@ -131,7 +131,7 @@ def pack(
 
 
 @contextlib.contextmanager
-def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
+def _atomic_output(path: str, *, force: bool) -> Iterator[Output]:
     """A temp file beside *path*, locked while in use; renamed over *path* on success."""
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
@@ -144,7 +144,7 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         os.fchmod(fd, 0o644 & ~current_umask())
         with os.fdopen(fd, "w+b", closefd=False) as fh:
-            yield fh
+            yield _EagerWriteback(fh, fd)
             fh.flush()
             os.fsync(fd)
         if force:
@@ -176,6 +176,34 @@ def _atomic_output(path: str, *, force: bool) -> Iterator[BinaryIO]:
             path,
             exc.strerror or exc,
         )
+
+
+class _EagerWriteback:
+    """The temp file of a pack, handed to the disk every few MiB as it grows.
+
+    The fsync before the rename then waits for the last few MiB, not the whole archive.
+    """
+
+    def __init__(self, fh: BinaryIO, fd: int) -> None:
+        self._fh = fh
+        self._fd = fd
+        self._written = 0
+        self._flushed = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        n = self._fh.write(data)
+        self._written += n
+        if self._written - self._flushed >= WRITEBACK_STEP:
+            self._fh.flush()
+            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+        return n
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+    def seek(self, offset: int, whence: int = 0, /) -> int:
+        return self._fh.seek(offset, whence)
 
 
 def _remove_stale_temps(directory: str, base: str) -> None:
@@ -454,7 +482,7 @@ def _read_all(fd: int, limit: int) -> bytes:
 
 def _write(
     scan: Scan,
-    out: BinaryIO,
+    out: Output,
     level: int,
     threads: int,
     labels: Mapping[str, str],
