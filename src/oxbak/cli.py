@@ -11,7 +11,6 @@ import os
 import signal
 import sys
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -40,6 +39,13 @@ def _debug() -> bool:
     return os.environ.get("OXBAK_DEBUG", "") not in ("", "0")
 
 
+def _traceback_on_request() -> None:
+    if _debug():
+        import traceback  # only here: every command's start-up would pay for it
+
+        traceback.print_exc()
+
+
 def _fail(message: str, code: int = 1) -> NoReturn:
     click.echo(f"oxbak: error: {message}", err=True)
     sys.exit(code)
@@ -54,8 +60,7 @@ class _Group(click.Group):
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
         except OxbakError as exc:
-            if _debug():
-                traceback.print_exc()
+            _traceback_on_request()
             _fail(str(exc), exc.exit_code)
         except KeyboardInterrupt as exc:
             # The library has removed its temp file or staging directory by now. Exit at
@@ -68,13 +73,11 @@ class _Group(click.Group):
             sys.stderr.close()
             os._exit(141)
         except OSError as exc:
-            if _debug():
-                traceback.print_exc()
+            _traceback_on_request()
             where = f": {exc.filename!r}" if exc.filename else ""
             _fail(f"{exc.strerror or exc}{where}")
         except Exception as exc:  # a bug: still one line, the traceback on request
-            if _debug():
-                traceback.print_exc()
+            _traceback_on_request()
             _fail(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for details)")
 
 
