@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import msgspec
 
@@ -31,6 +31,8 @@ __all__ = [
     "decode_index_header",
     "decode_index_record",
     "decode_manifest",
+    "encode",
+    "encode_lines",
     "encode_manifest",
     "now_utc",
     "sections",
@@ -189,6 +191,11 @@ def encode_manifest(manifest: Manifest, *, size: int | None = None) -> bytes:
 def encode(obj: msgspec.Struct) -> bytes:
     """Encode an index Struct as one JSON line (deterministic key order)."""
     return _encoder.encode(obj) + b"\n"
+
+
+def encode_lines(objs: Iterable[msgspec.Struct]) -> bytes:
+    """Encode index Structs as JSON lines: the same bytes as :func:`encode` of each, joined."""
+    return _encoder.encode_lines(objs)
 
 
 def decode_manifest(data: bytes) -> Manifest:

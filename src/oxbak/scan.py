@@ -122,9 +122,10 @@ def _list_dir(
             f"cannot list directory {display(rel or b'.')!r}: {exc.strerror}"
         ) from exc
     batch: list[Entry] = []
+    prefix = rel + b"/" if rel else b""
     for name, dirent in children:
-        child = rel + b"/" + name if rel else name
-        if _excluded(child, name, excludes):
+        child = prefix + name
+        if excludes and _excluded(child, name, excludes):
             continue
         try:
             st = dirent.stat(follow_symlinks=False)
@@ -132,16 +133,37 @@ def _list_dir(
             continue  # vanished between listing and lstat: it was never part of the scan
         except OSError as exc:
             raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
-        mode = st.st_mode
-        if stat.S_ISDIR(mode):
-            batch.append(_entry(child, "dir", st))
-        elif stat.S_ISLNK(mode):
-            batch.append(_entry(child, "symlink", st))
-        elif stat.S_ISREG(mode):
-            batch.append(_entry(child, "file", st))
-        else:
+        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+        if kind is None:
             result.skipped.append(child)
+        elif kind == "file":
+            # The common case, built inline: this loop runs once per file of the tree.
+            batch.append(
+                Entry(
+                    child,
+                    "file",
+                    st.st_mode & 0o7777,
+                    st.st_size,
+                    st.st_mtime_ns,
+                    st.st_ctime_ns,
+                    st.st_ino,
+                    st.st_uid,
+                    st.st_gid,
+                    b"",
+                    st.st_dev,
+                    st.st_nlink,
+                )
+            )
+        else:
+            batch.append(_entry(child, kind, st))
     pending.extend(reversed(batch))
+
+
+_KINDS: dict[int, EntryType] = {
+    stat.S_IFREG: "file",
+    stat.S_IFDIR: "dir",
+    stat.S_IFLNK: "symlink",
+}
 
 
 def _entry(rel: bytes, kind: EntryType, st: os.stat_result, *, target: bytes = b"") -> Entry:

@@ -29,6 +29,7 @@ from .manifest import (
     Section,
     Totals,
     encode,
+    encode_lines,
     encode_manifest,
     now_utc,
     sections,
@@ -50,6 +51,7 @@ _INDEX_MEMBER = fmt.INDEX_NAME.encode()
 _TREE = fmt.TREE_PREFIX.encode() + b"/"
 _RECENT_NS = 2_000_000_000  # a file modified this recently is read twice
 _ZEROS = bytes(512)
+_RECORD_BATCH = 1024  # index records encoded together
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
@@ -265,9 +267,11 @@ class _Packer:
 
     def __init__(self, root: bytes, writer: ZstdWriter, budget: int | None) -> None:
         self.root = root
+        self.prefix = root + b"/"
         self.writer = writer
         self.buf = bytearray()
         self.index = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
+        self.records: list[IndexRecord] = []  # not yet in the spool
         self.stored: list[Entry] = []
         self.changed: list[bytes] = []
         self.missing: list[bytes] = []
@@ -292,7 +296,13 @@ class _Packer:
             changed=changed,
             missing=missing,
         )
-        self.index.write(encode(rec))
+        self.records.append(rec)
+        if len(self.records) >= _RECORD_BATCH:
+            self.flush_records()
+
+    def flush_records(self) -> None:
+        self.index.write(encode_lines(self.records))
+        self.records.clear()
 
     def add_simple(self, entry: Entry) -> None:
         if entry.kind == "dir":
@@ -325,9 +335,8 @@ class _Packer:
         self.record(entry, digest)
 
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
-        path = os.path.join(self.root, entry.path)
         try:
-            fd = os.open(path, _OPEN_FLAGS)
+            fd = os.open(self.prefix + entry.path, _OPEN_FLAGS)
         except OSError as exc:
             self._lose(entry, exc)
             return
@@ -540,6 +549,7 @@ def _write(
             totals=final_totals,
         )
         head = encode(index_header)
+        packer.flush_records()
         spool = packer.index
         size = len(head) + spool.tell()
         packer.buf += encode_header(
