@@ -51,6 +51,42 @@ def test_parse_limits() -> None:
         parse_member_name(b"tree/" + b"a" * 256)
 
 
+def _reference_parse(name: bytes) -> bytes | None:
+    """The name rules written plainly: the relative path, or None for a refused name."""
+    if len(name) > 4096 or b"\0" in name:
+        return None
+    if name in (b"tree", b"tree/"):
+        return b""
+    if not name.startswith(b"tree/"):
+        return None
+    rel = name[5:]
+    rel = rel[:-1] if rel.endswith(b"/") else rel
+    parts = rel.split(b"/")
+    if any(p in (b"", b".", b"..") or len(p) > 255 for p in parts):
+        return None
+    return rel
+
+
+_name_pieces = st.sampled_from([b"a", b"b.json", b".", b"..", b"", b"/", b"\0", b"x" * 255])
+
+
+@given(
+    st.sampled_from([b"tree/", b"tree", b"", b"/", b"other/"]),
+    st.lists(_name_pieces, max_size=6),
+    st.sampled_from([b"", b"/", b"//"]),
+)
+def test_parse_agrees_with_the_plain_rules(head: bytes, pieces: list[bytes], tail: bytes) -> None:
+    # parse_member_name has a fast path for common names; it must decide exactly as the
+    # rules do, and refuse (with an oxbak error) whatever they refuse.
+    name = head + b"/".join(pieces) + tail
+    expected = _reference_parse(name)
+    if expected is None:
+        with pytest.raises((UnsafeArchiveError, LimitExceededError)):
+            parse_member_name(name)
+    else:
+        assert parse_member_name(name) == expected
+
+
 @given(st.lists(names, min_size=1, max_size=5))
 def test_member_name_roundtrip(parts: list[bytes]) -> None:
     rel = b"/".join(parts)

@@ -153,14 +153,19 @@ class ArchiveReader:
                     return None
                 header = parse_header(block, pax)
                 if header.typeflag != PAX:
-                    self._pending = header.size + padding(header.size)
+                    self._pending = header.size + -header.size % _BLOCK  # data + padding
                     return header
                 size, owner = header.size, header.name
                 check_pax_size(size, owner)
             if pax is not None:
                 raise CorruptArchiveError("two pax headers in a row")
-            data = self._take(size)
-            self._skip(padding(size))
+            end = pos + _BLOCK + size + -size % _BLOCK
+            if len(self._buf) >= end:  # the records and their padding are all here
+                data = self._buf[pos + _BLOCK : pos + _BLOCK + size]
+                self._pos = end
+            else:
+                data = self._take(size)
+                self._skip(padding(size))
             pax = decode_pax(data, owner)
 
     def _end_of_archive(self) -> None:
@@ -266,11 +271,10 @@ class ArchiveReader:
             chunk = partial + bytes(view)
             lines = chunk.split(b"\n")
             partial = lines.pop()
-            for line in (*lines, partial):
-                if len(line) > fmt.MAX_INDEX_LINE_BYTES:
-                    raise LimitExceededError(
-                        f"index.jsonl has a line longer than {fmt.MAX_INDEX_LINE_BYTES} bytes"
-                    )
+            if max(len(partial), max(map(len, lines), default=0)) > fmt.MAX_INDEX_LINE_BYTES:
+                raise LimitExceededError(
+                    f"index.jsonl has a line longer than {fmt.MAX_INDEX_LINE_BYTES} bytes"
+                )
             yield from lines
         if partial:
             raise CorruptArchiveError("index.jsonl does not end with a newline")

@@ -30,7 +30,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .manifest import Index, IndexRecord, Manifest, Totals, sections
-from .paths import display, link_stays_inside, parse_member_name, shown, sort_key
+from .paths import display, link_stays_inside, parse_member_name, shown
 from .reader import Archive, ArchiveReader, open_archive
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 
@@ -98,7 +98,7 @@ def _run(
     totals = seen.totals
     files: set[bytes] = set()
     stack: list[bytes] = []
-    previous: tuple[bytes, ...] | None = None
+    previous: list[bytes] | None = None
     report_at = 0
     count = 0
     per_dir = seen.sections
@@ -106,7 +106,7 @@ def _run(
     for header in reader.members():
         rel = parse_member_name(header.name)
         kind = _KIND[header.typeflag]
-        key = sort_key(rel)
+        key = rel.split(b"/") if rel else []  # sort_key(rel) as a list: same order, no copy
         parent = rel.rpartition(b"/")[0]
         if previous is None:
             if not rel and kind != "dir":

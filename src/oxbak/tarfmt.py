@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import re
 from dataclasses import dataclass
+from zlib import adler32 as _adler32
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
@@ -138,8 +139,11 @@ def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid:
     main = _ustar(name, mode & 0o7777, uid, gid, size, sec, REGULAR, b"")
     if not frac:
         return main
-    record = _pax_record(b"mtime", b"%d.%s" % (sec, (b"%09d" % frac).rstrip(b"0")))
-    return _pax_block(len(record)) + record + bytes(_BLOCK - len(record)) + main
+    # What _pax_record(b"mtime", ...) gives, built directly: with 0 <= sec < 8**11 the body
+    # is 11 to 29 bytes, so the record's length always has two digits.
+    body = b" mtime=%d.%s\n" % (sec, (b"%09d" % frac).rstrip(b"0"))
+    n = len(body) + 2
+    return b"%s%d%s%s%s" % (_pax_block(n), n, body, _ZERO_BLOCK[n:], main)
 
 
 def encode_header(
@@ -218,6 +222,8 @@ def known_pax_size(block: bytes) -> int | None:
     Such a block is valid by construction (its checksum was computed by this module), so
     the reader can skip parsing it: this is the header before nearly every member.
     """
+    if not block.startswith(fmt.PAX_HEADER_NAME):
+        return None  # spares hashing the 512 bytes of every member's own header
     return _known_pax().get(block)
 
 
@@ -255,6 +261,24 @@ def _numbers(block: bytes, name: bytes) -> tuple[int, int, int, int, int, int]:
         )
 
 
+_ALLOWED_TYPES = frozenset((REGULAR, HARDLINK, SYMLINK, DIRECTORY, PAX))
+
+
+def _checksum(block: bytes) -> int:
+    """The ustar checksum of *block*: its byte sum, the checksum field counted as spaces."""
+    if len(block) != _BLOCK:
+        return sum(block) - sum(block[148:156]) + 8 * 0x20
+    # adler32 started at 0 keeps the plain byte sum, mod 65521, in its low 16 bits: a C
+    # loop instead of sum() over 512 Python ints. No piece exceeds 256 bytes, so its sum
+    # (at most 65280) never wraps.
+    return (
+        (_adler32(block[:256], 0) & 0xFFFF)
+        + (_adler32(block[256:], 0) & 0xFFFF)
+        - (_adler32(block[148:156], 0) & 0xFFFF)
+        + 8 * 0x20
+    )
+
+
 def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     """Decode one 512-byte ustar header, verifying its checksum, then apply *pax* records.
 
@@ -263,7 +287,7 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     """
     raw_name = block[0:100].split(b"\0", 1)[0]
     mode, uid, gid, size, mtime, stored = _numbers(block, raw_name)
-    actual = sum(block) - sum(block[148:156]) + 8 * 0x20
+    actual = _checksum(block)
     if stored != actual:
         raise CorruptArchiveError(
             f"tar header of {shown(raw_name)!r}: checksum mismatch "
@@ -274,8 +298,12 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     typeflag = block[156:157]
     if typeflag == b"\0":
         typeflag = REGULAR
-    prefix = block[345:500].split(b"\0", 1)[0]
-    name = prefix + b"/" + raw_name if prefix else raw_name
+    # An empty prefix or link name (nearly every header) needs no split.
+    if block[345:346] == b"\0":
+        name = raw_name
+    else:
+        prefix = block[345:500].split(b"\0", 1)[0]
+        name = prefix + b"/" + raw_name if prefix else raw_name
     header = Header(
         name,
         typeflag,
@@ -284,17 +312,19 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
         gid,
         size,
         mtime * 1_000_000_000,
-        block[157:257].split(b"\0", 1)[0],
+        b"" if block[157:158] == b"\0" else block[157:257].split(b"\0", 1)[0],
     )
     if pax:
         _apply_pax(header, pax)
-    if typeflag not in (REGULAR, HARDLINK, SYMLINK, DIRECTORY, PAX):
+    if typeflag not in _ALLOWED_TYPES:
         kind = _TYPE_NAMES.get(typeflag, f"type {typeflag!r}")
         raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {kind} not allowed")
-    if not -_MAX_SECONDS <= header.mtime_ns // 1_000_000_000 < _MAX_SECONDS:
-        raise CorruptArchiveError(f"member {shown(header.name)!r}: mtime out of range")
-    if header.uid > _MAX_ID or header.gid > _MAX_ID:
-        raise CorruptArchiveError(f"member {shown(header.name)!r}: owner id out of range")
+    # Octal ustar fields cannot exceed these ranges (8**12 s, 8**8 ids); pax values can.
+    if pax:
+        if not -_MAX_SECONDS <= header.mtime_ns // 1_000_000_000 < _MAX_SECONDS:
+            raise CorruptArchiveError(f"member {shown(header.name)!r}: mtime out of range")
+        if header.uid > _MAX_ID or header.gid > _MAX_ID:
+            raise CorruptArchiveError(f"member {shown(header.name)!r}: owner id out of range")
     return header
 
 
@@ -340,6 +370,9 @@ def _pax_int(value: bytes, key: str, name: bytes) -> int:
 
 
 def _apply_pax(header: Header, pax: dict[bytes, bytes]) -> None:
+    if len(pax) == 1 and b"mtime" in pax:  # what the writer puts before nearly every file
+        header.mtime_ns = _parse_pax_mtime(pax[b"mtime"], header.name)
+        return
     if b"path" in pax:
         header.name = pax[b"path"]
     if b"linkpath" in pax:
@@ -356,6 +389,9 @@ def _apply_pax(header: Header, pax: dict[bytes, bytes]) -> None:
 
 
 def _parse_pax_mtime(value: bytes, name: bytes) -> int:
+    sec, dot, frac = value.partition(b".")
+    if dot and sec.isdigit() and len(sec) <= 20 and frac.isdigit() and len(frac) <= 9:
+        return int(sec + frac.ljust(9, b"0"))  # the writer's form, in one int()
     negative = value.startswith(b"-")
     body = value[1:] if negative else value
     sec, dot, frac = body.partition(b".")
