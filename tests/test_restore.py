@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 import oxbak
-from oxbak.destinations import OLD_PREFIX, STAGE_PREFIX
+from oxbak import destinations
+from oxbak.destinations import OLD_PREFIX, STAGE_PREFIX, StagingDir
 from treeutil import Node, build, snapshot
 
 NEW = {
@@ -164,3 +165,38 @@ def test_not_enough_space(archive: Path, tmp_path: Path) -> None:
     # builds those); here: the manifest of a normal archive passes it.
     result = oxbak.unpack(archive, tmp_path / "d")
     assert result.manifest.totals.bytes == result.bytes
+
+
+def test_staging_flushes_in_the_background_as_it_grows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A step of 64 KiB (the real one is 32 MiB) so a small tree crosses it many times.
+    monkeypatch.setattr(destinations, "BACKGROUND_SYNC_STEP", 64 * 1024)
+    staging = StagingDir(tmp_path / "direct", mode="new", same_owner=False)
+    try:
+        staging.directory(b"", 0o755, 0, 0, 0)
+        for i in range(40):
+            staging.file(b"f%02d" % i, 0o644, 10**18, 0, 0, [memoryview(b"x" * 4096)])
+        assert staging._flusher is not None  # the first kick happened after 8 files
+        staging.finish()
+        assert staging.commit() == []
+    except BaseException:
+        staging.abort()
+        raise
+    assert sorted(os.listdir(tmp_path / "direct")) == [f"f{i:02d}" for i in range(40)]
+
+    # And through unpack: the same tree, whatever the kicks overlapped with.
+    src = tmp_path / "src"
+    build(
+        src,
+        {
+            b"d%d" % d: Node(
+                "dir",
+                children={b"f%03d" % i: Node("file", data=b"%d" % i * 500) for i in range(60)},
+            )
+            for d in range(5)
+        },
+    )
+    oxbak.pack(src, tmp_path / "a.oxbak")
+    oxbak.unpack(tmp_path / "a.oxbak", tmp_path / "dest")
+    assert snapshot(tmp_path / "dest") == snapshot(src)
