@@ -704,6 +704,26 @@ def test_list_human(archive: Path, src: Path) -> None:
         assert m["target"] == row.get("target"), line
 
 
+def test_long_output_is_complete_in_a_file_and_a_pipe(tmp_path: Path) -> None:
+    # The command ends with os._exit (no interpreter shutdown): everything it printed must
+    # still be flushed, well past one buffer's worth.
+    src = tmp_path / "many"
+    src.mkdir()
+    for i in range(3000):
+        (src / f"entry-{i:05d}.json").write_bytes(b"{}")
+    out = tmp_path / "many.oxbak"
+    assert_ok(oxbak("pack", src, "-o", out))
+    listing = tmp_path / "listing.txt"
+    with listing.open("wb") as fh:
+        assert subprocess.run([OXBAK, "list", "--json", str(out)], stdout=fh).returncode == 0
+    piped = sh(f"{OXBAK} list --json {out} | cat")
+    assert piped.returncode == 0
+    for data in (listing.read_bytes(), piped.stdout):
+        assert len(data) > 64 * 1024
+        rows = [json.loads(line) for line in data.splitlines()]
+        assert len(rows) == 3001 and rows[-1]["path"] == "entry-02999.json"
+
+
 def test_list_from_stdin(archive: Path) -> None:
     assert oxbak("list", "-", input=archive.read_bytes()).stdout == oxbak("list", archive).stdout
 

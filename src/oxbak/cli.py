@@ -7,8 +7,8 @@ only with ``--debug`` or ``OXBAK_DEBUG=1``.
 
 from __future__ import annotations
 
+import contextlib
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -140,7 +140,17 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ["OXBAK_DEBUG"] = "1"
+
+
+def _clean_up_on_sigterm() -> None:
+    """Turn SIGTERM into an exception, so a writing command removes its temp files.
+
+    Only the commands that write install it: the read-only ones have nothing to clean up,
+    and `oxbak info` starts faster without the signal module.
+    """
     if threading_is_main():
+        import signal
+
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
@@ -239,6 +249,8 @@ def pack_cmd(
     """
     from .writer import pack
 
+    _clean_up_on_sigterm()
+
     _show_library_warnings()
     to_stdout = out == "-"
     if to_stdout and as_json:
@@ -330,6 +342,8 @@ def unpack_cmd(
       oxbak unpack state.oxbak /var/lib/oxios --replace
     """
     from .restore import unpack
+
+    _clean_up_on_sigterm()
 
     _show_library_warnings()
     if replace and merge:
@@ -534,6 +548,8 @@ def recover_cmd(dest: str) -> None:
     """
     from .destinations import recover
 
+    _clean_up_on_sigterm()
+
     actions = recover(dest)
     for action in actions:
         click.echo(action, err=True)
@@ -541,16 +557,40 @@ def recover_cmd(dest: str) -> None:
         click.echo("nothing to recover", err=True)
 
 
-def main() -> None:
+def main() -> NoReturn:
     """Entry point of the ``oxbak`` console script."""
     try:
-        code = cli.main(prog_name="oxbak", standalone_mode=False)
-    except click.UsageError as exc:
-        # One line, like every other error; the command's --help has the details.
-        where = exc.ctx.command_path if exc.ctx is not None else "oxbak"
-        _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
-    except click.ClickException as exc:
-        _fail(exc.format_message(), exc.exit_code)
-    except click.Abort:
-        _fail("interrupted", 130)
-    sys.exit(code if isinstance(code, int) else 0)
+        try:
+            code = cli.main(prog_name="oxbak", standalone_mode=False)
+        except click.UsageError as exc:
+            # One line, like every other error; the command's --help has the details.
+            where = exc.ctx.command_path if exc.ctx is not None else "oxbak"
+            _fail(f"{exc.format_message()} (see '{where} --help')", exc.exit_code)
+        except click.ClickException as exc:
+            _fail(exc.format_message(), exc.exit_code)
+        except click.Abort:
+            _fail("interrupted", 130)
+        status = code if isinstance(code, int) else 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            status = exc.code or 0
+        else:
+            click.echo(exc.code, err=True)
+            status = 1
+    _exit(status)
+
+
+def _exit(status: int) -> NoReturn:
+    """Flush what the command printed and end the process at once.
+
+    The interpreter's own shutdown (collecting every module) takes ~8 ms and has nothing
+    left to do: the command has closed, flushed and synced its files, and the only threads
+    still running are daemons.
+    """
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        status = 141  # the reader went away, as in _Group.invoke
+    with contextlib.suppress(OSError, ValueError):
+        sys.stderr.flush()
+    os._exit(status)

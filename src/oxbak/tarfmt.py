@@ -80,7 +80,6 @@ def _pax_mtime(mtime_ns: int) -> bytes:
 # magic, empty uname/gname (machine-dependent, never stored), zero device numbers.
 _TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(155 + 12)
 _TAIL_SUM = sum(_TAIL) + 8 * 0x20  # plus the checksum field, counted as spaces
-_MTIME_RECORD = re.compile(rb"([0-9]{1,3}) mtime=(-?[0-9]{1,20}(?:\.[0-9]{1,9})?)\n")
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _FIELDS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
 
@@ -105,6 +104,12 @@ def _ustar(
         linkname.ljust(100, b"\0"),
         _TAIL,
     )
+
+
+@functools.cache
+def _mtime_record() -> re.Pattern[bytes]:
+    # Compiled on first use, not at import: `oxbak info` never needs it.
+    return re.compile(rb"([0-9]{1,3}) mtime=(-?[0-9]{1,20}(?:\.[0-9]{1,9})?)\n")
 
 
 @functools.lru_cache(maxsize=256)
@@ -334,7 +339,7 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
     :raises CorruptArchiveError: malformed records.
     :raises UnsafeArchiveError: keys oxbak does not understand (e.g. ``GNU.sparse.*``).
     """
-    single = _MTIME_RECORD.fullmatch(data)
+    single = _mtime_record().fullmatch(data)
     if single is not None and int(single[1]) == len(data):
         return {b"mtime": single[2]}  # what the writer puts before nearly every file
     records: dict[bytes, bytes] = {}
