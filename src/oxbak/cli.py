@@ -8,6 +8,7 @@ only with ``--debug`` or ``OXBAK_DEBUG=1``.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import sys
 import time
@@ -559,6 +560,9 @@ def recover_cmd(dest: str) -> None:
 
 def main() -> NoReturn:
     """Entry point of the ``oxbak`` console script."""
+    # One command per process: reference counting frees what it drops, and the cyclic
+    # collector's passes over a large tree's entries cost ~6% of a 250k-file pack.
+    gc.disable()
     try:
         try:
             code = cli.main(prog_name="oxbak", standalone_mode=False)
