@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import os
+import signal
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -141,17 +142,7 @@ def cli(debug: bool) -> None:
     """
     if debug:
         os.environ["OXBAK_DEBUG"] = "1"
-
-
-def _clean_up_on_sigterm() -> None:
-    """Turn SIGTERM into an exception, so a writing command removes its temp files.
-
-    Only the commands that write install it: the read-only ones have nothing to clean up,
-    and `oxbak info` starts faster without the signal module.
-    """
     if threading_is_main():
-        import signal
-
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
@@ -250,8 +241,6 @@ def pack_cmd(
     """
     from .writer import pack
 
-    _clean_up_on_sigterm()
-
     _show_library_warnings()
     to_stdout = out == "-"
     if to_stdout and as_json:
@@ -343,8 +332,6 @@ def unpack_cmd(
       oxbak unpack state.oxbak /var/lib/oxios --replace
     """
     from .restore import unpack
-
-    _clean_up_on_sigterm()
 
     _show_library_warnings()
     if replace and merge:
@@ -548,8 +535,6 @@ def recover_cmd(dest: str) -> None:
       oxbak recover /var/lib/oxios
     """
     from .destinations import recover
-
-    _clean_up_on_sigterm()
 
     actions = recover(dest)
     for action in actions:
