@@ -140,6 +140,16 @@ def tiny_files_tree(root: Path, files: int) -> None:
             (sub / f"f{i:05d}").write_bytes(b"x")
 
 
+def assert_nothing_changed(mnt: Path, dest: Path, old: Tree | None, used: int) -> None:
+    """After a refused unpack: DEST as before (or still absent), no leftovers, no space used."""
+    if old is None:
+        assert not os.path.lexists(dest)
+    else:
+        assert snapshot(dest) == old
+    assert leftovers(mnt) == []
+    assert used_bytes(mnt) == used, "the staged files were not all removed"
+
+
 def old_dest(dest: Path) -> Tree:
     """A pre-existing DEST that a failed restore must leave exactly as it is."""
     build(
@@ -267,12 +277,7 @@ def test_cli_unpack_refused_up_front_when_bytes_do_not_fit(
         args = ["--replace"] if mode == "replace" else []
         proc = run_cli("unpack", str(big_archive), str(dest), *args)
         one_error_line(proc, "not enough space")
-        if old is None:
-            assert not os.path.lexists(dest)
-        else:
-            assert snapshot(dest) == old
-        assert leftovers(mnt) == []
-        assert used_bytes(mnt) == used
+        assert_nothing_changed(mnt, dest, old, used)
 
 
 def test_cli_unpack_refused_up_front_when_inodes_do_not_fit(
@@ -298,12 +303,7 @@ def test_cli_unpack_runs_out_of_space_midway(tiny_archive: Path, tmp_path: Path,
         args = {"new": [], "replace": ["--replace"], "merge": ["--merge"]}[mode]
         proc = run_cli("unpack", str(tiny_archive), str(dest), *args)
         one_error_line(proc, "No space left on device")
-        if old is None:
-            assert not os.path.lexists(dest)
-        else:
-            assert snapshot(dest) == old
-        assert leftovers(mnt) == []
-        assert used_bytes(mnt) == used, "the staged files were not all removed"
+        assert_nothing_changed(mnt, dest, old, used)
 
 
 def test_library_unpack_runs_out_of_space_midway(tiny_archive: Path, tmp_path: Path) -> None:
