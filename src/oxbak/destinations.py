@@ -309,7 +309,6 @@ class StagingDir:
         self._links: list[tuple[bytes, bytes, int, int, int]] = []
         self._umask = current_umask()
         self.committed = False
-        self.entries: list[bytes] = []
 
     def _path(self, rel: bytes) -> bytes:
         path = self._root_b + b"/" + rel if rel else self._root_b
