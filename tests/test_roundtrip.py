@@ -6,6 +6,7 @@ import io
 import os
 import tempfile
 
+import pytest
 from hypothesis import given
 
 import oxbak
@@ -85,6 +86,29 @@ def test_large_incompressible_files_roundtrip_across_writeback_steps(
     archive = os.path.join(tmp_path, "a.oxbak")
     oxbak.pack(src, archive, threads=2)
     assert os.path.getsize(archive) > 2 * step
+    dest = os.path.join(tmp_path, "dest")
+    oxbak.unpack(archive, dest)
+    assert snapshot(dest) == snapshot(src)
+
+
+def test_times_beyond_2262_roundtrip(tmp_path: os.PathLike[str]) -> None:
+    # ext4 keeps times up to 2446; in nanoseconds, anything after 2262 is past 2**63.
+    far = 13_569_465_600_123_456_789  # 2400-01-01T00:00:00.123456789Z
+    assert far > 2**63
+    src = os.path.join(tmp_path, "src")
+    build(
+        src,
+        {
+            b"a": Node("file", data=b"a"),
+            b"d": Node("dir", mtime_ns=far, children={b"f": Node("file", mtime_ns=far)}),
+            b"z": Node("file", data=b"z"),
+        },
+    )
+    if os.stat(os.path.join(src, "d", "f")).st_mtime_ns != far:
+        pytest.skip("this filesystem clamps times after 2262")
+    archive = os.path.join(tmp_path, "a.oxbak")
+    oxbak.pack(src, archive)
+    assert oxbak.verify(archive).ok
     dest = os.path.join(tmp_path, "dest")
     oxbak.unpack(archive, dest)
     assert snapshot(dest) == snapshot(src)

@@ -26,7 +26,6 @@ from .manifest import (
     Index,
     IndexRecord,
     Manifest,
-    Section,
     Totals,
     encode,
     encode_lines,
@@ -238,30 +237,6 @@ def _unlink_quietly(path: str) -> None:
         os.unlink(path)
 
 
-def _sections(entries: Sequence[Entry]) -> list[Section]:
-    counts: dict[bytes, int] = {}
-    for entry in entries:
-        if entry.kind != "dir":
-            parent = entry.path.rpartition(b"/")[0]
-            counts[parent] = counts.get(parent, 0) + 1
-    return sections(counts)
-
-
-def _totals(entries: Sequence[Entry]) -> Totals:
-    t = Totals()
-    for entry in entries:
-        if entry.kind == "file":
-            t.files += 1
-            t.bytes += entry.size
-        elif entry.kind == "dir":
-            t.directories += 1
-        elif entry.kind == "symlink":
-            t.symlinks += 1
-        else:
-            t.hardlinks += 1
-    return t
-
-
 class _Packer:
     """The state of one pack: the output buffer, the index spool, what went wrong."""
 
@@ -272,7 +247,8 @@ class _Packer:
         self.buf = bytearray()
         self.index = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
         self.records: list[IndexRecord] = []  # not yet in the spool
-        self.stored: list[Entry] = []
+        self.totals = Totals()  # of what is stored, as stored
+        self.per_dir: dict[bytes, int] = {}
         self.changed: list[bytes] = []
         self.missing: list[bytes] = []
         self.bytes_in = 0
@@ -299,6 +275,23 @@ class _Packer:
         self.records.append(rec)
         if len(self.records) >= _RECORD_BATCH:
             self.flush_records()
+
+    def store(self, entry: Entry) -> None:
+        """Count *entry*, now in the archive, in the totals and its directory's section."""
+        totals = self.totals
+        kind = entry.kind
+        if kind == "dir":
+            totals.directories += 1
+            return
+        if kind == "file":
+            totals.files += 1
+            totals.bytes += entry.size
+        elif kind == "symlink":
+            totals.symlinks += 1
+        else:
+            totals.hardlinks += 1
+        parent = entry.path.rpartition(b"/")[0]
+        self.per_dir[parent] = self.per_dir.get(parent, 0) + 1
 
     def flush_records(self) -> None:
         self.index.write(encode_lines(self.records))
@@ -331,7 +324,7 @@ class _Packer:
             )
             digest = hexdigest(entry.target)
         self.buf += header
-        self.stored.append(entry)
+        self.store(entry)
         self.record(entry, digest)
 
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
@@ -395,7 +388,7 @@ class _Packer:
         if size % 512:
             self.buf += _ZEROS[: 512 - size % 512]
         self.bytes_in += size
-        self.stored.append(entry)
+        self.store(entry)
         digest = hexdigest(data)
         if consistent:
             self.record(entry, digest)
@@ -460,7 +453,7 @@ class _Packer:
             left -= len(chunk)
         self.buf += bytes(padding(size))
         self.bytes_in += size
-        self.stored.append(entry)
+        self.store(entry)
         st1 = os.fstat(fd)
         same = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) == (
             size,
@@ -499,18 +492,17 @@ def _write(
     *,
     seekable: bool,
 ) -> PackResult:
-    entries = scan.entries
     for rel in scan.skipped:
         logger.warning("skipping %r: not a file, directory or symlink", display(rel))
-    _warn_external_links(entries)
-    totals = _totals(entries)
+    _warn_external_links(scan)
+    totals = scan.totals()
     manifest = Manifest(
         format=fmt.FORMAT_NAME,
         version=fmt.FORMAT_VERSION,
         created_at=now_utc(),
         oxbak_version=__version__,
         source=display(os.path.basename(os.path.normpath(os.path.abspath(scan.root)))),
-        sections=_sections(entries),
+        sections=sections(scan.per_dir()),
         totals=totals,
         compression=Compression(level=level),
         labels=dict(sorted(labels.items())),
@@ -527,7 +519,7 @@ def _write(
     with packer.index:  # the index spool: closed on every path, errors included
         scanned_rest = totals.bytes
         report_at = 0
-        for entry in entries:
+        for entry in scan:
             if entry.kind == "file":
                 scanned_rest -= entry.size
                 packer.add_file(entry, scanned_rest)
@@ -536,13 +528,12 @@ def _write(
                     report_at = packer.bytes_in + _CHUNK
             else:
                 packer.add_simple(entry)
-        stored = packer.stored
-        final_totals = _totals(stored)
+        final_totals = packer.totals
         index_header = Index(
             format=fmt.INDEX_FORMAT_NAME,
             version=fmt.INDEX_VERSION,
             digest=fmt.DIGEST_NAME,
-            entries=len(stored) + len(packer.missing),
+            entries=final_totals.entries + len(packer.missing),
             partial=bool(packer.changed or packer.missing),
             changed=len(packer.changed),
             missing=len(packer.missing),
@@ -568,7 +559,7 @@ def _write(
         progress(packer.bytes_in, totals.bytes)
     if seekable:
         manifest.totals = final_totals
-        manifest.sections = _sections(stored)
+        manifest.sections = sections(packer.per_dir)
         manifest.partial = index_header.partial
         manifest.changed = index_header.changed + index_header.missing
         try:
@@ -583,7 +574,7 @@ def _write(
     return PackResult(
         output="",
         manifest=manifest,
-        entries=len(stored),
+        entries=final_totals.entries,
         bytes_in=packer.bytes_in,
         bytes_out=writer.bytes_out,
         seconds=0.0,
@@ -603,8 +594,8 @@ def _created_ns(created_at: str) -> int:
     return int(moment.replace(tzinfo=_dt.UTC).timestamp()) * 1_000_000_000
 
 
-def _warn_external_links(entries: Sequence[Entry]) -> None:
-    links = {e.path: e.target for e in entries if e.kind == "symlink"}
+def _warn_external_links(scan: Scan) -> None:
+    links = scan.symlinks()
     for path, target in links.items():
         if not link_stays_inside(path, target, links.get):
             logger.warning(

@@ -1,0 +1,162 @@
+"""scan_tree(): order, kinds, hardlinks, skipped files, and what its columns hand back."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+
+from oxbak.errors import SourceError
+from oxbak.manifest import Totals
+from oxbak.paths import sort_key
+from oxbak.scan import Entry, scan_tree
+from strategies import trees_with_hardlinks
+from treeutil import Node, build
+
+_BIG_INO = 2**63 + 5  # above a signed 64-bit column: inode numbers are unsigned
+
+
+def _tree(tmp_path: Path) -> Path:
+    src = tmp_path / "src"
+    build(
+        str(src),
+        {
+            b"b": Node(
+                "dir",
+                mode=0o750,
+                children={
+                    b"z.json": Node("file", data=b"zz", mode=0o600, mtime_ns=-1_500_000_001),
+                    b"a.json": Node("file", data=b"a" * 70_000),
+                },
+            ),
+            b"a": Node("dir", children={b"link": Node("symlink", target=b"../b/a.json")}),
+            b"ab": Node("file", data=b"x", mode=0o4755),
+            b"twin": Node("hardlink", target=b"b/a.json"),
+            b"empty": Node("dir"),
+        },
+    )
+    return src
+
+
+def _expected(root: Path, path: bytes, kind: str, target: bytes = b"") -> Entry:
+    st = os.lstat(os.path.join(os.fsencode(root), path) if path else os.fsencode(root))
+    return Entry(
+        path=path,
+        kind=kind,  # type: ignore[arg-type]
+        mode=st.st_mode & 0o7777,
+        size=st.st_size if kind == "file" else 0,
+        mtime_ns=st.st_mtime_ns,
+        ctime_ns=st.st_ctime_ns,
+        ino=st.st_ino,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        target=target,
+    )
+
+
+def test_rows_match_lstat_in_archive_order(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    scan = scan_tree(src)
+    assert list(scan) == [
+        _expected(src, b"", "dir"),
+        _expected(src, b"a", "dir"),
+        _expected(src, b"a/link", "symlink", b"../b/a.json"),
+        _expected(src, b"ab", "file"),
+        _expected(src, b"b", "dir"),
+        _expected(src, b"b/a.json", "file"),
+        _expected(src, b"b/z.json", "file"),
+        _expected(src, b"empty", "dir"),
+        _expected(src, b"twin", "hardlink", b"b/a.json"),
+    ]
+    assert len(scan) == 9
+    assert scan.skipped == []
+
+
+def test_summaries_agree_with_the_rows(tmp_path: Path) -> None:
+    scan = scan_tree(_tree(tmp_path))
+    assert scan.totals() == Totals(
+        files=3, hardlinks=1, directories=4, symlinks=1, bytes=70_000 + 2 + 1
+    )
+    assert scan.per_dir() == {b"": 2, b"a": 1, b"b": 2}
+    assert scan.symlinks() == {b"a/link": b"../b/a.json"}
+
+
+def test_the_first_path_of_an_inode_is_the_file(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build(
+        str(src),
+        {
+            b"m": Node("file", data=b"data"),
+            b"c": Node("hardlink", target=b"m"),
+            b"z": Node("hardlink", target=b"m"),
+        },
+    )
+    kinds = [(e.path, e.kind, e.size, e.target) for e in scan_tree(src)][1:]
+    assert kinds == [
+        (b"c", "file", 4, b""),
+        (b"m", "hardlink", 0, b"c"),
+        (b"z", "hardlink", 0, b"c"),
+    ]
+
+
+def test_special_files_are_skipped_and_excludes_leave_subtrees_out(tmp_path: Path) -> None:
+    src = _tree(tmp_path)
+    os.mkfifo(src / "b" / "pipe")
+    scan = scan_tree(src, excludes=["a", "*.json"])
+    assert [e.path for e in scan] == [b"", b"ab", b"b", b"empty", b"twin"]
+    assert scan.skipped == [b"b/pipe"]
+
+
+def test_not_a_directory_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "f").write_bytes(b"")
+    with pytest.raises(SourceError, match="not a directory"):
+        scan_tree(tmp_path / "f")
+
+
+def test_columns_hold_full_range_values(tmp_path: Path) -> None:
+    """Negative mtimes, a sticky or setuid mode and a 64-bit inode survive the columns."""
+    scan = scan_tree(_tree(tmp_path))
+    scan.inos[0] = _BIG_INO
+    rows = list(scan)
+    assert rows[0].ino == _BIG_INO
+    assert rows[3].mode == 0o4755
+    assert rows[6].mtime_ns == -1_500_000_001
+
+
+@given(tree=trees_with_hardlinks())
+def test_any_tree_scans_to_its_lstat_rows_in_order(
+    tmp_path_factory: pytest.TempPathFactory, tree: dict[bytes, Node]
+) -> None:
+    src = tmp_path_factory.mktemp("scan") / "src"
+    build(str(src), tree)
+    root = os.fsencode(src)
+    on_disk = {b""}
+    for top, dirs, files in os.walk(root):
+        rel = os.path.relpath(top, root)
+        prefix = b"" if rel == b"." else rel + b"/"
+        on_disk.update(prefix + name for name in dirs + files)
+    rows = list(scan_tree(src))
+    paths = [e.path for e in rows]
+    assert paths == sorted(on_disk, key=sort_key)
+    first: dict[int, bytes] = {}
+    for entry in rows:
+        st = os.lstat(os.path.join(root, entry.path) if entry.path else root)
+        if entry.kind == "symlink":
+            assert entry.target == os.readlink(os.path.join(root, entry.path))
+            assert entry.size == 0
+        elif entry.kind in ("file", "hardlink"):
+            file = first.setdefault(st.st_ino, entry.path)
+            assert entry.kind == ("file" if file == entry.path else "hardlink")
+            assert entry.size == (st.st_size if entry.kind == "file" else 0)
+            assert entry.target == (b"" if entry.kind == "file" else file)
+        got = (entry.mode, entry.mtime_ns, entry.ctime_ns, entry.ino, entry.uid, entry.gid)
+        assert got == (
+            st.st_mode & 0o7777,
+            st.st_mtime_ns,
+            st.st_ctime_ns,
+            st.st_ino,
+            st.st_uid,
+            st.st_gid,
+        )
