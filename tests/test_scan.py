@@ -160,3 +160,21 @@ def test_any_tree_scans_to_its_lstat_rows_in_order(
             st.st_uid,
             st.st_gid,
         )
+
+
+def test_a_path_too_long_to_stat_is_named_in_one_error(tmp_path: Path) -> None:
+    # Linux lets a tree grow deeper than PATH_MAX (4096 bytes) by creating each level
+    # relative to the one above; such an entry cannot be reached by its path.
+    src = tmp_path / "src"
+    src.mkdir()
+    fd = os.open(src, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(17):
+            os.mkdir(b"d" * 255, dir_fd=fd)
+            deeper = os.open(b"d" * 255, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+    finally:
+        os.close(fd)
+    with pytest.raises(SourceError, match=r"^cannot stat 'd{255}/.*': File name too long$"):
+        scan_tree(src)

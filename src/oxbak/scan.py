@@ -166,73 +166,63 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
         raise SourceError(f"cannot pack {display(root_b)!r}: not a directory")
     result = Scan(root_b)
     result.add(b"", _DIR, st)
-    first_of_inode: dict[tuple[int, int], bytes] = {}
     add = result.add
-    # An explicit stack of pending directories keeps the walk in pre-order without recursion
-    # depth limits: children are pushed in reverse so they pop in sorted order.
-    pending: list[tuple[bytes, int, os.stat_result]] = []
-    _list_dir(root_b, b"", excludes, pending, result)
-    while pending:
-        path, kind, st = pending.pop()
-        if kind == _FILE:
-            if st.st_nlink > 1:
-                # Decided here, in archive order: the first path of an inode is the file.
-                first = first_of_inode.setdefault((st.st_dev, st.st_ino), path)
-                if first != path:
-                    add(path, _HARDLINK, st, first)
-                    continue
-            add(path, _FILE, st)
-        elif kind == _DIR:
-            add(path, _DIR, st)
-            _list_dir(root_b, path, excludes, pending, result)
-        else:
+    skipped = result.skipped
+    first_of_inode: dict[tuple[int, int], bytes] = {}
+    # Depth-first with an explicit stack (no recursion limit): each level holds a
+    # directory's sorted names and where it is in them, nothing more. A child is stat'ed
+    # when it is reached, so a directory of a million files never holds a million stats.
+    stack: list[tuple[bytes, Iterator[bytes]]] = [(b"", _sorted_names(root_b, b""))]
+    while stack:
+        rel, names = stack[-1]
+        prefix = rel + b"/" if rel else b""
+        for name in names:
+            child = prefix + name
+            if excludes and _excluded(child, name, excludes):
+                continue
             try:
-                target = os.readlink(root_b + b"/" + path)
+                st = os.lstat(root_b + b"/" + child)
+            except FileNotFoundError:
+                continue  # vanished between listing and lstat: it was never part of the scan
             except OSError as exc:
-                raise SourceError(f"cannot read symlink {display(path)!r}: {exc.strerror}") from exc
-            add(path, _SYMLINK, st, target)
-    result.skipped.sort(key=sort_key)
+                raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
+            kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+            if kind == _FILE:
+                if st.st_nlink > 1:
+                    # Decided here, in archive order: the first path of an inode is the file.
+                    first = first_of_inode.setdefault((st.st_dev, st.st_ino), child)
+                    if first != child:
+                        add(child, _HARDLINK, st, first)
+                        continue
+                add(child, _FILE, st)
+            elif kind == _DIR:
+                add(child, _DIR, st)
+                stack.append((child, _sorted_names(root_b, child)))
+                break  # its entries come next; this level resumes after them
+            elif kind == _SYMLINK:
+                try:
+                    target = os.readlink(root_b + b"/" + child)
+                except OSError as exc:
+                    raise SourceError(
+                        f"cannot read symlink {display(child)!r}: {exc.strerror}"
+                    ) from exc
+                add(child, _SYMLINK, st, target)
+            else:
+                skipped.append(child)
+        else:
+            stack.pop()
+    skipped.sort(key=sort_key)
     return result
 
 
-def _list_dir(
-    root: bytes,
-    rel: bytes,
-    excludes: Sequence[str],
-    pending: list[tuple[bytes, int, os.stat_result]],
-    result: Scan,
-) -> None:
-    """Push the sorted children of directory *rel* on *pending* (reversed: pop in order).
-
-    Each child waits with its lstat; it becomes an entry when it is popped, in archive
-    order. Special files go to ``result.skipped``.
-    """
-    path = os.path.join(root, rel) if rel else root
+def _sorted_names(root: bytes, rel: bytes) -> Iterator[bytes]:
+    """The names in directory *rel*, sorted by their bytes (the archive's order)."""
     try:
-        with os.scandir(path) as it:
-            children = sorted((e.name, e) for e in it)
+        return iter(sorted(os.listdir(root + b"/" + rel if rel else root)))
     except OSError as exc:
         raise SourceError(
             f"cannot list directory {display(rel or b'.')!r}: {exc.strerror}"
         ) from exc
-    batch: list[tuple[bytes, int, os.stat_result]] = []
-    prefix = rel + b"/" if rel else b""
-    for name, dirent in children:
-        child = prefix + name
-        if excludes and _excluded(child, name, excludes):
-            continue
-        try:
-            st = dirent.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            continue  # vanished between listing and lstat: it was never part of the scan
-        except OSError as exc:
-            raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
-        kind = _KINDS.get(stat.S_IFMT(st.st_mode))
-        if kind is None:
-            result.skipped.append(child)
-        else:
-            batch.append((child, kind, st))
-    pending.extend(reversed(batch))
 
 
 _KINDS: dict[int, int] = {
