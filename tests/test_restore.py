@@ -200,3 +200,24 @@ def test_staging_flushes_in_the_background_as_it_grows(
     oxbak.pack(src, tmp_path / "a.oxbak")
     oxbak.unpack(tmp_path / "a.oxbak", tmp_path / "dest")
     assert snapshot(tmp_path / "dest") == snapshot(src)
+
+
+def test_hardlinks_to_files_before_and_after_the_first_hardlink(tmp_path: Path) -> None:
+    # The set of paths a hardlink may name is built at the first hardlink, then grows with
+    # each file: d names c, a file that comes after the first link, b.
+    src = tmp_path / "src"
+    build(
+        str(src),
+        {
+            b"a": Node("file", data=b"a"),
+            b"b": Node("hardlink", target=b"a"),
+            b"c": Node("file", data=b"c"),
+            b"d": Node("hardlink", target=b"c"),
+        },
+    )
+    oxbak.pack(src, tmp_path / "a.oxbak")
+    kinds = [(e.path, e.type) for e in oxbak.list_entries(tmp_path / "a.oxbak")][1:]
+    assert kinds == [(b"a", "file"), (b"b", "hardlink"), (b"c", "file"), (b"d", "hardlink")]
+    oxbak.unpack(tmp_path / "a.oxbak", tmp_path / "dest")
+    assert snapshot(tmp_path / "dest") == snapshot(src)
+    assert os.stat(tmp_path / "dest" / "c").st_ino == os.stat(tmp_path / "dest" / "d").st_ino

@@ -102,6 +102,10 @@ class _Seen:
         self.sizes.append(size)
         self.digests += digest
 
+    def files(self) -> set[bytes]:
+        """The paths of the regular files seen so far."""
+        return {rel for rel, kind in zip(self.paths, self.kinds, strict=True) if kind == _FILE}
+
     def records(self) -> Iterator[tuple[bytes, str, int, bytes]]:
         """``(path, kind, size, digest)`` for every entry, in archive order."""
         digests = memoryview(self.digests)
@@ -125,7 +129,9 @@ def _run(
     max_bytes = declared.bytes
     seen = _Seen()
     totals = seen.totals
-    files: set[bytes] = set()
+    # The paths hardlinks may name, built at the first hardlink: most trees have none,
+    # and a set of every file path costs ~32 bytes per entry.
+    files: set[bytes] | None = None
     stack: list[bytes] = []
     previous: list[bytes] | None = None
     report_at = 0
@@ -181,13 +187,16 @@ def _run(
             digest = dest.file(
                 rel, header.mode, header.mtime_ns, header.uid, header.gid, reader.data(header.size)
             )
-            files.add(rel)
+            if files is not None:
+                files.add(rel)
             remember(rel, _FILE, header.size, digest)
             if progress is not None and totals.bytes >= report_at:
                 progress(totals.bytes, max_bytes)
                 report_at = totals.bytes + (1 << 20)
         elif kind == "hardlink":
             target = _hardlink_target(header)
+            if files is None:
+                files = seen.files()
             if target not in files:
                 raise UnsafeArchiveError(
                     f"refusing hardlink {shown(header.name)!r}: target "
