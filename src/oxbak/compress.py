@@ -102,8 +102,8 @@ class ZstdWriter:
         # threads >= 1 always: zstd's multithreaded output does not depend on the number of
         # workers, so --threads never changes the archive's bytes.
         # 4 MiB jobs (zstd's default at level 3 is larger): measured here, peak memory of a
-        # 60k-file pack is ~89 MB against ~107 MB at the default; 1 MiB jobs saved another
-        # 17 MB but cost ~25% of the throughput on large files (benchmarks/NOTES.md).
+        # 60k-file pack is ~56 MB against ~78 MB at the default; 1 MiB jobs saved another
+        # 16 MB but cost ~25% of the throughput on large files (benchmarks/NOTES.md).
         params = zstandard.ZstdCompressionParameters.from_level(
             level,
             threads=max(threads, 1),
