@@ -11,6 +11,8 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from tools import require_tool  # noqa: E402  (needs the sys.path line above)
+
 settings.register_profile(
     "ci",
     max_examples=40,
@@ -20,6 +22,20 @@ settings.register_profile(
 settings.register_profile("dev", parent=settings.get_profile("ci"), max_examples=15)
 settings.register_profile("thorough", parent=settings.get_profile("ci"), max_examples=500)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "tools(*names): needs these programs on PATH; skipped without them, "
+        "failed without them under OXBAK_REQUIRE_TOOLS=1 (CI)",
+    )
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Apply ``@pytest.mark.tools(...)``: see tests/tools.py."""
+    for mark in item.iter_markers(name="tools"):
+        require_tool(*mark.args)
 
 
 @pytest.fixture(autouse=True)

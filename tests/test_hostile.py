@@ -1919,7 +1919,7 @@ def test_builders_archive_is_read_by_tarfile() -> None:
                     assert m.islnk() and m.linkname == "tree/" + os.fsdecode(entry.target)
 
 
-@pytest.mark.skipif(shutil.which("tar") is None, reason="GNU tar not installed")
+@pytest.mark.tools("tar", "zstd")  # tar --zstd runs the zstd program
 def test_builders_archive_is_read_by_gnu_tar(tmp_path: Path) -> None:
     """GNU tar lists and extracts the valid archive, raw non-UTF-8 names included, with
     no warning, and ``zstd -dc`` (which skips the reserve frame) yields the tar stream."""

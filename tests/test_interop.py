@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shutil
 import subprocess
 import tarfile
 from pathlib import Path
@@ -15,9 +14,7 @@ import zstandard
 import oxbak
 from treeutil import Node, build, snapshot
 
-pytestmark = pytest.mark.skipif(
-    shutil.which("tar") is None or shutil.which("zstd") is None, reason="needs GNU tar and zstd"
-)
+pytestmark = pytest.mark.tools("tar", "zstd")
 
 LONG = b"d" * 120
 TREE = {
