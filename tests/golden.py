@@ -1,7 +1,8 @@
-"""The tree behind the golden v1 archives in tests/testdata/.
+"""The tree behind the golden archives in tests/testdata/, one per format version.
 
-Regenerate the archives only with a format-version change:
-``python tests/golden.py`` (writes tests/testdata/v1-basic.oxbak and its manifest).
+Each version's archive is written once, when that version is new, and never again:
+readers must keep reading it. ``python tests/golden.py`` writes the archive of the
+current version (tests/testdata/v2-basic.oxbak and its manifest).
 """
 
 from __future__ import annotations
@@ -16,6 +17,10 @@ from treeutil import Node, build  # noqa: E402
 TESTDATA = Path(__file__).parent / "testdata"
 GOLDEN = TESTDATA / "v1-basic.oxbak"
 GOLDEN_MANIFEST = TESTDATA / "v1-basic.manifest.json"
+GOLDEN_V2 = TESTDATA / "v2-basic.oxbak"
+GOLDEN_V2_MANIFEST = TESTDATA / "v2-basic.manifest.json"
+#: Every golden archive, oldest first.
+GOLDENS = (GOLDEN, GOLDEN_V2)
 EPOCH = "1700000000"
 
 TREE: dict[bytes, Node] = {
@@ -63,10 +68,10 @@ if __name__ == "__main__":
     with tempfile.TemporaryDirectory() as tmp:
         src = os.path.join(tmp, "state")
         make_tree(src)
-        oxbak.pack(src, GOLDEN, force=True, threads=1)
+        oxbak.pack(src, GOLDEN_V2, force=True, threads=1)
     import msgspec
 
-    GOLDEN_MANIFEST.write_bytes(
-        msgspec.json.format(msgspec.json.encode(oxbak.read_manifest(GOLDEN))) + b"\n"
+    GOLDEN_V2_MANIFEST.write_bytes(
+        msgspec.json.format(msgspec.json.encode(oxbak.read_manifest(GOLDEN_V2))) + b"\n"
     )
-    print(f"wrote {GOLDEN} and {GOLDEN_MANIFEST}")
+    print(f"wrote {GOLDEN_V2} and {GOLDEN_V2_MANIFEST}")

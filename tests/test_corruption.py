@@ -10,22 +10,22 @@ What must hold, for every damaged copy:
 - ``verify`` and ``unpack`` raise nothing but :class:`oxbak.OxbakError` subclasses;
 - ``verify`` reports the damage (``ok`` is false), **unless the damage does not change a
   single byte of what the archive holds**: an independent zstd decoder (``builders``)
-  returns exactly the original tar stream. That happens by design for a flip in the
-  payload of the skippable *manifest reserve* frame (FORMAT.md §1: zero bytes that every
-  zstd reader skips; they carry no data) and, as the sweeps found, for a few other bits:
-  11 of the 1,240 bits of frame structure (the unused bit of each frame header
-  descriptor, the low nibble of the skippable frame's magic — ``0x184D2A5?`` are all
-  skippable magics — and window descriptor bits whose new window still covers the data)
+  returns exactly the original tar stream, and the footer and seek table still say the
+  same. That happens for the two unused bits of the seek table's descriptor (the zstd
+  seekable format reserves them for compatible additions: readers ignore them) and, as
+  the sweeps found, for a few bits of frame structure (the unused bit of each frame
+  header descriptor, and window descriptor bits whose new window still covers the data)
   and about 1 in 1,000-4,000 random flips inside compressed blocks, which decode to the
   same bytes. Such a flip loses nothing, so accepting it is not a miss; the archive must
-  then restore the exact tree.
+  then restore the exact tree. Every other byte of the footer and the seek table (the
+  *trailer*, FORMAT.md §1) is checked: a flip there is reported.
 - ``unpack`` never commits a damaged tree: it either raises and leaves DEST as it was
   (absent, or byte-for-byte the old tree with ``mode="replace"``) and no ``.oxbak-*``
   directory beside it, or it restores a tree identical to the source.
 
 ``make test`` runs ~150 flips, ~1,300 bits of frame structure, 40 cut points and ~40
 unpacks; ``make torture`` runs ≥ 1,000 flips and a cut every 0.5 % of the length, each
-through ``unpack`` too, plus every bit of the reserve, and prints one summary line.
+through ``unpack`` too, plus every bit of the trailer, and prints one summary line.
 """
 
 from __future__ import annotations
@@ -64,7 +64,8 @@ class Sample:
     data: bytes
     tar: bytes  # the decompressed tar stream
     tree: Tree  # snapshot of the source tree
-    reserve: range  # payload of the skippable manifest-reserve frame (never read)
+    trailer: tuple[int, ...]  # the payloads of the footer and seek-table frames
+    unused: frozenset[tuple[int, int]]  # (offset, bit) of the seek table's unused bits
     structure: tuple[int, ...]  # offsets of frame headers, block headers, checksums
     clean_cuts: frozenset[int]  # cut points that leave whole frames holding the whole tar
 
@@ -93,8 +94,13 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
     data = (base / "state.oxbak").read_bytes()
     frames = frames_of(data)
     skippables = [f for f in frames if f.skippable]
-    assert len(skippables) == 1 and frames[1].skippable, "FORMAT.md §1: frame 2 is the reserve"
-    reserve = range(frames[1].header_end, frames[1].end)
+    assert skippables == frames[-2:], "FORMAT.md §1: the footer and the seek table come last"
+    trailer = (
+        *range(frames[-2].header_end, frames[-2].end),
+        *range(frames[-1].header_end, frames[-1].end),
+    )
+    descriptor = len(data) - 5  # FORMAT.md §1: count (4), descriptor (1), magic (4)
+    unused = frozenset({(descriptor, 0), (descriptor, 1)})
     structure: set[int] = set()
     for f in frames:
         structure.update(range(f.start, f.header_end))
@@ -103,15 +109,14 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Sample:
         if f.checksum_start is not None:
             structure.update(range(f.checksum_start, f.end))
     tar = decompress_all(data)
-    clean_cuts = frozenset(
-        f.end for f in frames[:-1] if f.end > reserve.stop and _decode(data[: f.end]) == tar
-    )
+    clean_cuts = frozenset(f.end for f in frames[:-1] if _decode(data[: f.end]) == tar)
     return Sample(
         src=src,
         data=data,
         tar=tar,
         tree=snapshot(src),
-        reserve=reserve,
+        trailer=trailer,
+        unused=unused,
         structure=tuple(sorted(structure)),
         clean_cuts=clean_cuts,
     )
@@ -165,6 +170,15 @@ def judge_verify(data: bytes, sample: Sample, tally: Tally, what: str, *, cut: b
         tally.detected += 1
         return True
     intact = _decode(data) == sample.tar and (not cut or len(data) in sample.clean_cuts)
+    if intact and not cut:
+        start = sample.trailer[0]
+        changed = {
+            (start + i, b)
+            for i, (x, y) in enumerate(zip(data[start:], sample.data[start:], strict=True))
+            for b in range(8)
+            if (x ^ y) >> b & 1
+        }
+        intact = changed <= sample.unused  # anything else in the trailer must be reported
     if not intact:
         tally.missed.append(f"{what}: verify accepted it, but the content changed")
     return False
@@ -279,8 +293,8 @@ def _sweep_cuts(
 
 
 def _where(sample: Sample, offset: int) -> str:
-    if offset in sample.reserve:
-        return "reserve"
+    if offset in sample.trailer:
+        return "trailer"
     if offset in set(sample.structure):
         return "header"
     return "block"
@@ -299,14 +313,19 @@ def test_the_sample_is_a_real_mixed_tree(sample: Sample) -> None:
     dirs = [rel for rel, e in sample.tree.items() if e[0] == "dir" and rel]
     assert any(not any(k.startswith(d + b"/") for k in sample.tree) for d in dirs), "empty dir"
     assert oxbak.verify(io.BytesIO(sample.data)).ok
-    assert len(sample.reserve) == 1016  # MANIFEST_RESERVE minus the 8-byte frame header
+    assert len(frames_of(sample.data)) >= 5  # the manifest, the tree, the TOC, the trailer
 
 
 def test_archive_has_exactly_the_frames_of_format_md(sample: Sample) -> None:
-    """Frame 1, the reserve, frame 3, nothing after (an empty 4th frame was once written)."""
+    """Data frames, then the footer and the seek table, which lists every frame before it."""
     frames = frames_of(sample.data)
-    assert [f.skippable for f in frames] == [False, True, False]
+    assert [f.skippable for f in frames] == [False] * (len(frames) - 2) + [True, True]
     assert frames[-1].end == len(sample.data)
+    table = sample.data[frames[-1].header_end : frames[-1].end]
+    count = int.from_bytes(table[-9:-5], "little")
+    assert count == len(frames) - 1
+    sizes = [int.from_bytes(table[8 * i : 8 * i + 4], "little") for i in range(count)]
+    assert sizes == [f.end - f.start for f in frames[:-1]]
 
 
 # --------------------------------------------------------------------------- make test
@@ -345,22 +364,22 @@ def test_every_bit_of_the_frame_structure(sample: Sample) -> None:
     assert not {off for off, _ in tally.neutral} & (blocks | checksums), tally.neutral
 
 
-def test_flips_in_the_reserve_are_harmless(sample: Sample, tmp_path: Path) -> None:
-    """The reserve's payload is skipped by every reader: a flip there loses nothing."""
+def test_flips_in_the_trailer_are_reported(sample: Sample, tmp_path: Path) -> None:
+    """The footer and seek table are checked: a flip there is damage (two bits aside)."""
     rng = random.Random(SEED + 1)
-    offsets = [sample.reserve.start, sample.reserve.stop - 1]
-    offsets += rng.sample(sample.reserve, 38)
+    offsets = [sample.trailer[0], sample.trailer[-1]]
+    offsets += rng.sample(sample.trailer, 38)
     for n, offset in enumerate(offsets):
-        data = flip(sample.data, offset, 1 << rng.randrange(8))
-        assert oxbak.verify(io.BytesIO(data)).ok, offset
-        assert _decode(data) == sample.tar
+        bit = rng.randrange(8)
+        data = flip(sample.data, offset, 1 << bit)
+        assert _decode(data) == sample.tar  # the tar stream is untouched
+        assert oxbak.verify(io.BytesIO(data)).ok == ((offset, bit) in sample.unused), offset
         if n < 6:
             tally = Tally()
             judge_unpack(
-                data, sample, tally, tmp_path, f"reserve byte {offset}", replace=n % 2 == 1
+                data, sample, tally, tmp_path, f"trailer byte {offset}", replace=n % 2 == 1
             )
             tally.check()
-            assert tally.restored == 1
 
 
 def test_flipped_archives_never_commit_damage(sample: Sample, tmp_path: Path) -> None:
@@ -390,10 +409,10 @@ def test_cut_at_every_frame_boundary(sample: Sample, tmp_path: Path) -> None:
     tally = Tally()
     _sweep_cuts(sample, [0, *ends], tally, tmp_path)
     tally.check()
-    # Only a cut that keeps every byte of the tar stream could be accepted: with the
-    # layout of FORMAT.md §1 there is none (the writer once added an empty 4th frame).
-    assert {n for n, _ in tally.neutral} <= sample.clean_cuts
-    assert not sample.clean_cuts
+    # Even a cut that keeps every byte of the tar stream (before the footer, before the
+    # seek table) is reported: a version-2 archive must end with both.
+    assert sample.clean_cuts
+    assert tally.detected == tally.tried, tally.neutral
 
 
 # --------------------------------------------------------------------------- torture
@@ -410,14 +429,14 @@ def test_torture_corruption_sweep(
     cuts = Tally()
     _sweep_cuts(sample, _cut_points(len(sample.data), 200), cuts, tmp_path)
     wall = time.monotonic() - started
-    where: dict[str, int] = {"reserve": 0, "header": 0, "block": 0}
+    where: dict[str, int] = {"trailer": 0, "header": 0, "block": 0}
     for offset, _ in flips.neutral:
         where[_where(sample, offset)] += 1
     line = (
         f"corruption sweep: archive {len(sample.data)} B; "
         f"flips tried={flips.tried} detected={flips.detected} "
         f"(by exception {flips.raised}) accepted-content-intact={len(flips.neutral)} "
-        f"(reserve {where['reserve']}, frame header {where['header']}, block {where['block']}) "
+        f"(trailer {where['trailer']}, frame header {where['header']}, block {where['block']}) "
         f"missed={len(flips.missed)}; "
         f"cuts tried={cuts.tried} detected={cuts.detected} missed={len(cuts.missed)}; "
         f"unpacks={flips.unpacks + cuts.unpacks} refused={flips.refused + cuts.refused} "
@@ -435,27 +454,21 @@ def test_torture_corruption_sweep(
 
 
 @pytest.mark.torture
-def test_torture_every_bit_of_the_reserve(
+def test_torture_every_bit_of_the_trailer(
     sample: Sample, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """All 8,128 bits of the reserve payload: verify accepts, the content is intact."""
+    """Every bit of the footer and seek table: reported, but the two unused bits."""
     started = time.monotonic()
-    rejected = []
-    for offset in sample.reserve:
+    accepted = set()
+    for offset in sample.trailer:
         for bit in range(8):
             data = flip(sample.data, offset, 1 << bit)
-            if not oxbak.verify(io.BytesIO(data)).ok:
-                rejected.append((offset, bit))
-    data = bytearray(sample.data)
-    for offset in sample.reserve:  # all of it garbage at once: still the same archive
-        data[offset] = 0xA5
-    tally = Tally()
-    judge_unpack(bytes(data), sample, tally, tmp_path, "reserve all 0xA5", replace=True)
-    tally.check()
+            if oxbak.verify(io.BytesIO(data)).ok:
+                accepted.add((offset, bit))
     with capsys.disabled():
         print(
-            f"\nreserve sweep: bytes {sample.reserve.start}..{sample.reserve.stop - 1} "
-            f"({len(sample.reserve)} B), {8 * len(sample.reserve)} bits flipped, "
-            f"{len(rejected)} rejected; wall {time.monotonic() - started:.1f} s"
+            f"\ntrailer sweep: bytes {sample.trailer[0]}..{sample.trailer[-1]} "
+            f"({len(sample.trailer)} B), {8 * len(sample.trailer)} bits flipped, "
+            f"{len(accepted)} accepted; wall {time.monotonic() - started:.1f} s"
         )
-    assert not rejected
+    assert accepted == sample.unused

@@ -30,6 +30,30 @@ def test_limits_table() -> None:
 
 
 def test_member_names() -> None:
-    for name in (fmt.MANIFEST_NAME, fmt.INDEX_NAME, fmt.TREE_PREFIX + "/", fmt.DIGEST_NAME):
-        assert f"`{name}`" in DOC, name
-    assert f"`0x{fmt.SKIPPABLE_MAGIC:08X}`" in DOC
+    for name in (
+        fmt.MANIFEST_NAME,
+        fmt.INDEX_NAME,
+        fmt.TOC_NAME,
+        fmt.TREE_PREFIX + "/",
+        fmt.DIGEST_NAME,
+        fmt.TOC_FORMAT_NAME,
+        fmt.FOOTER_FORMAT_NAME,
+    ):
+        assert f"`{name}`" in DOC or f'"{name}"' in DOC, name
+    for magic in (fmt.SKIPPABLE_MAGIC, fmt.FOOTER_MAGIC, fmt.SEEK_TABLE_MAGIC, fmt.SEEKABLE_MAGIC):
+        assert f"`0x{magic:08X}`" in DOC, hex(magic)
+
+
+def test_frame_cuts_and_blocks() -> None:
+    assert f"`FRAME_TARGET` ({fmt.FRAME_TARGET // 1024 // 1024} MiB)" in DOC
+    assert f"`FRAME_SPLIT` ({fmt.FRAME_SPLIT // 1024 // 1024} MiB)" in DOC
+    assert f"`TOC_BLOCK_ENTRIES` = {fmt.TOC_BLOCK_ENTRIES}" in DOC
+
+
+def test_new_limits() -> None:
+    rows = dict(re.findall(r"^\| `(MAX_[A-Z_]+)` \| ([^|]+?) \|$", DOC, re.M))
+    assert _mib(rows["MAX_FRAME_BYTES"]) == fmt.MAX_FRAME_BYTES
+    assert _mib(rows["MAX_FOOTER_BYTES"]) == fmt.MAX_FOOTER_BYTES
+    assert _mib(rows["MAX_TOC_HEADER_BYTES"]) == fmt.MAX_TOC_HEADER_BYTES
+    assert _mib(rows["MAX_TOC_BLOCK_BYTES"]) == fmt.MAX_TOC_BLOCK_BYTES
+    assert int(rows["MAX_FRAMES"]) == fmt.MAX_FRAMES

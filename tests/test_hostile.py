@@ -795,22 +795,22 @@ MANIFEST_CASES = [
         MANIFEST,
     ),
     c(
-        "version-2",
-        e(manifest=manifest_bytes(version=2)),
+        "version-3",
+        e(manifest=manifest_bytes(version=3)),
         (UnsupportedVersionError,),
-        ("2", "1", "upgrade"),
+        ("3", "2", "upgrade"),
     ),
     c(
-        "version-2-otherwise-unreadable",
-        e(manifest=b'{"format":"oxbak","version":2,"future":{"x":[1,2]}}'),
+        "version-3-otherwise-unreadable",
+        e(manifest=b'{"format":"oxbak","version":3,"future":{"x":[1,2]}}'),
         (UnsupportedVersionError,),
-        ("2", "1", "upgrade"),
+        ("3", "2", "upgrade"),
     ),
     c(
-        "version-2-hostile-tree",
-        e(FILE(b"../escaped", b"evil"), manifest=manifest_bytes(version=2)),
+        "version-3-hostile-tree",
+        e(FILE(b"../escaped", b"evil"), manifest=manifest_bytes(version=3)),
         (UnsupportedVersionError,),
-        ("2", "upgrade"),
+        ("3", "upgrade"),
     ),
     c(
         "version-huge",
@@ -1360,12 +1360,12 @@ def test_verify_refused_stream(tmp_path: Path) -> None:
     assert result.ok is False and result.problems
 
 
-def test_version_2_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_version_3_refused_before_anything_is_written(tmp_path: Path) -> None:
     sb = make_sandbox(tmp_path, existing_dest=False)
-    sb.archive.write_bytes(arc([FILE(b"f", b"x")], manifest=manifest_bytes(version=2)))
+    sb.archive.write_bytes(arc([FILE(b"f", b"x")], manifest=manifest_bytes(version=3)))
     with pytest.raises(UnsupportedVersionError) as info:
         oxbak.read_manifest(sb.archive)
-    assert_one_line_naming(info.value, ("2", "1", "upgrade"))
+    assert_one_line_naming(info.value, ("3", "2", "upgrade"))
     with pytest.raises(UnsupportedVersionError):
         oxbak.unpack(sb.archive, sb.dest)
     assert sorted(p.name for p in sb.root.iterdir()) == ["canary"]

@@ -1,4 +1,4 @@
-"""Reading archives: golden v1 archives keep reading; info reads only the start."""
+"""Reading archives: golden archives of every version keep reading; info reads little."""
 
 from __future__ import annotations
 
@@ -11,41 +11,84 @@ import pytest
 import zstandard
 
 import oxbak
-from golden import GOLDEN, GOLDEN_MANIFEST, make_tree
+from golden import GOLDEN, GOLDEN_MANIFEST, GOLDEN_V2, GOLDEN_V2_MANIFEST, GOLDENS, make_tree
+from builders import frames_of
 from treeutil import snapshot
 
 
-def test_golden_manifest() -> None:
-    expected = msgspec.json.decode(GOLDEN_MANIFEST.read_bytes(), type=oxbak.Manifest)
-    assert oxbak.read_manifest(GOLDEN) == expected
-    assert expected.version == 1
+@pytest.mark.parametrize(
+    ("golden", "manifest", "version"),
+    [(GOLDEN, GOLDEN_MANIFEST, 1), (GOLDEN_V2, GOLDEN_V2_MANIFEST, 2)],
+)
+def test_golden_manifest(golden: Path, manifest: Path, version: int) -> None:
+    expected = msgspec.json.decode(manifest.read_bytes(), type=oxbak.Manifest)
+    assert oxbak.read_manifest(golden) == expected
+    assert expected.version == version
 
 
-def test_golden_verifies_and_restores(tmp_path: Path) -> None:
-    assert oxbak.verify(GOLDEN).ok
+@pytest.mark.parametrize("golden", GOLDENS)
+@pytest.mark.parametrize("stream", [False, True])
+def test_golden_verifies_and_restores(golden: Path, stream: bool, tmp_path: Path) -> None:
+    def archive() -> object:
+        # A file object without seek() is read front to back, as a pipe is.
+        return _Forward(golden.read_bytes()) if stream else golden
+
+    assert oxbak.verify(archive()).ok  # type: ignore[arg-type]
     make_tree(str(tmp_path / "expected"))
-    oxbak.unpack(GOLDEN, tmp_path / "restored")
+    oxbak.unpack(archive(), tmp_path / "restored")  # type: ignore[arg-type]
     assert snapshot(str(tmp_path / "restored")) == snapshot(str(tmp_path / "expected"))
 
 
-def _tar_after_manifest(data: bytes) -> bytes:
-    tar = (
-        zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
-    )
+class _Forward(io.RawIOBase):
+    """Bytes readable front to back only, like a pipe."""
+
+    def __init__(self, data: bytes) -> None:
+        self._inner = io.BytesIO(data)
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self._inner.readinto(buffer)
+
+
+def _tar(data: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().stream_reader(io.BytesIO(data), read_across_frames=True).read()
+
+
+def _tree_members(tar: bytes) -> bytes:
+    """The tar stream between the manifest member and the TOC member."""
     size = int(tar[124:135], 8)
-    return tar[512 + size + (-size % 512) :]
+    start = 512 + size + (-size % 512)
+    return tar[start : tar.index(b"toc.msgpack\0")]
 
 
 def test_writer_still_writes_the_golden_bytes(tmp_path: Path) -> None:
-    """Everything after the manifest (headers, order, index) is byte-identical to v1."""
+    """The tree members, the frame cuts and the TOC are those of the version-2 golden."""
     make_tree(str(tmp_path / "state"))
     oxbak.pack(tmp_path / "state", tmp_path / "fresh.oxbak", threads=1)
     fresh = (tmp_path / "fresh.oxbak").read_bytes()
-    assert _tar_after_manifest(fresh) == _tar_after_manifest(GOLDEN.read_bytes())
+    golden = GOLDEN_V2.read_bytes()
+    assert _tree_members(_tar(fresh)) == _tree_members(_tar(golden))
+
+    def frames(data: bytes) -> list[int]:
+        return [f.end - f.start for f in frames_of(data)]
+
+    assert len(frames(fresh)) == len(frames(golden))
+
+    def records(path: Path) -> list[tuple[object, ...]]:
+        # ctime and inode belong to the files on the disk that was packed, not the tree.
+        return [
+            (e.path, e.type, e.mode, e.size, e.mtime_ns, e.target, e.digest)
+            for e in oxbak.list_entries(path)
+        ]
+
+    assert records(tmp_path / "fresh.oxbak") == records(GOLDEN_V2)
 
 
-def test_list_entries_of_golden() -> None:
-    entries = list(oxbak.list_entries(GOLDEN))
+@pytest.mark.parametrize("golden", GOLDENS)
+def test_list_entries_of_golden(golden: Path) -> None:
+    entries = list(oxbak.list_entries(golden))
     names = [e.name for e in entries]
     assert names[0] == "." and "memory/facts/caf\\xe9.json" in names
     by_name = {e.name: e for e in entries}

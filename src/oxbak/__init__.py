@@ -6,6 +6,7 @@ The public API::
 
     result = oxbak.pack("state", "state.oxbak")          # -> PackResult
     manifest = oxbak.read_manifest("state.oxbak")         # -> Manifest
+    info = oxbak.read_info("state.oxbak")                 # -> ArchiveInfo (.manifest, .toc)
     report = oxbak.verify("state.oxbak")                  # -> VerifyResult (.ok, .problems)
     for entry in oxbak.list_entries("state.oxbak"): ...   # -> EntryInfo
     oxbak.unpack("state.oxbak", "restored")               # -> UnpackResult
@@ -37,8 +38,9 @@ from .errors import (
 if TYPE_CHECKING:
     from .destinations import recover
     from .manifest import Manifest
-    from .reader import EntryInfo, list_entries, read_manifest
-    from .restore import UnpackResult, VerifyResult, unpack, verify
+    from .reader import read_manifest
+    from .source import ArchiveInfo, read_info
+    from .restore import EntryInfo, UnpackResult, VerifyResult, cat, list_entries, unpack, verify
     from .writer import PackResult, pack
 
 # The rest of the API is imported on first use, so that `oxbak info` does not pay for the
@@ -46,9 +48,12 @@ if TYPE_CHECKING:
 _LAZY = {
     "recover": "destinations",
     "Manifest": "manifest",
-    "EntryInfo": "reader",
-    "list_entries": "reader",
+    "EntryInfo": "restore",
+    "list_entries": "restore",
+    "cat": "restore",
     "read_manifest": "reader",
+    "ArchiveInfo": "source",
+    "read_info": "source",
     "UnpackResult": "restore",
     "VerifyResult": "restore",
     "unpack": "restore",
@@ -71,6 +76,7 @@ def __getattr__(name: str) -> object:
 
 __all__ = [
     "ArchiveError",
+    "ArchiveInfo",
     "CorruptArchiveError",
     "DestinationError",
     "EntryInfo",
@@ -89,8 +95,10 @@ __all__ = [
     "UnsupportedVersionError",
     "VerifyResult",
     "__version__",
+    "cat",
     "list_entries",
     "pack",
+    "read_info",
     "read_manifest",
     "recover",
     "unpack",

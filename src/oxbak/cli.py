@@ -27,6 +27,7 @@ from .errors import OxbakError
 if TYPE_CHECKING:
     from .destinations import Mode
     from .manifest import Manifest
+    from .toc import TocHeader
 
 # Library functions are imported inside each command: `oxbak info` then loads the reader
 # only, which keeps its start-up time small.
@@ -198,7 +199,11 @@ def _parse_labels(
     help="zstd compression level.",
 )
 @click.option(
-    "--threads", type=click.IntRange(0), default=0, help="zstd threads (default 0: one per CPU)."
+    "-j",
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    help="Compression threads (default 0: one per CPU); the bytes do not depend on it.",
 )
 @click.option(
     "--exclude",
@@ -264,6 +269,7 @@ def pack_cmd(
     if to_stdout:
         sys.stdout.buffer.flush()
     m = result.manifest
+    t = result.totals
     if as_json:
         click.echo(
             _json.encode(
@@ -277,6 +283,7 @@ def pack_cmd(
                     "changed": result.changed,
                     "missing": result.missing,
                     "skipped": result.skipped,
+                    "totals": t,
                     "manifest": m,
                 }
             )
@@ -285,9 +292,9 @@ def pack_cmd(
         ratio = f"{result.bytes_in / result.bytes_out:.2f}x" if result.bytes_out else "n/a"
         out_part = f" -> {_size(result.bytes_out)}, ratio {ratio}" if result.bytes_out else ""
         click.echo(
-            f"packed {result.entries:,} entries ({m.totals.files:,} files, "
-            f"{m.totals.directories:,} dirs, {m.totals.symlinks:,} symlinks, "
-            f"{m.totals.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
+            f"packed {result.entries:,} entries ({t.files:,} files, "
+            f"{t.directories:,} dirs, {t.symlinks:,} symlinks, "
+            f"{t.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
             f"{result.seconds:.2f} s -> {result.output}",
             err=True,
         )
@@ -311,6 +318,27 @@ def pack_cmd(
     is_flag=True,
     help="Restore symlinks that point outside DEST, verbatim.",
 )
+@click.option(
+    "--only",
+    "only",
+    multiple=True,
+    metavar="PATH",
+    help="Restore only PATH (a directory: with everything under it); repeatable.",
+)
+@click.option(
+    "--exclude",
+    "excludes",
+    multiple=True,
+    metavar="GLOB",
+    help="Leave out matching entries (repeatable), as `pack --exclude`.",
+)
+@click.option(
+    "-j",
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    help="Decompression threads for a seekable archive (default 0: one per CPU).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def unpack_cmd(
     archive: str,
@@ -319,6 +347,9 @@ def unpack_cmd(
     merge: bool,
     same_owner: bool,
     allow_external_symlinks: bool,
+    only: tuple[str, ...],
+    excludes: tuple[str, ...],
+    threads: int,
     as_json: bool,
 ) -> None:
     """Restore ARCHIVE ('-': stdin) into DEST, verified before anything is committed.
@@ -326,10 +357,15 @@ def unpack_cmd(
     By default DEST must not exist or be empty. Nothing in DEST changes unless the whole
     archive is intact and safe.
 
+    With --only, just those paths are restored (with the directories leading to them),
+    staged, verified and committed the same way; from a file only the parts of the
+    archive that hold them are read.
+
     \b
     Examples:
       oxbak unpack state.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
+      oxbak unpack state.oxbak restored --only memory/facts --exclude '*.tmp'
     """
     from .restore import unpack
 
@@ -345,6 +381,9 @@ def unpack_cmd(
             mode=mode,
             same_owner=same_owner,
             allow_external_symlinks=allow_external_symlinks,
+            only=only,
+            excludes=excludes,
+            threads=threads,
             progress=progress,
         )
     seconds = time.monotonic() - started
@@ -377,23 +416,32 @@ def unpack_cmd(
         )
 
 
-def _render_manifest(m: Manifest) -> str:
-    partial = {
-        False: "no",
-        True: "YES (run `oxbak verify` for the list)",
-        None: "unknown until verified (archive was streamed)",
-    }[m.partial]
+def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
+    totals = toc.totals if toc is not None else m.totals
+    if toc is not None:
+        partial = (
+            f"YES: {toc.changed} file(s) changed and {toc.missing} vanished while packed "
+            f"(`oxbak verify` lists them)"
+            if toc.partial
+            else "no"
+        )
+    elif m.version >= fmt.FIRST_SEEKABLE_VERSION or m.partial is None:
+        partial = "unknown until verified (read as a stream; the counts are the scan's)"
+    else:
+        partial = "no"
+        if m.partial:
+            partial = f"YES (run `oxbak verify` for the list), {m.changed} file(s)"
     lines = [
         f"format:        {m.format} version {m.version}",
         f"created:       {m.created_at}",
         f"oxbak:         {m.oxbak_version}",
         f"source:        {m.source}",
-        f"entries:       {m.totals.entries:,} ({m.totals.files:,} files, "
-        f"{m.totals.directories:,} dirs, "
-        f"{m.totals.symlinks:,} symlinks, {m.totals.hardlinks:,} hardlinks)",
-        f"bytes:         {m.totals.bytes:,}",
+        f"entries:       {totals.entries:,} ({totals.files:,} files, "
+        f"{totals.directories:,} dirs, "
+        f"{totals.symlinks:,} symlinks, {totals.hardlinks:,} hardlinks)",
+        f"bytes:         {totals.bytes:,}",
         f"compression:   {m.compression.algorithm} level {m.compression.level}",
-        f"partial:       {partial}" + (f", {m.changed} file(s)" if m.partial else ""),
+        f"partial:       {partial}",
         f"skipped:       {m.skipped} special file(s)",
     ]
     if m.labels:
@@ -406,18 +454,33 @@ def _render_manifest(m: Manifest) -> str:
 
 @cli.command("info")
 @click.argument("archive", metavar="ARCHIVE|-")
-@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest and status as JSON.")
 def info_cmd(archive: str, as_json: bool) -> None:
-    """Show the manifest of ARCHIVE. Reads only the start of the archive.
+    """Show what ARCHIVE holds. Reads only its first frame and its table of contents' header.
+
+    From a file the status is final (exact totals, partial or not); from a pipe it is what
+    the manifest says, the counts of the scan.
 
     \b
     Example:
       oxbak info state.oxbak --json
     """
-    from .reader import read_manifest
+    from .source import read_info
 
-    manifest = read_manifest(archive)
-    click.echo(_json.encode(manifest).decode() if as_json else _render_manifest(manifest))
+    info = read_info(archive)
+    if as_json:
+        # The manifest's fields, with the final status where the TOC gives it: the same
+        # keys as version 1's manifest, which was rewritten with it at the end of a pack.
+        doc: dict[str, Any] = msgspec.to_builtins(info.manifest)
+        if info.toc is not None:
+            toc = info.toc
+            doc["totals"] = msgspec.to_builtins(toc.totals)
+            doc["partial"] = toc.partial
+            doc["changed"] = toc.changed + toc.missing
+            doc["status"] = {"changed": toc.changed, "missing": toc.missing}
+        click.echo(_json.encode(doc).decode())
+    else:
+        click.echo(_render_manifest(info.manifest, info.toc))
 
 
 def _mode_string(kind: str, mode: int) -> str:
@@ -426,20 +489,54 @@ def _mode_string(kind: str, mode: int) -> str:
     return first + bits
 
 
-@cli.command("list")
-@click.argument("archive", metavar="ARCHIVE|-")
+def _human(n: int) -> str:
+    """Sizes as ``ls -h`` shows them: 1024-based, one decimal below 10."""
+    value = float(n)
+    for unit in ("", "K", "M", "G", "T"):
+        if value < 1024 or unit == "T":
+            if not unit:
+                return str(n)
+            return f"{value:.1f}{unit}" if value < 10 else f"{value:.0f}{unit}"
+        value /= 1024
+    return str(n)
+
+
+def _text(data: bytes) -> str:
+    return os.fsdecode(data) if _utf8(data) else data.decode("utf-8", "backslashreplace")
+
+
+@cli.command("list", context_settings={"help_option_names": ["--help"]})
+@click.argument("archive", metavar="ARCHIVE|-", required=False)
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
-def list_cmd(archive: str, as_json: bool) -> None:
-    """List every entry of ARCHIVE: type, mode, size, mtime, path.
+@click.option(
+    "-h", "--human-readable", "human", is_flag=True, help="Sizes in K, M, G (alone: this help)."
+)
+@click.pass_context
+def list_cmd(
+    ctx: click.Context, archive: str | None, paths: tuple[str, ...], as_json: bool, human: bool
+) -> None:
+    """List the entries of ARCHIVE: type, mode, owner, size, mtime, path.
+
+    From a file only the table of contents is read. PATH limits the listing to those
+    entries (a directory: its subtree).
 
     \b
-    Example:
-      oxbak list state.oxbak | grep memory/facts
+    Examples:
+      oxbak list state.oxbak memory/facts
+      oxbak list state.oxbak --json | jq -r 'select(.size > 1000000) | .path'
     """
-    from .reader import list_entries
+    if archive is None:
+        if human:  # `oxbak list -h` asks for help, as `-h` does for every other command
+            click.echo(ctx.get_help())
+            return
+        raise click.UsageError("Missing argument 'ARCHIVE|-'.", ctx)
+    from .restore import list_entries
 
     out = sys.stdout
-    for e in list_entries(archive):
+    write = out.write
+    gmtime = time.gmtime
+    for e in list_entries(archive, paths):
         if as_json:
             row: dict[str, Any] = {
                 "path": e.name,
@@ -447,22 +544,26 @@ def list_cmd(archive: str, as_json: bool) -> None:
                 "mode": f"{e.mode:04o}",
                 "size": e.size,
                 "mtime_ns": e.mtime_ns,
+                "uid": e.uid,
+                "gid": e.gid,
             }
+            if e.user or e.group:
+                row["user"], row["group"] = e.user, e.group
+            if e.digest:
+                row["digest"] = e.digest.hex()
+            if e.ino:
+                row["ctime_ns"], row["ino"] = e.ctime_ns, e.ino
             if e.type in ("symlink", "hardlink"):
-                row["target"] = (
-                    os.fsdecode(e.target)
-                    if _utf8(e.target)
-                    else e.target.decode("utf-8", "backslashreplace")
-                )
-            out.write(_json.encode(row).decode() + "\n")
+                row["target"] = _text(e.target)
+            write(_json.encode(row).decode() + "\n")
         else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(e.mtime_ns // 1_000_000_000))
-            arrow = (
-                f" -> {e.target.decode('utf-8', 'backslashreplace')}"
-                if e.type in ("symlink", "hardlink")
-                else ""
+            stamp = time.strftime("%Y-%m-%d %H:%M:%S", gmtime(e.mtime_ns // 1_000_000_000))
+            arrow = f" -> {_text(e.target)}" if e.type in ("symlink", "hardlink") else ""
+            owner = f"{e.user or e.uid}/{e.group or e.gid}"
+            size = _human(e.size) if human else str(e.size)
+            write(
+                f"{_mode_string(e.type, e.mode)} {owner:<12} {size:>12} {stamp} {e.name}{arrow}\n"
             )
-            out.write(f"{_mode_string(e.type, e.mode)} {e.size:>12} {stamp} {e.name}{arrow}\n")
 
 
 def _utf8(data: bytes) -> bool:
@@ -473,10 +574,39 @@ def _utf8(data: bytes) -> bool:
     return True
 
 
+@cli.command("cat")
+@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("path")
+def cat_cmd(archive: str, path: str) -> None:
+    """Write the content of the file PATH in ARCHIVE to stdout.
+
+    From a file only the frames holding PATH are read. The content's digest is checked
+    before its last bytes are written; on a mismatch the output stops short and the exit
+    status is 1.
+
+    \b
+    Example:
+      oxbak cat state.oxbak memory/facts/000001.json | jq .
+    """
+    from .restore import cat
+
+    if sys.stdout.isatty():
+        pass  # a file's bytes on a terminal are the user's choice, as with `cat`
+    cat(archive, path, sys.stdout.buffer)
+    sys.stdout.buffer.flush()
+
+
 @cli.command("verify")
 @click.argument("archive", metavar="ARCHIVE|-")
+@click.option(
+    "-j",
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    help="Decompression threads for a seekable archive (default 0: one per CPU).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(archive: str, as_json: bool) -> None:
+def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
     """Check ARCHIVE completely without writing anything. Exit 0 if intact, 1 if not.
 
     \b
@@ -487,7 +617,7 @@ def verify_cmd(archive: str, as_json: bool) -> None:
 
     _show_library_warnings()
     with _progress("verifying", True) as progress:
-        report = verify(archive, progress=progress)
+        report = verify(archive, progress=progress, threads=threads)
     if as_json:
         click.echo(
             _json.encode(

@@ -13,11 +13,15 @@ window larger than :data:`~oxbak.format.MAX_WINDOW_SIZE` before allocating it.
 
 from __future__ import annotations
 
+import bisect
+import collections
 import contextlib
-import os
 import queue
+import struct
 import threading
-from collections.abc import Iterator
+from array import array
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Protocol
 
 import zstandard
@@ -25,13 +29,22 @@ import zstandard
 from . import format as fmt
 from .errors import CorruptArchiveError, InputError, LimitExceededError, OutputError
 
-__all__ = ["FrameWalker", "Output", "ZstdReader", "ZstdWriter"]
+__all__ = [
+    "FrameReader",
+    "FrameWalker",
+    "FrameWriter",
+    "Output",
+    "SeekTable",
+    "ZstdReader",
+    "encode_seek_table",
+]
 
 _ZSTD_MAGIC = 0xFD2FB528
 _SKIPPABLE_MASK = 0xFFFFFFF0
 _READ_SIZE = 128 * 1024
 _AHEAD_PIECE = 1 << 20
-_JOB_SIZE = 4 << 20
+_TRAILER_MAGICS = (fmt.FOOTER_MAGIC, fmt.SEEK_TABLE_MAGIC)
+_TRAILER_LIMIT = 64 << 20  # a seek table of ~8M frames; larger ones are not kept
 _AHEAD_DEPTH = 4
 
 
@@ -40,7 +53,7 @@ class _Readable(Protocol):
 
 
 class Output(Protocol):
-    """What :class:`ZstdWriter` writes to: a binary file object (seekable if rewritten)."""
+    """What :class:`FrameWriter` writes to: a binary file object, written front to back."""
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int | None:
         """Write *data*; return how many bytes were taken."""
@@ -48,18 +61,16 @@ class Output(Protocol):
     def flush(self) -> None:
         """Push buffered bytes to the operating system."""
 
-    def seek(self, offset: int, whence: int = 0, /) -> int:
-        """Move the position (only used to rewrite frame 1 of a seekable output)."""
 
-
-def skippable_frame(total: int) -> bytes:
-    """A skippable frame of *total* bytes (header included), its content all zeros."""
-    if total < 8:
-        raise ValueError("a skippable frame needs at least 8 bytes")
+def skippable_frame(total: int, *, magic: int = fmt.SKIPPABLE_MAGIC, content: bytes = b"") -> bytes:
+    """A skippable frame of *total* bytes (header included): *content*, then zeros."""
+    if total < 8 + len(content):
+        raise ValueError("a skippable frame needs 8 bytes more than its content")
     return (
-        fmt.SKIPPABLE_MAGIC.to_bytes(4, "little")
+        magic.to_bytes(4, "little")
         + (total - 8).to_bytes(4, "little")
-        + bytes(total - 8)
+        + content
+        + bytes(total - 8 - len(content))
     )
 
 
@@ -87,76 +98,111 @@ class _WriteAll:
         self._out.flush()
 
 
-class ZstdWriter:
-    """Writes the frames of an archive to a binary file object it does not own.
+class FrameWriter:
+    """Writes the tar stream as independent zstd frames, then the footer and the seek table.
 
-    ``write_first`` puts member 1 in a frame of its own, followed by the manifest reserve;
-    ``write`` feeds the multithreaded main frame; ``finish`` ends it. ``rewrite_first``
-    replaces frame 1 and resizes the reserve so no later byte moves (seekable outputs only).
+    The caller decides where frames end (:meth:`cut`); this class compresses each frame
+    on its own, in a pool of *threads* threads when there is more than one (libzstd runs
+    without the GIL), and writes the frames in order. Every frame is compressed alone with
+    the same parameters, so the bytes do not depend on *threads*.
     """
 
     def __init__(self, out: Output, *, level: int, threads: int) -> None:
-        self._out = out
-        self._level = level
-        self._one_shot = zstandard.ZstdCompressor(level=level, write_checksum=True)
-        # threads >= 1 always: zstd's multithreaded output does not depend on the number of
-        # workers, so --threads never changes the archive's bytes.
-        # 4 MiB jobs (zstd's default at level 3 is larger): measured here, peak memory of a
-        # 60k-file pack is ~56 MB against ~78 MB at the default; 1 MiB jobs saved another
-        # 16 MB but cost ~25% of the throughput on large files (benchmarks/NOTES.md).
-        params = zstandard.ZstdCompressionParameters.from_level(
-            level,
-            threads=max(threads, 1),
-            job_size=_JOB_SIZE,
-            write_checksum=True,
-            write_content_size=False,
-        )
-        compressor = zstandard.ZstdCompressor(compression_params=params)
         self._sink = _WriteAll(out)
-        self._stream = compressor.stream_writer(
-            self._sink,  # type: ignore[arg-type]  # any object with write() is accepted
-            closefd=False,
-            write_size=1 << 20,
-        )
-        self._first_len = 0
+        self._level = level
+        self._buf = bytearray()
+        self._offset = 0  # decompressed bytes in the frames already cut
+        self._sizes: list[tuple[int, int]] = []  # (compressed, decompressed) per frame
+        self._pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
+        self._local = threading.local()
+        self._pool = ThreadPoolExecutor(threads, "oxbak-zstd") if threads > 1 else None
+        self._depth = 2 * threads
         self.bytes_out = 0
 
-    def write_first(self, data: bytes) -> None:
-        """Write frame 1 (member 1's tar bytes) and the reserve after it."""
-        frame = self._one_shot.compress(data)
-        self._first_len = len(frame) + fmt.MANIFEST_RESERVE
-        with _writing():
-            self._sink.write(frame + skippable_frame(fmt.MANIFEST_RESERVE))
+    @property
+    def position(self) -> int:
+        """Offset in the tar stream of the next byte written."""
+        return self._offset + len(self._buf)
 
-    def rewrite_first(self, data: bytes) -> bool:
-        """Replace frame 1 in place with *data* compressed; False if it does not fit."""
-        frame = self._one_shot.compress(data)
-        room = self._first_len - len(frame)
-        if room < 8:
-            return False
-        with _writing():
-            self._out.seek(0)
-            self._sink.write(frame + skippable_frame(room))
-            self._out.seek(0, os.SEEK_END)
-        return True
+    @property
+    def frame_bytes(self) -> int:
+        """Decompressed bytes in the frame being filled."""
+        return len(self._buf)
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Compress *data* into the main frame."""
+        """Append *data* to the current frame."""
+        self._buf += data
+
+    def cut(self) -> None:
+        """End the current frame here (nothing happens if it is empty)."""
+        if not self._buf:
+            return
+        data = bytes(self._buf)
+        self._buf = bytearray()
+        self._offset += len(data)
+        if self._pool is None:
+            self._emit(self._compress(data), len(data))
+            return
+        self._pending.append((self._pool.submit(self._compress, data), len(data)))
+        while len(self._pending) > self._depth:
+            self._drain_one()
+
+    def _compress(self, data: bytes) -> bytes:
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(
+                level=self._level, write_checksum=True, write_content_size=True
+            )
+            self._local.compressor = compressor
         try:
-            with _writing():
-                self._stream.write(data)
+            return compressor.compress(data)
         except zstandard.ZstdError as exc:
             raise OutputError(f"zstd compression failed: {exc}") from exc
 
-    def finish(self) -> None:
-        """End the main frame and flush everything to the output."""
-        try:
-            with _writing():
-                # close() ends the frame; flush(FLUSH_FRAME) first would start another.
-                self._stream.close()  # type: ignore[no-untyped-call]  # untyped in the stub
-        except zstandard.ZstdError as exc:
-            raise OutputError(f"zstd compression failed: {exc}") from exc
-        self.bytes_out = self._first_len + self._stream.tell()
+    def _drain_one(self) -> None:
+        future, size = self._pending.popleft()
+        self._emit(future.result(), size)
+
+    def _emit(self, frame: bytes, size: int) -> None:
+        with _writing():
+            self._sink.write(frame)
+        self._sizes.append((len(frame), size))
+        self.bytes_out += len(frame)
+
+    def finish(self, footer: bytes) -> None:
+        """End the last frame; write *footer* in a skippable frame, then the seek table."""
+        self.cut()
+        while self._pending:
+            self._drain_one()
+        self.close()
+        footer_frame = skippable_frame(8 + len(footer), magic=fmt.FOOTER_MAGIC, content=footer)
+        self._emit(footer_frame, 0)
+        table = encode_seek_table(self._sizes)
+        with _writing():
+            self._sink.write(table)
+            self._sink.flush()
+        self.bytes_out += len(table)
+
+    def close(self, *, wait: bool = True) -> None:
+        """Stop the compression threads; pending frames are dropped.
+
+        Without *wait*, a frame being compressed is left to finish in the background: at
+        a high level that takes seconds, and an interrupted pack must stop at once.
+        """
+        if self._pool is not None:
+            self._pool.shutdown(wait=wait, cancel_futures=True)
+            self._pool = None
+
+
+def encode_seek_table(sizes: Sequence[tuple[int, int]]) -> bytes:
+    """The seek table frame of the zstd seekable format for frames of *sizes*.
+
+    One entry (compressed size, decompressed size) per frame, no checksums, then the
+    footer: the number of frames, the descriptor byte (0) and the seekable magic.
+    """
+    body = b"".join(struct.pack("<II", c, d) for c, d in sizes)
+    body += struct.pack("<IBI", len(sizes), 0, fmt.SEEKABLE_MAGIC)
+    return struct.pack("<II", fmt.SEEK_TABLE_MAGIC, len(body)) + body
 
 
 @contextlib.contextmanager
@@ -187,6 +233,16 @@ class FrameWalker:
         self._fhd = 0
         self._after = "block"
         self._eof = False
+        #: The content size the last zstd frame header declared, if it declared one.
+        self.content_size: int | None = None
+        #: Per frame: its size, and the content size it declared (-1: none, or skippable).
+        self.frame_sizes: list[tuple[int, int]] = []
+        #: The last two skippable frames with the footer's or the seek table's magic:
+        #: (frame number from 0, magic, content).
+        self.trailer: list[tuple[int, int, bytes]] = []
+        self._frame_len = 0
+        self._magic = 0
+        self._capture: bytearray | None = None
 
     def read(self, size: int = -1) -> bytes:
         """Read raw bytes from the underlying file, walking their frame structure."""
@@ -218,14 +274,18 @@ class FrameWalker:
         while pos < end:
             if self._state == "skip":
                 step = min(self._want, end - pos)
+                if self._capture is not None:
+                    self._capture += data[pos : pos + step]
                 self._want -= step
                 pos += step
+                self._frame_len += step
                 if self._want == 0:
                     self._after_skip()
                 continue
             need = self._want - len(self._buf)
             chunk = data[pos : pos + need]
             pos += len(chunk)
+            self._frame_len += len(chunk)
             self._buf += chunk
             if len(self._buf) == self._want:
                 field, self._buf = self._buf, b""
@@ -249,12 +309,22 @@ class FrameWalker:
 
     def _end_frame(self) -> None:
         self.frames += 1
+        skippable = self._magic != _ZSTD_MAGIC
+        declared = -1 if skippable or self.content_size is None else self.content_size
+        self.frame_sizes.append((self._frame_len, declared))
+        self._frame_len = 0
+        if self._capture is not None:
+            frame = (self.frames - 1, self._magic, bytes(self._capture))
+            self.trailer = [*self.trailer[-1:], frame]
+            self._capture = None
         self._state, self._want = "magic", 4
 
     def _on_field(self, field: bytes) -> None:
         state = self._state
         if state == "magic":
             magic = int.from_bytes(field, "little")
+            self._magic = magic
+            self.content_size = None
             if magic == _ZSTD_MAGIC:
                 self._state, self._want = "fhd", 1
             elif magic & _SKIPPABLE_MASK == fmt.SKIPPABLE_MAGIC:
@@ -266,7 +336,10 @@ class FrameWalker:
                     f"unexpected bytes after zstd frame {self.frames} (trailing garbage)"
                 )
         elif state == "skippable":
-            self._skip(int.from_bytes(field, "little"), "frame_end")
+            length = int.from_bytes(field, "little")
+            if self._magic in _TRAILER_MAGICS and length <= _TRAILER_LIMIT:
+                self._capture = bytearray()
+            self._skip(length, "frame_end")
         elif state == "fhd":
             fhd = field[0]
             fcs_flag, single = fhd >> 6, (fhd >> 5) & 1
@@ -300,10 +373,14 @@ class FrameWalker:
     def _check_window(self, header: bytes) -> None:
         fhd = self._fhd
         single = (fhd >> 5) & 1
-        if single:
-            fcs_len = (1, 2, 4, 8)[fhd >> 6]
+        fcs_len = (1 if single else 0, 2, 4, 8)[fhd >> 6]
+        fcs: int | None = None
+        if fcs_len:
             fcs = int.from_bytes(header[len(header) - fcs_len :], "little")
-            window = fcs + (256 if fcs_len == 2 else 0)
+            fcs += 256 if fcs_len == 2 else 0
+        self.content_size = fcs
+        if single:
+            window = fcs or 0
         else:
             desc = header[0]
             log = 10 + (desc >> 3)
@@ -405,9 +482,278 @@ class ZstdReader:
             self._thread.join()
             self._thread = None
 
+    @property
+    def bytes_in(self) -> int:
+        """Compressed bytes read so far."""
+        return self.walker.bytes_in
+
     def check_end(self) -> None:
         """After the last byte was read: the stream must end on a complete frame."""
         rest = self.read(1)
         if rest:
             raise CorruptArchiveError("data follows the end of the tar archive")
         self.walker.check_end()
+
+
+class RandomAccess(Protocol):
+    """An archive that can be read at any offset (see :mod:`oxbak.locations`)."""
+
+    size: int
+
+    def pread(self, size: int, offset: int, /) -> bytes:
+        """Up to *size* bytes at *offset* (fewer only at the end of the file)."""
+
+
+class SeekTable:
+    """Where each frame of a seekable archive starts, compressed and decompressed.
+
+    Built from the zstd seekable format's seek table at the end of the file, and checked
+    before anything is allocated from it: the table must fit in the file, the frames it
+    lists must add up to exactly the bytes before it, and no frame may claim to hold more
+    than :data:`~oxbak.format.MAX_FRAME_BYTES`.
+    """
+
+    def __init__(self, sizes: Sequence[tuple[int, int]]) -> None:
+        self.c_starts = array("q")
+        self.d_starts = array("q")
+        self.c_sizes = array("q")
+        self.d_sizes = array("q")
+        c = d = 0
+        for csize, dsize in sizes:
+            self.c_starts.append(c)
+            self.d_starts.append(d)
+            self.c_sizes.append(csize)
+            self.d_sizes.append(dsize)
+            c += csize
+            d += dsize
+        #: Compressed bytes covered by the frames (the seek table frame excluded).
+        self.c_total = c
+        #: Decompressed bytes of all frames: the length of the tar stream.
+        self.d_total = d
+
+    def __len__(self) -> int:
+        return len(self.c_sizes)
+
+    @classmethod
+    def read(cls, source: RandomAccess) -> SeekTable | None:
+        """The table of *source*, or None if it does not end with a seekable-format footer.
+
+        :raises CorruptArchiveError: a table that is present but does not describe the file.
+        """
+        size = source.size
+        if size < 17:
+            return None
+        tail = source.pread(9, size - 9)
+        count, descriptor, magic = struct.unpack("<IBI", tail)
+        if magic != fmt.SEEKABLE_MAGIC:
+            return None
+        if descriptor & 0x7C:
+            raise CorruptArchiveError("seek table descriptor has reserved bits set")
+        entry = 12 if descriptor & 0x80 else 8
+        table_size = 8 + count * entry + 9
+        if count > fmt.MAX_FRAMES or table_size > size:
+            raise CorruptArchiveError(
+                f"seek table declares {count} frames, more than the file can hold"
+            )
+        raw = source.pread(table_size, size - table_size)
+        magic, length = struct.unpack_from("<II", raw)
+        if magic != fmt.SEEK_TABLE_MAGIC or length != table_size - 8:
+            raise CorruptArchiveError("seek table frame header is malformed")
+        sizes = parse_seek_table(raw[8:])
+        table = cls(sizes)
+        if table.c_total != size - table_size:
+            raise CorruptArchiveError(
+                f"seek table frames add up to {table.c_total} bytes, the file holds "
+                f"{size - table_size} before the table"
+            )
+        return table
+
+    def frame_at(self, offset: int) -> int:
+        """The frame holding the byte at *offset* of the tar stream."""
+        if not 0 <= offset < self.d_total:
+            raise CorruptArchiveError(
+                f"offset {offset} lies outside the tar stream ({self.d_total} bytes)"
+            )
+        return bisect.bisect_right(self.d_starts, offset) - 1
+
+
+def parse_seek_table(body: bytes) -> list[tuple[int, int]]:
+    """The (compressed, decompressed) sizes a seek table frame's content lists, checked.
+
+    :raises CorruptArchiveError: a malformed table, or an entry no frame can have.
+    """
+    if len(body) < 9:
+        raise CorruptArchiveError("seek table is truncated")
+    count, descriptor, magic = struct.unpack("<IBI", body[-9:])
+    if magic != fmt.SEEKABLE_MAGIC:
+        raise CorruptArchiveError("seek table does not end with the seekable format's magic")
+    if descriptor & 0x7C:
+        raise CorruptArchiveError("seek table descriptor has reserved bits set")
+    entry = 12 if descriptor & 0x80 else 8
+    if count > fmt.MAX_FRAMES or len(body) != count * entry + 9:
+        raise CorruptArchiveError(f"seek table of {len(body)} bytes cannot list {count} frames")
+    fields = struct.iter_unpack("<II" if entry == 8 else "<III", body[: count * entry])
+    sizes = [(item[0], item[1]) for item in fields]
+    for n, (csize, dsize) in enumerate(sizes):
+        if csize < 8 or dsize > fmt.MAX_FRAME_BYTES:
+            raise CorruptArchiveError(
+                f"seek table entry {n}: frame of {csize} bytes holding {dsize} is not valid"
+            )
+    return sizes
+
+
+class FrameReader:
+    """Decompresses single frames of a seekable archive, checked one by one.
+
+    Each frame must be exactly one complete zstd frame (or, where the table says it holds
+    no data, one skippable frame) whose content is as long as the table says; its window
+    and declared content size are checked before libzstd allocates anything, and libzstd
+    checks its content checksum.
+    """
+
+    def __init__(self, source: RandomAccess, table: SeekTable, *, threads: int = 1) -> None:
+        self.source = source
+        self.table = table
+        self.threads = max(threads, 1)
+        self._local = threading.local()
+        self._pool: ThreadPoolExecutor | None = None
+        self._lock = threading.Lock()
+        self.bytes_in = 0
+
+    def frame(self, index: int) -> bytes:
+        """The decompressed content of frame *index*."""
+        table = self.table
+        csize, dsize = table.c_sizes[index], table.d_sizes[index]
+        try:
+            data = self.source.pread(csize, table.c_starts[index])
+        except OSError as exc:
+            raise InputError(f"cannot read the archive: {exc.strerror or exc}") from exc
+        with self._lock:
+            self.bytes_in += len(data)
+        if len(data) != csize:
+            raise CorruptArchiveError(f"archive is truncated inside zstd frame {index + 1}")
+        magic = int.from_bytes(data[:4], "little")
+        if dsize == 0 and magic & _SKIPPABLE_MASK == fmt.SKIPPABLE_MAGIC:
+            if int.from_bytes(data[4:8], "little") != csize - 8:
+                raise CorruptArchiveError(f"skippable frame {index + 1} is malformed")
+            return b""
+        walker = FrameWalker(_Bytes(data))
+        walker.check_end()
+        if walker.frames != 1 or magic != _ZSTD_MAGIC:
+            raise CorruptArchiveError(
+                f"zstd frame {index + 1}: the seek table does not match the frames found"
+            )
+        if walker.content_size is not None and walker.content_size != dsize:
+            raise CorruptArchiveError(
+                f"zstd frame {index + 1} declares {walker.content_size} bytes, "
+                f"the seek table {dsize}"
+            )
+        decompressor = getattr(self._local, "decompressor", None)
+        if decompressor is None:
+            decompressor = zstandard.ZstdDecompressor(max_window_size=fmt.MAX_WINDOW_SIZE)
+            self._local.decompressor = decompressor
+        try:
+            out: bytes = decompressor.decompress(data, max_output_size=dsize)
+        except zstandard.ZstdError as exc:
+            raise CorruptArchiveError(f"zstd frame {index + 1} is corrupt: {exc}") from exc
+        if len(out) != dsize:
+            raise CorruptArchiveError(
+                f"zstd frame {index + 1} holds {len(out)} bytes, the seek table says {dsize}"
+            )
+        return out
+
+    def stream(self, offset: int, *, ahead: bool = False) -> FrameStream:
+        """The tar stream from *offset* on, decompressed frame by frame as it is read.
+
+        With *ahead*, the next frames are decompressed in the background by the reader's
+        threads (at most twice as many frames as threads wait).
+        """
+        return FrameStream(self, offset, ahead=ahead)
+
+    def submit(self, index: int) -> Future[bytes]:
+        """Decompress frame *index* in a background thread."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.threads, "oxbak-unzstd")
+        return self._pool.submit(self.frame, index)
+
+    def close(self) -> None:
+        """Stop the background threads."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
+
+
+class _Bytes:
+    """*data* as a readable stream, for :class:`FrameWalker`."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+        self._done = False
+
+    def read(self, size: int = -1, /) -> bytes:
+        if self._done:
+            return b""
+        self._done = True
+        return self._data
+
+
+class FrameStream:
+    """Decompressed bytes of a seekable archive from some offset on, read forward.
+
+    It offers what :class:`ZstdReader` offers, so the tar parser runs over either.
+    """
+
+    def __init__(self, frames: FrameReader, offset: int, *, ahead: bool) -> None:
+        self._frames = frames
+        table = frames.table
+        self._next = table.frame_at(offset) if offset < table.d_total else len(table)
+        self._skip = offset - table.d_starts[self._next] if self._next < len(table) else 0
+        self._data = memoryview(b"")
+        self._ahead: collections.deque[Future[bytes]] = collections.deque()
+        self._ahead_next = self._next
+        self._parallel = ahead and frames.threads > 1
+
+    @property
+    def bytes_in(self) -> int:
+        """Compressed bytes read so far by the archive's frame reader."""
+        return self._frames.bytes_in
+
+    def _load(self) -> bool:
+        table = self._frames.table
+        while not self._data:
+            if self._next >= len(table):
+                return False
+            if self._parallel:
+                limit = min(len(table), self._next + 2 * self._frames.threads)
+                while self._ahead_next < limit:
+                    self._ahead.append(self._frames.submit(self._ahead_next))
+                    self._ahead_next += 1
+                data = self._ahead.popleft().result()
+            else:
+                data = self._frames.frame(self._next)
+            self._next += 1
+            self._data = memoryview(data)[self._skip :]
+            self._skip = 0
+        return True
+
+    def read(self, size: int) -> bytes:
+        """Up to *size* decompressed bytes; ``b""`` after the last frame."""
+        if not self._data and not self._load():
+            return b""
+        piece = self._data[:size]
+        self._data = self._data[len(piece) :]
+        return bytes(piece)
+
+    def read_ahead(self) -> None:
+        """Nothing to start: frames are decompressed ahead as they are reached."""
+
+    def check_end(self) -> None:
+        """After the last byte was read: nothing may be left, in any frame."""
+        if self.read(1):
+            raise CorruptArchiveError("data follows the end of the tar archive")
+
+    def close(self) -> None:
+        """Drop frames decompressed ahead (the frame reader's threads are its own)."""
+        for future in self._ahead:
+            future.cancel()
+        self._ahead.clear()

@@ -1,4 +1,4 @@
-"""Constants of the ``.oxbak`` container, version 1.
+"""Constants of the ``.oxbak`` container, version 2 (readers also read version 1).
 
 ``docs/FORMAT.md`` is the normative description; every number here appears there and a
 test keeps the two in step.
@@ -12,7 +12,9 @@ from typing import Final, Literal
 EntryType = Literal["file", "dir", "symlink", "hardlink"]
 
 FORMAT_NAME: Final = "oxbak"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+#: Version 1 archives: one frame for the whole tree, the index in ``index.jsonl``.
+FIRST_SEEKABLE_VERSION: Final = 2
 INDEX_FORMAT_NAME: Final = "oxbak-index"
 INDEX_VERSION: Final = 1
 DIGEST_NAME: Final = "blake3-256"
@@ -21,15 +23,31 @@ DIGEST_SIZE: Final = 32
 MANIFEST_NAME: Final = "manifest.json"
 TREE_PREFIX: Final = "tree"
 INDEX_NAME: Final = "index.jsonl"
+TOC_NAME: Final = "toc.msgpack"
+TOC_FORMAT_NAME: Final = "oxbak-toc"
+TOC_VERSION: Final = 1
+FOOTER_FORMAT_NAME: Final = "oxbak-footer"
 PAX_HEADER_NAME: Final = b"././@PaxHeader"
 
 BLOCK_SIZE: Final = 512
 RECORD_SIZE: Final = 10240
 SKIPPABLE_MAGIC: Final = 0x184D2A50
-#: Spare bytes kept after the first frame so the manifest can be rewritten in place.
+#: The skippable frame that locates the table of contents (version 2).
+FOOTER_MAGIC: Final = 0x184D2A5B
+#: The zstd seekable format: the seek table's skippable frame and its footer's magic.
+SEEK_TABLE_MAGIC: Final = 0x184D2A5E
+SEEKABLE_MAGIC: Final = 0x8F92EAB1
+#: Version 1 only: spare bytes after frame 1, and spaces after the manifest JSON.
 MANIFEST_RESERVE: Final = 1024
-#: Spaces appended to the manifest JSON so a rewrite with larger numbers still fits.
 MANIFEST_SLACK: Final = 512
+
+#: A frame ends before the next member header once it holds at least this many bytes.
+FRAME_TARGET: Final = 1024 * 1024
+#: A member's data is also cut at every multiple of this many bytes from its start.
+FRAME_SPLIT: Final = 4 * 1024 * 1024
+#: TOC records per block (a block is also closed once its paths and targets pass 1 MiB).
+TOC_BLOCK_ENTRIES: Final = 4096
+TOC_BLOCK_NAME_BYTES: Final = 1024 * 1024
 
 DEFAULT_LEVEL: Final = 3
 MIN_LEVEL: Final = 1
@@ -39,6 +57,11 @@ MAX_WINDOW_SIZE: Final = 32 * 1024 * 1024
 MAX_MANIFEST_BYTES: Final = 16 * 1024 * 1024
 MAX_PAX_BYTES: Final = 64 * 1024
 MAX_INDEX_LINE_BYTES: Final = 64 * 1024
+MAX_FRAME_BYTES: Final = 32 * 1024 * 1024
+MAX_FRAMES: Final = 1 << 27
+MAX_FOOTER_BYTES: Final = 64 * 1024
+MAX_TOC_HEADER_BYTES: Final = 16 * 1024 * 1024
+MAX_TOC_BLOCK_BYTES: Final = 16 * 1024 * 1024
 MAX_PATH_BYTES: Final = 4096
 MAX_NAME_BYTES: Final = 255
 

@@ -1,24 +1,26 @@
-"""Archive → manifest, members and index: the *source* side of unpack, verify, info, list.
+"""The tar stream of an archive, parsed strictly: manifest, members, then the index or TOC.
 
-:class:`ArchiveReader` parses the tar stream itself, strictly, over
-:class:`~oxbak.compress.ZstdReader`: every header checksum is verified, a bad header is an
-error (never a silent end of archive), pax headers are bounded, and nothing but zero
-padding may follow the end-of-archive marker. Memory stays bounded: member data is handed
-out in pieces of at most 1 MiB straight from the decompression buffer.
+:class:`ArchiveReader` parses the tar stream itself, strictly, over decompressed bytes
+(a :class:`~oxbak.compress.ZstdReader` for a stream, a
+:class:`~oxbak.compress.FrameStream` for frames of a seekable file): every header checksum
+is verified, a bad header is an error (never a silent end of archive), pax headers are
+bounded, and nothing but zero padding may follow the end-of-archive marker. Memory stays
+bounded: member data is handed out in pieces of at most 1 MiB straight from the
+decompression buffer.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-import sys
+import struct
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from . import format as fmt
 from .compress import ZstdReader
-from .errors import CorruptArchiveError, LimitExceededError, ManifestError, OxbakError
+from .errors import CorruptArchiveError, LimitExceededError, ManifestError
+from .locations import open_input
 from .manifest import (
     Index,
     IndexRecord,
@@ -27,7 +29,7 @@ from .manifest import (
     decode_index_record,
     decode_manifest,
 )
-from .paths import display, parse_member_name, shown
+from .paths import shown
 from .tarfmt import (
     PAX,
     REGULAR,
@@ -39,47 +41,57 @@ from .tarfmt import (
     padding,
     parse_header,
 )
+from .toc import Record, TocHeader, decode_block, decode_header
 
-__all__ = ["ArchiveReader", "EntryInfo", "list_entries", "open_archive", "read_manifest"]
+__all__ = ["ArchiveReader", "Final", "read_manifest"]
 
 _BLOCK = fmt.BLOCK_SIZE
 _READ = 1 << 20
 _MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
 _INDEX_MEMBER = fmt.INDEX_NAME.encode()
+_TOC_MEMBER = fmt.TOC_NAME.encode()
 
 Archive = str | os.PathLike[str] | BinaryIO
+#: The summary at the end of an archive: the TOC header, or a version-1 index header.
+Final = TocHeader | Index
 
 
-@contextlib.contextmanager
-def open_archive(archive: Archive) -> Iterator[ArchiveReader]:
-    """Open *archive* (a path, ``"-"`` for standard input, or a binary file object)."""
-    if isinstance(archive, (str, os.PathLike)):
-        path = os.fspath(archive)
-        if path == "-":
-            with contextlib.closing(ArchiveReader(sys.stdin.buffer, name="<stdin>")) as reader:
-                yield reader
-            return
-        try:
-            fh = open(path, "rb")  # noqa: SIM115 - closed below
-        except OSError as exc:
-            raise OxbakError(f"cannot open archive {path!r}: {exc.strerror}") from exc
-        with fh, contextlib.closing(ArchiveReader(fh, name=path)) as reader:
-            yield reader
-    else:
-        name = getattr(archive, "name", "<stream>")
-        with contextlib.closing(ArchiveReader(archive, name=name)) as reader:
-            yield reader
+class Decompressed(Protocol):
+    """Decompressed bytes, read forward.
+
+    A :class:`~oxbak.compress.ZstdReader` or a :class:`~oxbak.compress.FrameStream`.
+    """
+
+    @property
+    def bytes_in(self) -> int:
+        """Compressed bytes read so far."""
+
+    def read(self, size: int) -> bytes:
+        """Up to *size* bytes; ``b""`` at the end."""
+
+    def read_ahead(self) -> None:
+        """Decompress ahead of the reader from now on, where supported."""
+
+    def check_end(self) -> None:
+        """Raise unless the input ended exactly after its last frame."""
+
+    def close(self) -> None:
+        """Stop background work."""
 
 
 class ArchiveReader:
-    """Reads one archive front to back: ``read_manifest``, ``members``, ``index``, ``finish``."""
+    """Reads a tar stream forward: ``read_manifest``, ``members``, ``records``, ``finish``.
 
-    def __init__(self, raw: BinaryIO, *, name: str = "<stream>") -> None:
+    *stream* is the decompressed archive from its start, or from a member's first header
+    block with *offset* saying where that is in the tar stream.
+    """
+
+    def __init__(self, stream: Decompressed, *, name: str = "<stream>", offset: int = 0) -> None:
         self.name = name
-        self._z = ZstdReader(raw)
+        self._z = stream
         self._buf = b""
         self._pos = 0
-        self._offset = 0  # decompressed bytes consumed before _buf
+        self._offset = offset  # tar stream offset of _buf[0]
         self._pending = 0  # unread data + padding of the current member
         self._chunk = 16 * 1024
         self._index_header: Header | None = None
@@ -125,15 +137,36 @@ class ArchiveReader:
         self._z.check_end()  # raises if the archive is empty or its last frame is cut
         return CorruptArchiveError(message)
 
+    def read_exact(self, n: int) -> bytes:
+        """The next *n* bytes of the tar stream (for the TOC's blocks)."""
+        return self._take(n)
+
     # -- members ----------------------------------------------------------------------
-    def _next_header(self) -> Header | None:
-        """The next member's header (pax applied), or None at the end-of-archive marker."""
+    @property
+    def data_offset(self) -> int:
+        """Offset in the tar stream of the next byte to read.
+
+        Right after :meth:`next_header`, that is where the member's data starts.
+        """
+        return self._offset + self._pos
+
+    @property
+    def position(self) -> int:
+        """Offset in the tar stream of the next unread byte (unread data included)."""
+        return self._offset + self._pos + self._pending
+
+    def next_header(self) -> Header | None:
+        """The next member's header (pax applied), or None at the end-of-archive marker.
+
+        Its ``offset`` is where its first header block starts in the tar stream.
+        """
         pending = self._pending
         self._pending = 0
         if len(self._buf) - self._pos >= pending:
             self._pos += pending
         else:
             self._skip(pending)
+        start = self._offset + self._pos
         pax: dict[bytes, bytes] | None = None
         while True:
             if len(self._buf) - self._pos < _BLOCK and not self._fill(_BLOCK):
@@ -154,6 +187,7 @@ class ArchiveReader:
                 header = parse_header(block, pax)
                 if header.typeflag != PAX:
                     self._pending = header.size + -header.size % _BLOCK  # data + padding
+                    header.offset = start
                     return header
                 size, owner = header.size, header.name
                 check_pax_size(size, owner)
@@ -191,7 +225,7 @@ class ArchiveReader:
         :raises ManifestError: no manifest first, or a malformed one.
         :raises UnsupportedVersionError: the archive is from a newer format version.
         """
-        header = self._next_header()
+        header = self.next_header()
         if header is None:
             raise ManifestError("archive has no manifest.json (it holds no members)")
         if header.name == _MANIFEST_MEMBER and header.typeflag != REGULAR:
@@ -211,19 +245,23 @@ class ArchiveReader:
         return self.manifest
 
     def members(self) -> Iterator[Header]:
-        """Tree members in archive order, up to (not including) the index.
+        """Tree members in archive order, up to (not including) the index or TOC.
 
         Data not read with :meth:`data` is skipped. Names are *not* validated here: that
         is the unpack loop's job, with the rest of its rules.
         """
+        assert self.manifest is not None, "read_manifest() comes first"
+        last = _TOC_MEMBER if self.manifest.version >= fmt.FIRST_SEEKABLE_VERSION else _INDEX_MEMBER
         self._z.read_ahead()
         while True:
-            header = self._next_header()
+            header = self.next_header()
             if header is None:
-                raise CorruptArchiveError("archive has no index.jsonl (it ends after the tree)")
-            if header.name == _INDEX_MEMBER:
+                raise CorruptArchiveError(
+                    f"archive has no {last.decode()} (it ends after the tree)"
+                )
+            if header.name == last:
                 if header.typeflag != REGULAR:
-                    raise CorruptArchiveError("index.jsonl is not a regular file member")
+                    raise CorruptArchiveError(f"{last.decode()} is not a regular file member")
                 self._index_header = header
                 return
             if header.name == _MANIFEST_MEMBER:
@@ -252,18 +290,62 @@ class ArchiveReader:
             self._pending -= step
             yield view
 
-    def index(self) -> tuple[Index, Iterator[IndexRecord]]:
-        """After :meth:`members` ends: the index header and an iterator over its records."""
+    @property
+    def stream(self) -> Decompressed:
+        """The decompressed bytes this reader parses."""
+        return self._z
+
+    @property
+    def index_size(self) -> int:
+        """The data size of the index or TOC member (after :meth:`members`)."""
+        if self._index_header is None:
+            raise CorruptArchiveError("the end of the tree was not reached")
+        return self._index_header.size
+
+    @property
+    def index_offset(self) -> int:
+        """Where the index or TOC member starts in the tar stream (after :meth:`members`)."""
+        if self._index_header is None:
+            raise CorruptArchiveError("the end of the tree was not reached")
+        return self._index_header.offset
+
+    def records(self) -> tuple[Final, Iterator[Record]]:
+        """After :meth:`members` ends: the TOC (or index) header and its records."""
         header = self._index_header
         if header is None:
-            raise CorruptArchiveError("index.jsonl was not reached")
+            raise CorruptArchiveError("the end of the tree was not reached")
+        if header.name == _TOC_MEMBER:
+            return self._toc(header.size)
         lines = self._lines(header.size)
         first = next(lines, None)
         if first is None:
             raise CorruptArchiveError("index.jsonl is empty")
         return decode_index_header(first), (
-            decode_index_record(line, n) for n, line in enumerate(lines, 1)
+            _from_index(decode_index_record(line, n)) for n, line in enumerate(lines, 1)
         )
+
+    def _toc(self, size: int) -> tuple[TocHeader, Iterator[Record]]:
+        if size < 4:
+            raise CorruptArchiveError("table of contents is truncated")
+        prefix = self._take(4)
+        (length,) = struct.unpack("<I", prefix)
+        if length > fmt.MAX_TOC_HEADER_BYTES or 4 + length > size:
+            raise LimitExceededError(
+                f"table of contents header is {length} bytes, more than its member holds "
+                f"or the limit {fmt.MAX_TOC_HEADER_BYTES}"
+            )
+        header, used = decode_header(prefix + self._take(length))
+        self._pending -= used
+        if used + sum(ref.length for ref in header.blocks) != size:
+            raise CorruptArchiveError("table of contents blocks do not fill its member")
+
+        def blocks() -> Iterator[Record]:
+            for n, ref in enumerate(header.blocks):
+                data = self._take(ref.length)
+                self._pending -= ref.length
+                yield from decode_block(data, ref, n)
+
+        return header, blocks()
 
     def _lines(self, size: int) -> Iterator[bytes]:
         partial = b""
@@ -281,8 +363,8 @@ class ArchiveReader:
 
     def finish(self) -> None:
         """After the index: the end-of-archive marker, then the end of the zstd stream."""
-        if self._next_header() is not None:
-            raise CorruptArchiveError("archive has members after index.jsonl")
+        if self.next_header() is not None:
+            raise CorruptArchiveError("archive has members after its index")
 
     def close(self) -> None:
         """Stop background decompression (the archive file is the opener's to close)."""
@@ -291,27 +373,25 @@ class ArchiveReader:
     @property
     def bytes_in(self) -> int:
         """Compressed bytes read so far."""
-        return self._z.walker.bytes_in
+        return self._z.bytes_in
 
 
-@dataclass(frozen=True, slots=True)
-class EntryInfo:
-    """One tree entry as ``list`` shows it. ``path`` is relative to the tree root."""
-
-    path: bytes
-    type: str
-    mode: int
-    size: int
-    mtime_ns: int
-    target: bytes = b""
-
-    @property
-    def name(self) -> str:
-        """The path for people (see :func:`oxbak.paths.display`); ``.`` for the root."""
-        return display(self.path) if self.path else "."
-
-
-_KINDS = {b"0": "file", b"5": "dir", b"2": "symlink", b"1": "hardlink"}
+def _from_index(record: IndexRecord) -> Record:
+    """A version-1 index record as a :class:`~oxbak.toc.Record` (without metadata)."""
+    digest = b""
+    text = record.digest
+    if text is not None and len(text) == 2 * fmt.DIGEST_SIZE and text == text.lower():
+        with contextlib.suppress(ValueError):
+            digest = bytes.fromhex(text)
+    return Record(
+        path=record.raw_path,
+        kind=record.type,
+        size=record.size,
+        digest=digest,
+        changed=record.changed,
+        missing=record.missing,
+        meta=False,
+    )
 
 
 def read_manifest(archive: Archive) -> Manifest:
@@ -319,25 +399,7 @@ def read_manifest(archive: Archive) -> Manifest:
 
     :raises ArchiveError: no manifest first, a malformed one, or a newer format version.
     """
-    with open_archive(archive) as reader:
-        return reader.read_manifest()
-
-
-def list_entries(archive: Archive) -> Iterator[EntryInfo]:
-    """Every tree entry of *archive* in order, without extracting or hashing anything.
-
-    Names are checked as unpack checks them; a hostile name raises instead of printing.
-    """
-    with open_archive(archive) as reader:
-        reader.read_manifest()
-        for header in reader.members():
-            rel = parse_member_name(header.name)
-            kind = _KINDS[header.typeflag]
-            target = header.linkname
-            if kind == "hardlink":
-                target = parse_member_name(target)
-            yield EntryInfo(rel, kind, header.mode, header.size, header.mtime_ns, target)
-        _, records = reader.index()
-        for _ in records:
-            pass
-        reader.finish()
+    with open_input(archive) as inp:
+        reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
+        with contextlib.closing(reader):
+            return reader.read_manifest()

@@ -1,25 +1,31 @@
-"""unpack() and verify(): one loop from the archive (source) into a destination (sink).
+"""unpack(), verify(), cat() and list_entries(): one loop from an archive source into a sink.
 
 (The module is called ``restore`` so that ``oxbak.unpack`` is always the function, never a
 submodule shadowing it.)
 
-The loop enforces every rule a member must obey — name, order, parent, type, declared
-bounds — hashes every file as it goes to the destination, then checks the integrity index
-record by record and the manifest's totals. Only after all of that does ``unpack`` commit
-the staged tree; ``verify`` runs the same loop into :class:`HashOnly` and reports every
-problem it finds instead of stopping at the first.
+Every entry a source hands out (:mod:`oxbak.source`) goes through one rule set first —
+name, order, parent, type, declared bounds, hardlink targets (:class:`_Rules`). The loop
+then sends the entries a command wants to a destination, hashing every file as it goes,
+and checks the archive's own index (the TOC, or a version-1 ``index.jsonl``) and totals.
+Only after all of that does ``unpack`` commit the staged tree; ``verify`` runs the same
+loop into :class:`HashOnly` and reports every problem it finds instead of stopping at the
+first; ``list_entries`` runs the rules alone; ``cat`` sends one file to a stream.
 """
 
 from __future__ import annotations
 
+import fnmatch
 import logging
 import os
+import posixpath
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import BinaryIO
 
 from . import format as fmt
 from .destinations import Destination, HashOnly, Mode, StagingDir
+from .digest import Hasher
 from .digest import digest as digest_of
 from .errors import (
     ArchiveError,
@@ -30,12 +36,31 @@ from .errors import (
     OxbakError,
     UnsafeArchiveError,
 )
-from .manifest import Index, IndexRecord, Manifest, Totals, sections
-from .paths import display, link_stays_inside, parse_member_name, shown
-from .reader import Archive, ArchiveReader, open_archive
+from .locations import Archive
+from .manifest import Manifest, Totals, sections
+from .paths import display, link_stays_inside, member_name, parse_member_name, shown
+from .reader import Final
+from .source import (
+    ArchiveSource,
+    TocSource,
+    header_of,
+    metadata_key,
+    open_source,
+    record_key,
+)
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
+from .toc import Record
 
-__all__ = ["UnpackResult", "VerifyResult", "unpack", "verify"]
+__all__ = [
+    "EntryInfo",
+    "Selection",
+    "UnpackResult",
+    "VerifyResult",
+    "cat",
+    "list_entries",
+    "unpack",
+    "verify",
+]
 
 logger = logging.getLogger("oxbak")
 
@@ -43,6 +68,7 @@ Progress = Callable[[int, int], None]
 _KIND = {REGULAR: "file", DIRECTORY: "dir", SYMLINK: "symlink", HARDLINK: "hardlink"}
 _KIND_NAMES = ("file", "dir", "symlink", "hardlink")
 _FILE, _DIR, _SYMLINK, _HARDLINK = range(4)
+_CODES = {"file": _FILE, "dir": _DIR, "symlink": _SYMLINK, "hardlink": _HARDLINK}
 _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 
 
@@ -83,67 +109,73 @@ class _Seen:
 
     One column per field, not one tuple per entry: the index is only checked at the end,
     so this is kept for every entry, and columns take about 120 bytes less each.
-    Entry ``i`` is ``paths[i]``, ``_KIND_NAMES[kinds[i]]``, ``sizes[i]`` and the ``i``-th
-    digest in ``digests`` (zeros for a directory).
+    Entry ``i`` is ``paths[i]``, ``_KIND_NAMES[kinds[i]]``, ``sizes[i]``, the ``i``-th
+    digest in ``digests`` (zeros for a directory) and ``metas[i]``, a keyed hash of what
+    else its TOC record must agree on (:func:`~oxbak.source.metadata_key`).
     """
 
     paths: list[bytes] = field(default_factory=list)
     kinds: bytearray = field(default_factory=bytearray)
     sizes: array[int] = field(default_factory=lambda: array("q"))
     digests: bytearray = field(default_factory=bytearray)
+    metas: array[int] = field(default_factory=lambda: array("q"))
     totals: Totals = field(default_factory=Totals)
     links: dict[bytes, bytes] = field(default_factory=dict)
     sections: dict[bytes, int] = field(default_factory=dict)
 
-    def add(self, rel: bytes, kind: int, size: int, digest: bytes) -> None:
+    def add(self, rel: bytes, kind: int, size: int, digest: bytes, meta: int) -> None:
         """Remember one entry, in archive order."""
         self.paths.append(rel)
         self.kinds.append(kind)
         self.sizes.append(size)
         self.digests += digest
+        self.metas.append(meta)
 
     def files(self) -> set[bytes]:
         """The paths of the regular files seen so far."""
         return {rel for rel, kind in zip(self.paths, self.kinds, strict=True) if kind == _FILE}
 
-    def records(self) -> Iterator[tuple[bytes, str, int, bytes]]:
-        """``(path, kind, size, digest)`` for every entry, in archive order."""
+    def records(self) -> Iterator[tuple[bytes, str, int, bytes, int]]:
+        """``(path, kind, size, digest, meta)`` for every entry, in archive order."""
         digests = memoryview(self.digests)
         step = fmt.DIGEST_SIZE
         at = 0
-        for rel, kind, size in zip(self.paths, self.kinds, self.sizes, strict=True):
-            yield rel, _KIND_NAMES[kind], size, bytes(digests[at : at + step])
+        for rel, kind, size, meta in zip(
+            self.paths, self.kinds, self.sizes, self.metas, strict=True
+        ):
+            yield rel, _KIND_NAMES[kind], size, bytes(digests[at : at + step]), meta
             at += step
 
 
-def _run(
-    reader: ArchiveReader,
-    dest: Destination,
-    problems: list[str],
-    progress: Progress | None,
-) -> tuple[Manifest, _Seen, list[IndexRecord]]:
-    """The one loop. Raises on structural faults; appends content mismatches to *problems*."""
-    manifest = reader.manifest if reader.manifest is not None else reader.read_manifest()
-    declared = manifest.totals
-    max_entries = declared.entries
-    max_bytes = declared.bytes
-    seen = _Seen()
-    totals = seen.totals
-    # The paths hardlinks may name, built at the first hardlink: most trees have none,
-    # and a set of every file path costs ~32 bytes per entry.
-    files: set[bytes] | None = None
-    stack: list[bytes] = []
-    previous: list[bytes] | None = None
-    report_at = 0
-    count = 0
-    per_dir = seen.sections
-    remember = seen.add
-    for header in reader.members():
+class _Rules:
+    """The one rule set every entry passes, whichever source it comes from.
+
+    Names (:func:`~oxbak.paths.parse_member_name`), strict order, a parent that is an
+    earlier directory, no data but in files, the manifest's declared bounds, a hardlink
+    naming an earlier file, a symlink target that can be created. It counts the totals and
+    sections as it goes, into *seen*.
+    """
+
+    def __init__(self, manifest: Manifest, seen: _Seen) -> None:
+        declared = manifest.totals
+        self.max_entries = declared.entries
+        self.max_bytes = declared.bytes
+        self.seen = seen
+        # The paths hardlinks may name, built at the first hardlink: most trees have none,
+        # and a set of every file path costs ~32 bytes per entry.
+        self.files: set[bytes] | None = None
+        self.stack: list[bytes] = []
+        self.previous: list[bytes] | None = None
+        self.count = 0
+
+    def admit(self, header: Header) -> tuple[bytes, str, bytes]:
+        """Check *header*; return its relative path, its kind and its link target."""
         rel = parse_member_name(header.name)
         kind = _KIND[header.typeflag]
         key = rel.split(b"/") if rel else []  # sort_key(rel) as a list: same order, no copy
         parent = rel.rpartition(b"/")[0]
-        if previous is None:
+        stack = self.stack
+        if self.previous is None:
             if not rel and kind != "dir":
                 raise CorruptArchiveError(f"tree member 'tree/' is a {kind}, not a directory")
             if rel or kind != "dir":
@@ -151,8 +183,8 @@ def _run(
                     f"first tree member is {shown(header.name)!r}, not the root directory tree/"
                 )
         else:
-            if key <= previous:
-                what = "duplicate entry" if key == previous else "entry out of order"
+            if key <= self.previous:
+                what = "duplicate entry" if key == self.previous else "entry out of order"
                 raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {what}")
             while stack and stack[-1] != parent:
                 stack.pop()
@@ -161,74 +193,231 @@ def _run(
                     f"refusing member {shown(header.name)!r}: its parent is not a directory "
                     f"earlier in the archive"
                 )
-        previous = key
-        count += 1
-        if count > max_entries:
+        self.previous = key
+        self.count += 1
+        if self.count > self.max_entries:
             raise LimitExceededError(
-                f"archive holds more entries than its manifest declares ({max_entries})"
+                f"archive holds more entries than its manifest declares ({self.max_entries})"
             )
         if kind != "file" and header.size:
             raise CorruptArchiveError(f"member {shown(header.name)!r}: a {kind} with data")
+        totals = self.seen.totals
         if kind == "dir":
             totals.directories += 1
             stack.append(rel)
-            dest.directory(rel, header.mode, header.mtime_ns, header.uid, header.gid)
-            remember(rel, _DIR, 0, _NO_DIGEST)
-            continue
+            return rel, kind, b""
+        per_dir = self.seen.sections
         per_dir[parent] = per_dir.get(parent, 0) + 1
         if kind == "file":
-            if totals.bytes + header.size > max_bytes:
+            if totals.bytes + header.size > self.max_bytes:
                 raise LimitExceededError(
                     f"member {shown(header.name)!r} ({header.size} bytes) takes the archive "
-                    f"beyond the {max_bytes} bytes its manifest declares"
+                    f"beyond the {self.max_bytes} bytes its manifest declares"
                 )
             totals.files += 1
             totals.bytes += header.size
-            digest = dest.file(
-                rel, header.mode, header.mtime_ns, header.uid, header.gid, reader.data(header.size)
-            )
-            if files is not None:
-                files.add(rel)
-            remember(rel, _FILE, header.size, digest)
-            if progress is not None and totals.bytes >= report_at:
-                progress(totals.bytes, max_bytes)
-                report_at = totals.bytes + (1 << 20)
-        elif kind == "hardlink":
+            if self.files is not None:
+                self.files.add(rel)
+            return rel, kind, b""
+        if kind == "hardlink":
             target = _hardlink_target(header)
-            if files is None:
-                files = seen.files()
-            if target not in files:
+            if self.files is None:
+                self.files = self.seen.files()
+            if target not in self.files:
                 raise UnsafeArchiveError(
                     f"refusing hardlink {shown(header.name)!r}: target "
                     f"{shown(header.linkname)!r} is not an earlier file of the archive"
                 )
             totals.hardlinks += 1
-            dest.hardlink(rel, target)
-            remember(rel, _HARDLINK, 0, _hash(target))
+            return rel, kind, target
+        target = header.linkname
+        if not target or b"\0" in target:
+            raise UnsafeArchiveError(
+                f"refusing symlink {shown(header.name)!r}: empty or invalid target"
+            )
+        if len(target) >= fmt.MAX_PATH_BYTES:  # symlink(2) takes at most 4095 bytes
+            raise LimitExceededError(
+                f"refusing symlink {shown(header.name)!r}: target is {len(target)} bytes, "
+                f"limit {fmt.MAX_PATH_BYTES - 1}"
+            )
+        totals.symlinks += 1
+        return rel, kind, target
+
+    def end(self) -> None:
+        """After the last entry: the archive must have had a tree."""
+        if self.previous is None:
+            raise CorruptArchiveError("archive holds no tree (the root directory tree/ is missing)")
+
+
+class Selection:
+    """Which entries a partial restore writes: ``--only`` paths and ``--exclude`` patterns.
+
+    An entry is selected when it is one of the *only* paths, lies under one, or is a
+    directory on the way to one (so parents are created), and neither it nor a directory
+    above it matches an *exclude* pattern (a pattern with ``/`` matches the relative path,
+    others a name at any depth, as in ``pack --exclude``). No *only* path means all.
+    """
+
+    def __init__(
+        self, only: Sequence[bytes] = (), excludes: Sequence[str] = (), *, links: bool = True
+    ) -> None:
+        self.only = {_normalized(p) for p in only}
+        self.excludes = list(excludes)
+        self.matched: set[bytes] = set()
+        self.written: set[bytes] = set()  # files written, for hardlinks to name
+        #: Whether a selected hardlink needs its target written (not for ``cat``).
+        self.links = links
+        self.entries = 0
+        self.bytes = 0
+
+    def note(self, kind: str, size: int) -> None:
+        """Count an entry written."""
+        self.entries += 1
+        if kind == "file":
+            self.bytes += size
+
+    def covers(self, rel: bytes) -> bool:
+        """Whether *rel* is one of the *only* paths or lies under one (not just on the way)."""
+        return rel in self.only or bool(self._only(rel))
+
+    def __call__(self, rel: bytes) -> bool:
+        """Whether the entry at *rel* is to be written."""
+        if not rel:
+            return True
+        if self.only:
+            hit = self._only(rel)
+            if hit is None:
+                return False
         else:
-            target = header.linkname
-            if not target or b"\0" in target:
-                raise UnsafeArchiveError(
-                    f"refusing symlink {shown(header.name)!r}: empty or invalid target"
+            hit = b""
+        if self.excludes and self._excluded(rel):
+            return False
+        if hit:
+            self.matched.add(hit)
+        return True
+
+    def _only(self, rel: bytes) -> bytes | None:
+        """The *only* path that selects *rel* (``b""`` for an ancestor of one), or None."""
+        if rel in self.only:
+            return rel
+        parts = rel.split(b"/")
+        for n in range(len(parts) - 1, 0, -1):
+            prefix = b"/".join(parts[:n])
+            if prefix in self.only:
+                return prefix
+        ancestor = rel + b"/"
+        if any(p.startswith(ancestor) for p in self.only):
+            return b""
+        return None
+
+    def _excluded(self, rel: bytes) -> bool:
+        parts = rel.split(b"/")
+        for n in range(1, len(parts) + 1):
+            path = os.fsdecode(b"/".join(parts[:n]))
+            name = os.fsdecode(parts[n - 1])
+            for pattern in self.excludes:
+                if fnmatch.fnmatchcase(path if "/" in pattern else name, pattern):
+                    return True
+        return False
+
+    def missed(self) -> list[bytes]:
+        """The *only* paths that selected nothing."""
+        return sorted(self.only - self.matched)
+
+    def pull_in_targets(self, records: Iterable[Record]) -> None:
+        """Add the targets of selected hardlinks, so that they can be restored."""
+        for record in records:
+            if record.kind == "hardlink" and self(record.path) and not self(record.target):
+                self.only.add(record.target)
+                self.matched.add(record.target)
+
+
+def _normalized(path: bytes) -> bytes:
+    """A path as the user wrote it, relative to the tree root (``./a/`` is ``a``)."""
+    path = posixpath.normpath(b"/" + path).lstrip(b"/")
+    return b"" if path == b"." else path
+
+
+def _run(
+    source: ArchiveSource,
+    dest: Destination,
+    problems: list[str],
+    progress: Progress | None,
+    select: Selection | None = None,
+) -> tuple[Manifest, _Seen, list[Record]]:
+    """The one loop. Raises on structural faults; appends content mismatches to *problems*."""
+    manifest = source.manifest
+    seen = _Seen()
+    rules = _Rules(manifest, seen)
+    totals = seen.totals
+    max_bytes = rules.max_bytes
+    reads_everything = source.reads_everything
+    hash_only = HashOnly()
+    report_at = 0
+    remember = seen.add
+    read = source.read
+    for header, record in source.entries():
+        rel, kind, target = rules.admit(header)
+        wanted = select is None or select(rel)
+        if wanted and kind != "file":
+            read(header)  # from a TOC: the member at the record's offset must be this one
+        if wanted and select is not None:
+            select.note(kind, header.size)
+        if kind == "dir":
+            if wanted:
+                dest.directory(rel, header.mode, header.mtime_ns, header.uid, header.gid)
+            remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
+            continue
+        if kind == "file":
+            sink = dest if wanted else hash_only if reads_everything else None
+            if sink is None:
+                digest = _NO_DIGEST
+            else:
+                digest = sink.file(
+                    rel, header.mode, header.mtime_ns, header.uid, header.gid, read(header)
                 )
-            if len(target) >= fmt.MAX_PATH_BYTES:  # symlink(2) takes at most 4095 bytes
-                raise LimitExceededError(
-                    f"refusing symlink {shown(header.name)!r}: target is {len(target)} bytes, "
-                    f"limit {fmt.MAX_PATH_BYTES - 1}"
-                )
-            totals.symlinks += 1
-            seen.links[rel] = target
-            dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
-            remember(rel, _SYMLINK, 0, _hash(target))
-    if previous is None:
-        raise CorruptArchiveError("archive holds no tree (the root directory tree/ is missing)")
-    index, records = reader.index()
+                if record is not None and digest != record.digest:
+                    problems.append(
+                        f"digest mismatch for {shown(rel)!r}: content is not what was packed"
+                    )
+                if wanted and select is not None:
+                    select.written.add(rel)
+            remember(rel, _FILE, header.size, digest, hash(metadata_key(header, b"")))
+            if progress is not None and totals.bytes >= report_at:
+                progress(totals.bytes, max_bytes)
+                report_at = totals.bytes + (1 << 20)
+            continue
+        digest = digest_of(target)
+        if record is not None and digest != record.digest:
+            problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
+        if kind == "hardlink":
+            if wanted:
+                if select is not None and select.links and target not in select.written:
+                    raise OxbakError(
+                        f"cannot restore hardlink {shown(rel)!r} without its target "
+                        f"{shown(target)!r}, which this selection leaves out (add it, or "
+                        f"read the archive from a file so that oxbak can pull it in)"
+                    )
+                dest.hardlink(rel, target)
+            remember(rel, _HARDLINK, 0, digest, hash(metadata_key(header, target)))
+        else:
+            if wanted:
+                seen.links[rel] = target
+                dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
+            remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
+    rules.end()
+    final, records = source.final()
     # Records beyond what the manifest accounts for (stored entries, plus files it says
     # could not be captured) would only cost memory: the index is bounded by it too.
-    kept = _check_index(index, records, seen, problems, declared.entries + manifest.changed)
-    reader.finish()
-    _check_totals(manifest, index, seen, problems)
-    return manifest, seen, kept
+    limit = manifest.totals.entries + manifest.changed
+    if reads_everything:
+        flagged = _check_index(final, records, seen, problems, limit)
+    else:
+        flagged = list(records)
+        _check_flags(final, flagged, problems)
+    source.finish()
+    _check_totals(manifest, final, seen, problems)
+    return manifest, seen, flagged
 
 
 def _hardlink_target(header: Header) -> bytes:
@@ -241,36 +430,33 @@ def _hardlink_target(header: Header) -> bytes:
         ) from exc
 
 
-def _hash(data: bytes) -> bytes:
-    return digest_of(data)
-
-
 def _check_index(
-    index: Index, records: Iterator[IndexRecord], seen: _Seen, problems: list[str], limit: int
-) -> list[IndexRecord]:
-    """Compare the index with what was seen; return its changed/missing records."""
-    flagged: list[IndexRecord] = []
+    index: Final, records: Iterator[Record], seen: _Seen, problems: list[str], limit: int
+) -> list[Record]:
+    """Compare the index (or TOC) with what was seen; return its changed/missing records."""
+    flagged: list[Record] = []
     stored = seen.records()
     count = 0
     for record in records:
         count += 1
         if count > limit:
             raise LimitExceededError(
-                f"index.jsonl holds more records than the manifest accounts for ({limit})"
+                f"the archive's index holds more records than the manifest accounts for "
+                f"({limit})"
             )
         if record.changed or record.missing:
             flagged.append(record)
         if record.missing:
             continue
         got = next(stored, None)
-        path = record.raw_path
+        path = record.path
         if got is None:
             problems.append(f"index lists {shown(path)!r}, which the archive does not hold")
             continue
-        rel, kind, size, digest = got
-        if rel != path or kind != record.type:
+        rel, kind, size, digest, meta = got
+        if rel != path or kind != record.kind:
             problems.append(
-                f"index lists {record.type} {shown(path)!r} where the archive holds "
+                f"index lists {record.kind} {shown(path)!r} where the archive holds "
                 f"{kind} {shown(rel)!r}"
             )
             continue
@@ -278,20 +464,29 @@ def _check_index(
             problems.append(
                 f"size mismatch for {shown(rel)!r}: index says {record.size}, archive holds {size}"
             )
-        if kind != "dir" and (record.digest is None or digest.hex() != record.digest):
+        if kind != "dir" and digest != record.digest:
             problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
-    for rel, _, _, _ in stored:
+        if record.meta and hash(record_key(record)) != meta:
+            problems.append(
+                f"table of contents disagrees with the member of {shown(rel)!r} (mode, owner, "
+                f"mtime, link target or offset)"
+            )
+    for rel, _, _, _, _ in stored:
         problems.append(f"{shown(rel)!r} is in the archive but not in its index")
     if count != index.entries:
         problems.append(f"index header declares {index.entries} records, it holds {count}")
+    _check_flags(index, flagged, problems)
+    return flagged
+
+
+def _check_flags(index: Final, flagged: list[Record], problems: list[str]) -> None:
     changed = sum(1 for r in flagged if r.changed)
     missing = sum(1 for r in flagged if r.missing)
     if index.partial != bool(flagged) or index.changed != changed or index.missing != missing:
         problems.append("index header's partial/changed/missing counts disagree with its records")
-    return flagged
 
 
-def _check_totals(manifest: Manifest, index: Index, seen: _Seen, problems: list[str]) -> None:
+def _check_totals(manifest: Manifest, index: Final, seen: _Seen, problems: list[str]) -> None:
     actual = seen.totals
     if index.totals != actual:
         problems.append(
@@ -299,7 +494,7 @@ def _check_totals(manifest: Manifest, index: Index, seen: _Seen, problems: list[
             f"{_fmt_totals(actual)}"
         )
     if manifest.partial is None:
-        return  # a streamed archive: its manifest holds the scan's bounds, not exact totals
+        return  # the manifest holds the scan's bounds, not exact totals
     if manifest.totals != actual:
         problems.append(
             f"manifest totals {_fmt_totals(manifest.totals)} disagree with the archive's "
@@ -318,29 +513,36 @@ def _fmt_totals(t: Totals) -> str:
     )
 
 
-def _flag_lists(flagged: list[IndexRecord]) -> tuple[list[str], list[str]]:
-    changed = [display(r.raw_path) for r in flagged if r.changed]
-    missing = [display(r.raw_path) for r in flagged if r.missing]
+def _flag_lists(flagged: list[Record]) -> tuple[list[str], list[str]]:
+    changed = [display(r.path) for r in flagged if r.changed]
+    missing = [display(r.path) for r in flagged if r.missing]
     return changed, missing
 
 
-def verify(archive: Archive, *, progress: Progress | None = None) -> VerifyResult:
+def _default_threads(threads: int) -> int:
+    return threads if threads > 0 else len(os.sched_getaffinity(0))
+
+
+def verify(
+    archive: Archive, *, progress: Progress | None = None, threads: int = 0
+) -> VerifyResult:
     """Run every check of :func:`unpack` without writing anything.
 
     Returns a :class:`VerifyResult` naming every problem found; a damaged archive is a
-    result, not an exception.
+    result, not an exception. A seekable archive's frames are decompressed by *threads*
+    threads (0: one per CPU) ahead of the checks.
 
     :raises OxbakError: only if the archive cannot be opened at all.
     """
     problems: list[str] = []
-    with open_archive(archive) as reader:
-        result = VerifyResult(manifest=None, problems=problems)
-        try:
-            manifest, seen, flagged = _run(reader, HashOnly(), problems, progress)
-        except ArchiveError as exc:
-            result.manifest = reader.manifest
-            problems.append(str(exc))
-            return result
+    result = VerifyResult(manifest=None, problems=problems)
+    try:
+        with open_source(archive, threads=_default_threads(threads)) as source:
+            result.manifest = source.manifest
+            manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
+    except ArchiveError as exc:
+        problems.append(str(exc))
+        return result
     result.manifest = manifest
     result.entries = seen.totals.entries
     result.bytes = seen.totals.bytes
@@ -359,12 +561,15 @@ def unpack(
     mode: Mode = "new",
     same_owner: bool = False,
     allow_external_symlinks: bool = False,
+    only: Sequence[str | bytes] = (),
+    excludes: Sequence[str] = (),
+    threads: int = 0,
     progress: Progress | None = None,
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
 
     Everything is extracted into a private staging directory beside *dest* and verified
-    (zstd checksums, every digest in the index, the manifest's totals) before *dest* is
+    (zstd checksums, every digest in the archive's index, its totals) before *dest* is
     touched. Then, by *mode*:
 
     - ``"new"``: *dest* must not exist or be empty; the staged tree is renamed into place.
@@ -372,24 +577,42 @@ def unpack(
       deleted only after the new one is durable.
     - ``"merge"``: the archive's entries replace same-named ones in *dest*, one rename each.
 
+    :param only: restore just these paths (relative to the tree root; a directory with
+        everything under it), with the directories leading to them and the targets of
+        their hardlinks. From a seekable archive only the frames holding them are read;
+        from a stream everything is read and checked, and only they are written.
+    :param excludes: leave out entries matching these patterns (as ``pack --exclude``).
+    :param threads: threads decompressing a seekable archive (0: one per CPU).
     :raises ArchiveError: the archive is damaged or unsafe (nothing was changed).
     :raises DestinationError: *dest* cannot take it (nothing was changed).
     """
     if mode not in ("new", "replace", "merge"):
         raise OxbakError(f"unknown unpack mode {mode!r}")
-    with open_archive(archive) as reader:
+    select = None
+    if only or excludes:
+        select = Selection([os.fsencode(p) for p in only], excludes)
+    whole = not only
+    with open_source(archive, whole=whole, threads=_default_threads(threads)) as source:
         # The manifest is read and its version checked before anything is created.
-        manifest = reader.read_manifest()
+        manifest = source.manifest
+        if select is not None and isinstance(source, TocSource):
+            select.pull_in_targets(source.records())
         staging = StagingDir(dest, mode=mode, same_owner=same_owner)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
-            manifest, seen, flagged = _run(reader, staging, problems, progress)
+            manifest, seen, flagged = _run(source, staging, problems, progress, select)
             if problems:
                 raise IntegrityError(problems)
+            if select is not None and select.missed():
+                raise OxbakError(
+                    "not in the archive: " + ", ".join(repr(display(p)) for p in select.missed())
+                )
             if mode == "merge":
                 conflicts = staging.merge_conflicts(
-                    (rel, kind) for rel, kind, _, _ in seen.records()
+                    (rel, kind)
+                    for rel, kind, _, _, _ in seen.records()
+                    if select is None or select(rel)
                 )
                 if conflicts:
                     raise DestinationError(
@@ -409,15 +632,210 @@ def unpack(
             staging.abort()
             raise
     changed, missing = _flag_lists(flagged)
+    if select is None:
+        entries, nbytes = seen.totals.entries, seen.totals.bytes
+    else:
+        entries, nbytes = select.entries, select.bytes
     return UnpackResult(
         dest=staging.dest,
         manifest=manifest,
-        entries=seen.totals.entries,
-        bytes=seen.totals.bytes,
+        entries=entries,
+        bytes=nbytes,
         partial=bool(flagged),
         changed=changed,
         missing=missing,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class EntryInfo:
+    """One tree entry as ``list`` shows it. ``path`` is relative to the tree root.
+
+    Owner names, the digest, ``ctime_ns`` and ``ino`` come from the archive's table of
+    contents; they are empty (zero) when it was read as a stream or is a version-1 archive.
+    """
+
+    path: bytes
+    type: str
+    mode: int
+    size: int
+    mtime_ns: int
+    target: bytes = b""
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    digest: bytes = b""
+    ctime_ns: int = 0
+    ino: int = 0
+
+    @property
+    def name(self) -> str:
+        """The path for people (see :func:`oxbak.paths.display`); ``.`` for the root."""
+        return display(self.path) if self.path else "."
+
+
+def list_entries(archive: Archive, paths: Sequence[str | bytes] = ()) -> Iterator[EntryInfo]:
+    """Every tree entry of *archive* in order, without extracting or hashing anything.
+
+    From a seekable version-2 archive only the table of contents is read. Entries pass the
+    rules ``unpack`` applies (names, order, parents, bounds); a hostile one raises
+    instead of printing. With *paths*, only those entries (a directory: its subtree).
+
+    :raises OxbakError: a path of *paths* that is not in the archive (after the others).
+    """
+    select = Selection([os.fsencode(p) for p in paths]) if paths else None
+    with open_source(archive, whole=False) as source:
+        seen = _Seen()
+        rules = _Rules(source.manifest, seen)
+        for header, record in source.entries():
+            rel, kind, target = rules.admit(header)
+            seen.add(rel, _CODES[kind], header.size, b"", 0)
+            if select is not None and not (select(rel) and select.covers(rel)):
+                continue
+            if record is None:
+                yield EntryInfo(
+                    rel, kind, header.mode, header.size, header.mtime_ns, target,
+                    header.uid, header.gid,
+                )
+            else:
+                yield EntryInfo(
+                    rel, kind, record.mode, record.size, record.mtime_ns, target,
+                    record.uid, record.gid, record.user, record.group,
+                    b"" if kind == "dir" else record.digest, record.ctime_ns, record.ino,
+                )
+        rules.end()
+        if source.reads_everything:
+            _, records = source.final()
+            for _ in records:
+                pass
+            source.finish()
+    if select is not None and select.missed():
+        raise OxbakError(
+            "not in the archive: " + ", ".join(repr(display(p)) for p in select.missed())
+        )
+
+
+class _HeldBack:
+    """Writes a file's bytes to *out*, always keeping the last piece back until released."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+        self.held = b""
+        self.hasher = Hasher()
+        self.size = 0
+
+    def feed(self, chunks: Iterable[memoryview]) -> bytes:
+        for chunk in chunks:
+            self.hasher.update(chunk)
+            self.size += len(chunk)
+            if self.held:
+                self.out.write(self.held)
+            self.held = bytes(chunk)
+        return self.hasher.digest(fmt.DIGEST_SIZE)
+
+    def release(self) -> None:
+        if self.held:
+            self.out.write(self.held)
+        self.held = b""
+
+
+class _CatSink(HashOnly):
+    """The destination of ``cat`` on a stream: the one file goes to a :class:`_HeldBack`."""
+
+    def __init__(self, path: bytes, out: _HeldBack) -> None:
+        self.path = path
+        self.held = out
+        self.kind = ""
+
+    def file(
+        self,
+        path: bytes,
+        mode: int,
+        mtime_ns: int,
+        uid: int,
+        gid: int,
+        chunks: Iterable[memoryview],
+    ) -> bytes:
+        if path != self.path:
+            return super().file(path, mode, mtime_ns, uid, gid, chunks)
+        self.kind = "file"
+        return self.held.feed(chunks)
+
+    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+        if path == self.path:
+            self.kind = "dir"
+
+    def hardlink(self, path: bytes, target: bytes) -> None:
+        if path == self.path:
+            self.kind = "hardlink"
+
+    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+        if path == self.path:
+            self.kind = "symlink"
+
+
+def cat(archive: Archive, path: str | bytes, out: BinaryIO) -> int:
+    """Write the content of the file at *path* in *archive* to *out*; return its size.
+
+    From a seekable version-2 archive only the frames holding the file (and the table of
+    contents) are read. The file's digest is checked before its last piece is written: on
+    a mismatch nothing more is written and :class:`~oxbak.errors.IntegrityError` is raised,
+    so a consumer of *out* sees a failure, not a complete file. A hardlink gives its
+    target's content.
+
+    :raises OxbakError: *path* is not a file of the archive.
+    """
+    rel = os.fsencode(path).strip(b"/")
+    parse_member_name(member_name(rel))  # the same name rules as every member
+    held = _HeldBack(out)
+    with open_source(archive, whole=False) as source:
+        if isinstance(source, TocSource):
+            record = _file_record(source, rel)
+            digest = held.feed(source.read(header_of(record)))
+            if digest != record.digest:
+                raise IntegrityError(
+                    [f"digest mismatch for {shown(record.path)!r}: content is not what was packed"]
+                )
+        else:
+            sink = _CatSink(rel, held)
+            problems: list[str] = []
+            _run(source, sink, problems, None, Selection([rel], links=False))
+            if problems:
+                raise IntegrityError(problems)
+            _check_kind(rel, sink.kind)
+    held.release()
+    return held.size
+
+
+def _file_record(source: TocSource, rel: bytes) -> Record:
+    record = source.find(rel)
+    if record is None:
+        raise OxbakError(f"not in the archive: {display(rel)!r}")
+    if record.kind == "hardlink":
+        target = source.find(record.target)
+        if target is None or target.kind != "file":
+            raise CorruptArchiveError(
+                f"hardlink {shown(rel)!r} names {shown(record.target)!r}, not a file of the archive"
+            )
+        record = target
+    _check_kind(rel, record.kind)
+    if record.missing:
+        raise OxbakError(f"{display(rel)!r} could not be read when the archive was packed")
+    return record
+
+
+def _check_kind(rel: bytes, kind: str) -> None:
+    if kind == "":
+        raise OxbakError(f"not in the archive: {display(rel)!r}")
+    if kind == "hardlink":
+        raise OxbakError(
+            f"{display(rel)!r} is a hardlink; read the archive from a file (not a pipe) to "
+            f"follow it, or cat its target"
+        )
+    if kind != "file":
+        what = "directory" if kind == "dir" else kind
+        raise OxbakError(f"{display(rel)!r} is a {what}, not a file")
 
 
 def _check_links(links: dict[bytes, bytes], staging: StagingDir, allow_external: bool) -> None:

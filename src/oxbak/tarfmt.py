@@ -210,6 +210,9 @@ class Header:
     size: int
     mtime_ns: int
     linkname: bytes
+    #: Where the member's first header block (its pax header, if any) starts in the tar
+    #: stream, when the reader knows it.
+    offset: int = 0
 
 
 def _octal(field: bytes, what: str, name: bytes) -> int:

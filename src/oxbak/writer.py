@@ -6,8 +6,10 @@ import contextlib
 import datetime as _dt
 import errno
 import fcntl
+import grp
 import logging
 import os
+import pwd
 import stat
 import tempfile
 import time
@@ -17,25 +19,16 @@ from typing import BinaryIO
 
 from . import format as fmt
 from ._version import __version__
-from .compress import Output, ZstdWriter
+from .compress import FrameWriter, Output
 from .destinations import WRITEBACK_STEP, current_umask, fsync_dir, start_writeback
-from .digest import Hasher, hexdigest
+from .digest import Hasher
+from .digest import digest as digest_of
 from .errors import OutputError, OutputExistsError, OxbakError, SourceError
-from .manifest import (
-    Compression,
-    Index,
-    IndexRecord,
-    Manifest,
-    Totals,
-    encode,
-    encode_lines,
-    encode_manifest,
-    now_utc,
-    sections,
-)
+from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
 from .paths import display, link_stays_inside, member_name
 from .scan import Entry, Scan, scan_tree
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, file_header, padding
+from .toc import CHANGED, MISSING, TocBuilder, TocHeader, encode_footer
 
 __all__ = ["PackResult", "default_output_name", "pack"]
 
@@ -43,20 +36,22 @@ logger = logging.getLogger("oxbak")
 
 Progress = Callable[[int, int], None]
 
-_FLUSH_AT = 1 << 20
 _CHUNK = 1 << 20
 _MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
-_INDEX_MEMBER = fmt.INDEX_NAME.encode()
+_TOC_MEMBER = fmt.TOC_NAME.encode()
 _TREE = fmt.TREE_PREFIX.encode() + b"/"
 _RECENT_NS = 2_000_000_000  # a file modified this recently is read twice
 _ZEROS = bytes(512)
-_RECORD_BATCH = 1024  # index records encoded together
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
 
 
 @dataclass
 class PackResult:
-    """What :func:`pack` did."""
+    """What :func:`pack` did.
+
+    ``manifest`` is what the archive's first member says (the scan's counts); ``totals``
+    counts what was stored, as the archive's table of contents does.
+    """
 
     output: str
     manifest: Manifest
@@ -67,6 +62,7 @@ class PackResult:
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+    totals: Totals = field(default_factory=Totals)
 
     @property
     def partial(self) -> bool:
@@ -98,7 +94,7 @@ def pack(
         binary file object (written as a stream; not closed), or None for
         :func:`default_output_name` in the current directory.
     :param level: zstd level, 1–19.
-    :param threads: zstd worker threads; 0 means one per CPU.
+    :param threads: compression threads; 0 means one per CPU. The bytes do not depend on it.
     :param excludes: glob patterns; one with a ``/`` matches the relative path, others a
         name at any depth. An excluded directory is left out with everything in it.
     :param labels: free ``key=value`` strings stored in the manifest.
@@ -120,12 +116,12 @@ def pack(
             raise OutputExistsError(f"{out_path!r} already exists (use --force to replace it)")
         scan = scan_tree(source, excludes)
         with _atomic_output(out_path, force=force) as fh:
-            result = _write(scan, fh, level, threads, labels or {}, progress, seekable=True)
+            result = _write(scan, fh, level, threads, labels or {}, progress)
         result.output = out_path
         result.bytes_out = os.stat(out_path).st_size
     else:
         scan = scan_tree(source, excludes)
-        result = _write(scan, output, level, threads, labels or {}, progress, seekable=False)
+        result = _write(scan, output, level, threads, labels or {}, progress)
         result.output = "-"
     result.seconds = time.monotonic() - started
     return result
@@ -203,9 +199,6 @@ class _EagerWriteback:
     def flush(self) -> None:
         self._fh.flush()
 
-    def seek(self, offset: int, whence: int = 0, /) -> int:
-        return self._fh.seek(offset, whence)
-
 
 def _remove_stale_temps(directory: str, base: str) -> None:
     """Delete temp files of earlier packs to the same output that were killed."""
@@ -238,43 +231,97 @@ def _unlink_quietly(path: str) -> None:
 
 
 class _Packer:
-    """The state of one pack: the output buffer, the index spool, what went wrong."""
+    """The state of one pack: the frame writer, the TOC, what went wrong."""
 
-    def __init__(self, root: bytes, writer: ZstdWriter, budget: int | None) -> None:
+    def __init__(self, root: bytes, writer: FrameWriter, budget: int) -> None:
         self.root = root
         self.prefix = root + b"/"
         self.writer = writer
-        self.buf = bytearray()
-        self.index = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
-        self.records: list[IndexRecord] = []  # not yet in the spool
+        self.spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
+        self.toc = TocBuilder(self.spool)
         self.totals = Totals()  # of what is stored, as stored
         self.per_dir: dict[bytes, int] = {}
         self.changed: list[bytes] = []
         self.missing: list[bytes] = []
         self.bytes_in = 0
-        # Streamed archives keep their up-front manifest, so the stream must stay within the
-        # bytes it declares: budget is what the rest of the scan may still use.
+        # The manifest is written first and never rewritten, so the stream must stay
+        # within the bytes it declares: budget is what the rest of the scan may still use.
         self.budget = budget
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
 
-    def flush(self) -> None:
-        if self.buf:
-            self.writer.write(self.buf)
-            self.buf = bytearray()
+    def begin_member(self) -> int:
+        """Cut the frame here if it is full; return the member's offset in the tar stream."""
+        writer = self.writer
+        if writer.frame_bytes >= fmt.FRAME_TARGET:
+            writer.cut()
+        return writer.position
+
+    def write_data(self, data: bytes | memoryview, done: int) -> None:
+        """Write member data whose first byte is byte *done* of the member's data.
+
+        The frame is cut at every multiple of ``FRAME_SPLIT`` into the member's data, so
+        the cut points depend on the sizes alone.
+        """
+        writer = self.writer
+        view = memoryview(data)
+        while view:
+            room = fmt.FRAME_SPLIT - done % fmt.FRAME_SPLIT
+            piece = view[:room]
+            writer.write(piece)
+            done += len(piece)
+            view = view[len(piece) :]
+            if done % fmt.FRAME_SPLIT == 0 and view:
+                writer.cut()
+        return None
 
     def record(
-        self, entry: Entry, digest: str | None, *, changed: bool = False, missing: bool = False
+        self,
+        entry: Entry,
+        digest: bytes,
+        offset: int,
+        *,
+        changed: bool = False,
+        missing: bool = False,
     ) -> None:
-        rec = IndexRecord.for_path(
+        target = entry.target
+        self.toc.add(
             entry.path,
             entry.kind,
+            mode=entry.mode,
+            uid=entry.uid,
+            gid=entry.gid,
+            user=self._user(entry.uid),
+            group=self._group(entry.gid),
             size=0 if missing else entry.size,
+            mtime_ns=entry.mtime_ns,
+            ctime_ns=entry.ctime_ns,
+            ino=entry.ino,
+            target=target,
             digest=digest,
-            changed=changed,
-            missing=missing,
+            flags=(CHANGED if changed else 0) | (MISSING if missing else 0),
+            offset=offset,
         )
-        self.records.append(rec)
-        if len(self.records) >= _RECORD_BATCH:
-            self.flush_records()
+
+    def _user(self, uid: int) -> str:
+        name = self._users.get(uid)
+        if name is None:
+            try:
+                name = pwd.getpwuid(uid).pw_name
+            except (KeyError, OverflowError):
+                name = ""
+            self._users[uid] = name
+        return name
+
+    def _group(self, gid: int) -> str:
+        name = self._groups.get(gid)
+        if name is None:
+            try:
+                name = grp.getgrgid(gid).gr_name
+            except (KeyError, OverflowError):
+                name = ""
+            self._groups[gid] = name
+        return name
 
     def store(self, entry: Entry) -> None:
         """Count *entry*, now in the archive, in the totals and its directory's section."""
@@ -293,11 +340,8 @@ class _Packer:
         parent = entry.path.rpartition(b"/")[0]
         self.per_dir[parent] = self.per_dir.get(parent, 0) + 1
 
-    def flush_records(self) -> None:
-        self.index.write(encode_lines(self.records))
-        self.records.clear()
-
     def add_simple(self, entry: Entry) -> None:
+        offset = self.begin_member()
         if entry.kind == "dir":
             header = encode_header(
                 member_name(entry.path, is_dir=True),
@@ -307,7 +351,7 @@ class _Packer:
                 uid=entry.uid,
                 gid=entry.gid,
             )
-            digest = None
+            digest = b""
         else:
             if entry.kind == "symlink":
                 typeflag, link = SYMLINK, entry.target
@@ -322,10 +366,10 @@ class _Packer:
                 gid=entry.gid,
                 linkname=link,
             )
-            digest = hexdigest(entry.target)
-        self.buf += header
+            digest = digest_of(entry.target)
+        self.writer.write(header)
         self.store(entry)
-        self.record(entry, digest)
+        self.record(entry, digest, offset)
 
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
         try:
@@ -349,10 +393,10 @@ class _Packer:
         reason = why or "vanished before it could be read"
         logger.warning("file %r %s; not in the archive", display(entry.path), reason)
         self.missing.append(entry.path)
-        self.record(entry, None, missing=True)
+        self.record(entry, b"", 0, missing=True)
 
     def _fits(self, size: int, scanned_rest: int) -> bool:
-        return self.budget is None or self.bytes_in + size + scanned_rest <= self.budget
+        return self.bytes_in + size + scanned_rest <= self.budget
 
     def _add_small(self, entry: Entry, fd: int, scanned_rest: int) -> None:
         # One pread of size + 1 shows growth; the fstat after it shows any change since the
@@ -376,26 +420,28 @@ class _Packer:
                 self._lose(entry, None, "is no longer a regular file")
                 return
             entry.size, entry.mtime_ns = len(data), st.st_mtime_ns
+            entry.ctime_ns = st.st_ctime_ns
             entry.mode = stat.S_IMODE(st.st_mode)
             if not self._fits(len(data), scanned_rest):
-                self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
+                self._lose(entry, None, "grew beyond its scanned size")
                 return
         size = len(data)
-        self.buf += file_header(
-            _TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid
+        offset = self.begin_member()
+        writer = self.writer
+        writer.write(
+            file_header(_TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid)
         )
-        self.buf += data
+        if size <= fmt.FRAME_SPLIT:
+            writer.write(data)
+        else:
+            self.write_data(data, 0)
         if size % 512:
-            self.buf += _ZEROS[: 512 - size % 512]
+            writer.write(_ZEROS[: 512 - size % 512])
         self.bytes_in += size
         self.store(entry)
-        digest = hexdigest(data)
-        if consistent:
-            self.record(entry, digest)
-        else:
-            self._changed(entry, digest)
-        if len(self.buf) >= _FLUSH_AT:
-            self.flush()
+        self.record(entry, digest_of(data), offset, changed=not consistent)
+        if not consistent:
+            self._warn_changed(entry)
 
     def _reread(self, fd: int) -> tuple[bytes, os.stat_result, bool]:
         """Read until two stats around a read agree, a few times at most."""
@@ -416,42 +462,46 @@ class _Packer:
                 return data, st, True
         return data, st, False
 
-    def _changed(self, entry: Entry, digest: str) -> None:
+    def _warn_changed(self, entry: Entry) -> None:
         logger.warning(
             "file %r changed while it was read; archived as read, marked changed",
             display(entry.path),
         )
         self.changed.append(entry.path)
-        self.record(entry, digest, changed=True)
 
     def _add_large(self, entry: Entry, fd: int, scanned_rest: int) -> None:
         st0 = os.fstat(fd)
         size = st0.st_size
         if not self._fits(size, scanned_rest):
-            self._lose(entry, None, "grew beyond its scanned size in a streamed archive")
+            self._lose(entry, None, "grew beyond its scanned size")
             return
         entry.size, entry.mtime_ns = size, st0.st_mtime_ns
+        entry.ctime_ns = st0.st_ctime_ns
         entry.mode = stat.S_IMODE(st0.st_mode)
-        self.buf += encode_header(
-            member_name(entry.path),
-            typeflag=REGULAR,
-            mode=entry.mode,
-            size=size,
-            mtime_ns=entry.mtime_ns,
-            uid=entry.uid,
-            gid=entry.gid,
+        offset = self.begin_member()
+        self.writer.write(
+            encode_header(
+                member_name(entry.path),
+                typeflag=REGULAR,
+                mode=entry.mode,
+                size=size,
+                mtime_ns=entry.mtime_ns,
+                uid=entry.uid,
+                gid=entry.gid,
+            )
         )
-        self.flush()
         hasher = Hasher()
-        left = size
-        while left:
-            chunk = os.read(fd, min(_CHUNK, left))
+        done = 0
+        while done < size:
+            # Pieces end on the frame cuts, so no piece is split by write_data.
+            want = min(_CHUNK, size - done, fmt.FRAME_SPLIT - done % fmt.FRAME_SPLIT)
+            chunk = os.read(fd, want)
             if not chunk:
-                chunk = bytes(min(_CHUNK, left))  # shrank under us: pad, and say so below
+                chunk = bytes(want)  # shrank under us: pad, and say so below
             hasher.update(chunk)
-            self.writer.write(chunk)
-            left -= len(chunk)
-        self.buf += bytes(padding(size))
+            self.write_data(chunk, done)
+            done += len(chunk)
+        self.writer.write(bytes(padding(size)))
         self.bytes_in += size
         self.store(entry)
         st1 = os.fstat(fd)
@@ -460,10 +510,9 @@ class _Packer:
             st0.st_mtime_ns,
             st0.st_ctime_ns,
         )
-        if same:
-            self.record(entry, hasher.hexdigest(fmt.DIGEST_SIZE))
-        else:
-            self._changed(entry, hasher.hexdigest(fmt.DIGEST_SIZE))
+        self.record(entry, hasher.digest(fmt.DIGEST_SIZE), offset, changed=not same)
+        if not same:
+            self._warn_changed(entry)
 
 
 def _read_all(fd: int, limit: int) -> bytes:
@@ -489,8 +538,6 @@ def _write(
     threads: int,
     labels: Mapping[str, str],
     progress: Progress | None,
-    *,
-    seekable: bool,
 ) -> PackResult:
     for rel in scan.skipped:
         logger.warning("skipping %r: not a file, directory or symlink", display(rel))
@@ -507,81 +554,80 @@ def _write(
         compression=Compression(level=level),
         labels=dict(sorted(labels.items())),
         skipped=len(scan.skipped),
-        partial=False if seekable else None,
+        partial=None,
         changed=0,
     )
     manifest_data = encode_manifest(manifest)
     mtime_ns = _created_ns(manifest.created_at)
-    first = _member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns)
-    writer = ZstdWriter(out, level=level, threads=threads)
-    writer.write_first(first)
-    packer = _Packer(scan.root, writer, None if seekable else totals.bytes)
-    with packer.index:  # the index spool: closed on every path, errors included
-        scanned_rest = totals.bytes
-        report_at = 0
-        for entry in scan:
-            if entry.kind == "file":
-                scanned_rest -= entry.size
-                packer.add_file(entry, scanned_rest)
-                if progress is not None and packer.bytes_in >= report_at:
-                    progress(packer.bytes_in, totals.bytes)
-                    report_at = packer.bytes_in + _CHUNK
-            else:
-                packer.add_simple(entry)
-        final_totals = packer.totals
-        index_header = Index(
-            format=fmt.INDEX_FORMAT_NAME,
-            version=fmt.INDEX_VERSION,
-            digest=fmt.DIGEST_NAME,
-            entries=final_totals.entries + len(packer.missing),
-            partial=bool(packer.changed or packer.missing),
-            changed=len(packer.changed),
-            missing=len(packer.missing),
-            totals=final_totals,
-        )
-        head = encode(index_header)
-        packer.flush_records()
-        spool = packer.index
-        size = len(head) + spool.tell()
-        packer.buf += encode_header(
-            _INDEX_MEMBER, typeflag=REGULAR, mode=0o644, size=size, mtime_ns=mtime_ns
-        )
-        packer.buf += head
-        spool.seek(0)
-        while chunk := spool.read(_CHUNK):
-            packer.buf += chunk
-            if len(packer.buf) >= _FLUSH_AT:
-                packer.flush()
-        packer.buf += bytes(padding(size) + 2 * fmt.BLOCK_SIZE)
-        packer.flush()
-    writer.finish()
+    writer = FrameWriter(out, level=level, threads=threads)
+    try:
+        writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
+        writer.cut()
+        packer = _Packer(scan.root, writer, totals.bytes)
+        with packer.spool:  # closed on every path, errors included
+            scanned_rest = totals.bytes
+            report_at = 0
+            for entry in scan:
+                if entry.kind == "file":
+                    scanned_rest -= entry.size
+                    packer.add_file(entry, scanned_rest)
+                    if progress is not None and packer.bytes_in >= report_at:
+                        progress(packer.bytes_in, totals.bytes)
+                        report_at = packer.bytes_in + _CHUNK
+                else:
+                    packer.add_simple(entry)
+            header = _write_toc(packer, mtime_ns)
+    except BaseException:
+        writer.close(wait=False)
+        raise
     if progress is not None:
         progress(packer.bytes_in, totals.bytes)
-    if seekable:
-        manifest.totals = final_totals
-        manifest.sections = sections(packer.per_dir)
-        manifest.partial = index_header.partial
-        manifest.changed = index_header.changed + index_header.missing
-        try:
-            rewritten = encode_manifest(manifest, size=len(manifest_data))
-        except ValueError as exc:
-            raise OxbakError(f"cannot finish the archive: {exc}") from exc
-        first = _member_bytes(_MANIFEST_MEMBER, rewritten, mtime_ns)
-        if rewritten != manifest_data and not writer.rewrite_first(first):
-            raise OxbakError("cannot finish the archive: the updated manifest does not fit")
-    else:
-        manifest.partial = None
     return PackResult(
         output="",
         manifest=manifest,
-        entries=final_totals.entries,
+        entries=header.totals.entries,
         bytes_in=packer.bytes_in,
         bytes_out=writer.bytes_out,
         seconds=0.0,
         changed=[display(p) for p in packer.changed],
         missing=[display(p) for p in packer.missing],
         skipped=[display(p) for p in scan.skipped],
+        totals=header.totals,
     )
+
+
+def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
+    """The TOC member (a frame for its header, one per block), the end, the footer."""
+    toc = packer.toc
+    toc.flush()
+    final = packer.totals
+    header = TocHeader(
+        format=fmt.TOC_FORMAT_NAME,
+        version=fmt.TOC_VERSION,
+        digest=fmt.DIGEST_NAME,
+        entries=final.entries + len(packer.missing),
+        partial=bool(packer.changed or packer.missing),
+        changed=len(packer.changed),
+        missing=len(packer.missing),
+        totals=final,
+    )
+    head = toc.header(header)
+    spool = packer.spool
+    size = len(head) + spool.tell()
+    writer = packer.writer
+    writer.cut()
+    toc_offset = writer.position
+    writer.write(
+        encode_header(_TOC_MEMBER, typeflag=REGULAR, mode=0o644, size=size, mtime_ns=mtime_ns)
+    )
+    writer.write(head)
+    spool.seek(0)
+    for ref in toc.refs:
+        writer.cut()
+        writer.write(spool.read(ref.length))
+    writer.write(bytes(padding(size) + 2 * fmt.BLOCK_SIZE))
+    writer.finish(encode_footer(toc_offset, size))
+    return header
 
 
 def _member_bytes(name: bytes, data: bytes, mtime_ns: int) -> bytes:

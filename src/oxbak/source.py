@@ -1,0 +1,396 @@
+"""Archive sources: what the restore loop reads entries and their bytes from.
+
+A source mirrors :class:`~oxbak.destinations.Destination` on the reading side. It hands
+out the manifest, every tree entry in archive order (as a tar :class:`~oxbak.tarfmt.Header`
+and, when it knows it already, the entry's TOC :class:`~oxbak.toc.Record`), the bytes of
+an entry, and the final checks against the archive's own index. Two implementations:
+
+- :class:`StreamSource` reads the tar stream front to back: from a pipe, from a
+  version-1 archive, or from every frame of a seekable archive (decompressed in parallel
+  ahead of the loop). Every member is read; the index or TOC comes last and is checked
+  against everything seen.
+- :class:`TocSource` reads a seekable version-2 archive from its table of contents and
+  decompresses only the frames holding the entries it is asked for. Each entry it reads
+  must agree with the tar header actually found at the offset its record gives.
+
+Neither decides whether an entry is acceptable (names, order, parents, bounds, links):
+that is :mod:`oxbak.restore`'s one rule set, applied to what either source hands out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import contextlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from . import format as fmt
+from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
+from .errors import CorruptArchiveError, LimitExceededError
+from .locations import Archive, open_input
+from .manifest import Manifest
+from .paths import member_name, shown, sort_key
+from .reader import ArchiveReader, Final
+from .tarfmt import REGULAR, Header
+from .toc import (
+    KIND_CODES,
+    Footer,
+    Record,
+    TocHeader,
+    decode_block,
+    decode_footer,
+    decode_header,
+)
+
+__all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
+
+_TOC_MEMBER = fmt.TOC_NAME.encode()
+
+
+class ArchiveSource(Protocol):
+    """What the restore loop reads from."""
+
+    name: str
+    manifest: Manifest
+    #: True when every entry's bytes go by anyway (a stream): the loop then checks them all.
+    reads_everything: bool
+
+    def entries(self) -> Iterator[tuple[Header, Record | None]]:
+        """Every tree entry in archive order, with its TOC record when already known."""
+
+    def read(self, entry: Header) -> Iterable[memoryview]:
+        """The data of *entry* (for a stream: the entry just handed out)."""
+
+    def final(self) -> tuple[Final, Iterator[Record]]:
+        """After the last entry: the index or TOC header and its records, for the checks."""
+
+    def finish(self) -> None:
+        """After the final checks: the end of the archive (for a stream)."""
+
+
+class StreamSource:
+    """A tar stream read front to back; its index or TOC comes at the end."""
+
+    reads_everything = True
+
+    def __init__(
+        self, reader: ArchiveReader, manifest: Manifest, *, footer: Footer | None = None
+    ) -> None:
+        self.reader = reader
+        self.name = reader.name
+        self.manifest = manifest
+        self._footer = footer  # read first from a seekable input; checked at the end
+
+    def entries(self) -> Iterator[tuple[Header, Record | None]]:
+        """Tree members as they come."""
+        for header in self.reader.members():
+            yield header, None
+
+    def read(self, entry: Header) -> Iterable[memoryview]:
+        """The data of the member just handed out."""
+        return self.reader.data(entry.size)
+
+    def final(self) -> tuple[Final, Iterator[Record]]:
+        """The index or TOC, read after the tree."""
+        footer = self._footer
+        reader = self.reader
+        if footer is not None and (footer.toc_offset, footer.toc_size) != (
+            reader.index_offset,
+            reader.index_size,
+        ):
+            raise CorruptArchiveError("footer does not locate the archive's table of contents")
+        return reader.records()
+
+    def finish(self) -> None:
+        """The end-of-archive marker, then the end of the input.
+
+        A version-2 archive read from a pipe must end with its footer and a seek table
+        that describes the frames that went by: both are checked here, so an archive
+        verified from a pipe is one that can also be read at random.
+        """
+        reader = self.reader
+        reader.finish()
+        stream = reader.stream
+        if self.manifest.version >= fmt.FIRST_SEEKABLE_VERSION and isinstance(stream, ZstdReader):
+            _check_trailer(stream.walker, reader.index_offset, reader.index_size)
+
+
+class TocSource:
+    """A seekable version-2 archive, read through its table of contents."""
+
+    reads_everything = False
+
+    def __init__(self, frames: FrameReader, manifest: Manifest, name: str) -> None:
+        self.frames = frames
+        self.manifest = manifest
+        self.name = name
+        table = frames.table
+        footer = read_footer(frames)
+        self.toc_offset = footer.toc_offset
+        if footer.toc_offset >= table.d_total:
+            raise CorruptArchiveError("footer locates the table of contents past the archive")
+        start = table.frame_at(footer.toc_offset)
+        if table.d_starts[start] != footer.toc_offset:
+            raise CorruptArchiveError("the table of contents does not start a frame")
+        cursor = ArchiveReader(
+            frames.stream(footer.toc_offset), name=name, offset=footer.toc_offset
+        )
+        head = cursor.next_header()
+        if head is None or head.name != _TOC_MEMBER or head.typeflag != REGULAR:
+            raise CorruptArchiveError(
+                f"footer does not locate {fmt.TOC_NAME} (offset {footer.toc_offset})"
+            )
+        if head.size != footer.toc_size:
+            raise CorruptArchiveError("footer and table of contents disagree on its size")
+        data_at = cursor.data_offset
+        prefix = cursor.read_exact(4)
+        length = int.from_bytes(prefix, "little")
+        if length > fmt.MAX_TOC_HEADER_BYTES or 4 + length > head.size:
+            raise LimitExceededError(
+                f"table of contents header is {length} bytes, more than its member holds "
+                f"or the limit {fmt.MAX_TOC_HEADER_BYTES}"
+            )
+        self.header, used = decode_header(prefix + cursor.read_exact(length))
+        if used + sum(ref.length for ref in self.header.blocks) != head.size:
+            raise CorruptArchiveError("table of contents blocks do not fill its member")
+        self._blocks_at = data_at + used
+        self._cursor: ArchiveReader | None = None
+        self._firsts: list[tuple[bytes, ...]] | None = None
+        self._flagged: list[Record] = []
+
+    # -- the table of contents -------------------------------------------------------------
+    def block(self, number: int) -> list[Record]:
+        """The records of block *number*, checked."""
+        ref = self.header.blocks[number]
+        at = self._blocks_at + ref.offset
+        reader = ArchiveReader(self.frames.stream(at), name=self.name, offset=at)
+        return decode_block(reader.read_exact(ref.length), ref, number)
+
+    def records(self) -> Iterator[Record]:
+        """Every record, in archive order (the TOC's frames read one after another)."""
+        refs = self.header.blocks
+        if not refs:
+            return
+        reader = ArchiveReader(
+            self.frames.stream(self._blocks_at), name=self.name, offset=self._blocks_at
+        )
+        for n, ref in enumerate(refs):
+            yield from decode_block(reader.read_exact(ref.length), ref, n)
+
+    def find(self, path: bytes) -> Record | None:
+        """The record of *path*, decompressing only the block that can hold it."""
+        if self._firsts is None:
+            self._firsts = [sort_key(ref.first) for ref in self.header.blocks]
+        key = sort_key(path)
+        number = bisect.bisect_right(self._firsts, key) - 1
+        if number < 0:
+            return None
+        for record in self.block(number):
+            if record.path == path:
+                return record
+        return None
+
+    # -- the source ------------------------------------------------------------------------
+    def entries(self) -> Iterator[tuple[Header, Record | None]]:
+        """Every stored entry, from the TOC; missing files are kept for :meth:`final`."""
+        previous = 0
+        limit = self.toc_offset
+        for record in self.records():
+            if record.missing:
+                self._flagged.append(record)
+                continue
+            if record.changed:
+                self._flagged.append(record)
+            if not previous < record.offset < limit:
+                raise CorruptArchiveError(
+                    f"table of contents places {shown(record.path)!r} at offset "
+                    f"{record.offset}, outside the tree's members or out of order"
+                )
+            previous = record.offset
+            yield header_of(record), record
+
+    def read(self, entry: Header) -> Iterable[memoryview]:
+        """Find the member at the entry's offset; it must be what the TOC says it is."""
+        if not 0 < entry.offset < self.toc_offset:
+            raise CorruptArchiveError(
+                f"table of contents places {shown(entry.name)!r} at offset {entry.offset}, "
+                f"outside the tree's members"
+            )
+        cursor = self._cursor
+        if cursor is None or cursor.position != entry.offset:
+            cursor = ArchiveReader(
+                self.frames.stream(entry.offset), name=self.name, offset=entry.offset
+            )
+            self._cursor = cursor
+        found = cursor.next_header()
+        if found is None or not same_member(found, entry):
+            raise CorruptArchiveError(
+                f"table of contents disagrees with the archive: its record of "
+                f"{shown(entry.name)!r} does not match the member at offset {entry.offset}"
+            )
+        if entry.typeflag != REGULAR:
+            return ()
+        return cursor.data(entry.size)
+
+    def final(self) -> tuple[Final, Iterator[Record]]:
+        """The TOC header, and the changed or missing records seen on the way."""
+        return self.header, iter(self._flagged)
+
+    def finish(self) -> None:
+        """Nothing: what was not asked for is not read."""
+
+
+def header_of(record: Record) -> Header:
+    """The tar header a TOC record stands for (what the member at its offset must be)."""
+    kind = record.kind
+    if kind == "hardlink":
+        link = member_name(record.target)
+    elif kind == "symlink":
+        link = record.target
+    else:
+        link = b""
+    return Header(
+        member_name(record.path, is_dir=kind == "dir"),
+        bytes((KIND_CODES[kind],)),
+        record.mode,
+        record.uid,
+        record.gid,
+        record.size if kind == "file" else 0,
+        record.mtime_ns,
+        link,
+        record.offset,
+    )
+
+
+def same_member(found: Header, expected: Header) -> bool:
+    """Whether a header read from the tar stream is the member a record describes."""
+    name = found.name
+    if expected.typeflag == b"5" and not name.endswith(b"/"):
+        name += b"/"
+    return (
+        name == expected.name
+        and found.typeflag == expected.typeflag
+        and found.size == expected.size
+        and found.mode & 0o7777 == expected.mode
+        and found.mtime_ns == expected.mtime_ns
+        and found.uid == expected.uid
+        and found.gid == expected.gid
+        and found.linkname == expected.linkname
+    )
+
+
+def metadata_key(header: Header, target: bytes) -> bytes:
+    """What a TOC record must agree on with its member besides path, type and size."""
+    return b"%d %d %d %d %d " % (
+        header.mode & 0o7777,
+        header.uid,
+        header.gid,
+        header.mtime_ns,
+        header.offset,
+    ) + target
+
+
+def record_key(record: Record) -> bytes:
+    """:func:`metadata_key` of the member *record* describes."""
+    return b"%d %d %d %d %d " % (
+        record.mode,
+        record.uid,
+        record.gid,
+        record.mtime_ns,
+        record.offset,
+    ) + (record.target if record.kind in ("symlink", "hardlink") else b"")
+
+
+def _check_trailer(walker: FrameWalker, toc_offset: int, toc_size: int) -> None:
+    """The footer and seek table at the end of a version-2 stream, against what went by."""
+    trailer = walker.trailer
+    last = walker.frames - 1
+    if (
+        len(trailer) < 2
+        or trailer[-1][:2] != (last, fmt.SEEK_TABLE_MAGIC)
+        or trailer[-2][:2] != (last - 1, fmt.FOOTER_MAGIC)
+    ):
+        raise CorruptArchiveError(
+            "archive is truncated: it does not end with its footer and seek table"
+        )
+    sizes = parse_seek_table(trailer[-1][2])
+    seen = walker.frame_sizes[:-1]
+    if len(sizes) != len(seen) or any(
+        csize != size or dsize != max(declared, 0)
+        for (csize, dsize), (size, declared) in zip(sizes, seen, strict=False)
+    ):
+        raise CorruptArchiveError("seek table does not describe the archive's frames")
+    if any(declared < 0 and dsize for (_, dsize), (_, declared) in zip(sizes, seen, strict=True)):
+        raise CorruptArchiveError("a zstd frame does not declare its content size")
+    footer = decode_footer(trailer[-2][2])
+    if footer.toc_offset != toc_offset or footer.toc_size != toc_size:
+        raise CorruptArchiveError("footer does not locate the archive's table of contents")
+
+
+def read_footer(frames: FrameReader) -> Footer:
+    """The footer of a seekable archive: the frame just before the seek table."""
+    table = frames.table
+    last = len(table) - 1
+    if last < 1 or table.d_sizes[last] != 0:
+        raise CorruptArchiveError("archive has no footer before its seek table")
+    raw = frames.source.pread(table.c_sizes[last], table.c_starts[last])
+    magic = int.from_bytes(raw[:4], "little")
+    if magic != fmt.FOOTER_MAGIC or int.from_bytes(raw[4:8], "little") != len(raw) - 8:
+        raise CorruptArchiveError("archive's last frame before the seek table is not its footer")
+    return decode_footer(raw[8:])
+
+
+@contextlib.contextmanager
+def open_source(
+    archive: Archive, *, whole: bool = True, threads: int = 1
+) -> Iterator[ArchiveSource]:
+    """Open *archive* and check its manifest (format, version) before anything else.
+
+    With *whole* (unpack, verify), every entry will be read: the source streams the whole
+    archive, from its frames in parallel when it is seekable. Without, a seekable
+    version-2 archive is read through its table of contents; other inputs are streamed.
+    """
+    with open_input(archive) as inp:
+        reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
+        with contextlib.closing(reader):
+            manifest = reader.read_manifest()
+            table = None
+            if inp.random is not None and manifest.version >= fmt.FIRST_SEEKABLE_VERSION:
+                table = SeekTable.read(inp.random)
+            if table is None:
+                yield StreamSource(reader, manifest)
+                return
+        frames = FrameReader(inp.random, table, threads=threads)  # type: ignore[arg-type]
+        with contextlib.closing(frames):
+            if not whole:
+                yield TocSource(frames, manifest, inp.name)
+                return
+            footer = read_footer(frames)
+            full = ArchiveReader(frames.stream(0, ahead=True), name=inp.name)
+            with contextlib.closing(full):
+                full.read_manifest()
+                yield StreamSource(full, manifest, footer=footer)
+
+
+@dataclass
+class ArchiveInfo:
+    """What ``info`` shows: the manifest, and the TOC header when it could be read.
+
+    ``toc`` is the final word on what the archive holds (exact totals, partial); it is
+    None for a stream and for a version-1 archive, whose final status is known only after
+    reading everything (``verify``).
+    """
+
+    manifest: Manifest
+    toc: TocHeader | None
+
+
+def read_info(archive: Archive) -> ArchiveInfo:
+    """The manifest and, from a seekable archive, its TOC header.
+
+    Only the first frame, the seek table, the footer and the TOC header's frame are read.
+    """
+    with open_source(archive, whole=False) as source:
+        toc = source.header if isinstance(source, TocSource) else None
+        return ArchiveInfo(source.manifest, toc)

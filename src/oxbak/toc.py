@@ -1,0 +1,445 @@
+"""The table of contents (``toc.msgpack``) and the footer that locates it (version 2).
+
+The TOC is the archive's integrity index and its map: one record per tree entry, in
+archive order, with everything ``list`` and ``diff`` show and where the entry's member
+starts in the tar stream. Records are stored in blocks of columns (msgpack, via msgspec),
+each block in a zstd frame of its own, so that one entry is found by decompressing the
+TOC header and one block. See ``docs/FORMAT.md`` §5.
+
+Everything decoded here is checked before it is used: sizes are bounded before they are
+allocated, column lengths must agree, and values must lie in their ranges. Whether a
+record agrees with the member actually found at its offset is the reading side's check
+(:mod:`oxbak.source`), and the ordering and naming rules are the restore loop's.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from itertools import accumulate
+from typing import Protocol
+
+import msgspec
+
+from . import format as fmt
+from .errors import CorruptArchiveError, LimitExceededError
+from .manifest import Totals
+from .paths import shown
+
+__all__ = [
+    "BlockRef",
+    "Footer",
+    "Record",
+    "TocBlock",
+    "TocBuilder",
+    "TocHeader",
+    "decode_block",
+    "decode_footer",
+    "decode_header",
+    "encode_footer",
+]
+
+FILE, DIR, SYMLINK, HARDLINK = b"0", b"5", b"2", b"1"  # the tar typeflags of each kind
+KIND_NAMES = {FILE[0]: "file", DIR[0]: "dir", SYMLINK[0]: "symlink", HARDLINK[0]: "hardlink"}
+KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
+CHANGED, MISSING = 1, 2
+_NO_DIGEST = bytes(fmt.DIGEST_SIZE)
+_MAX_ID = 2**32 - 1
+_MAX_U64 = 2**64 - 1
+_MAX_I64 = 2**63
+
+
+class Footer(msgspec.Struct, kw_only=True):
+    """The content of the footer frame: where the TOC member is."""
+
+    format: str
+    version: int
+    toc_offset: int  # of the TOC member's first header block in the tar stream
+    toc_size: int  # the TOC member's data size
+
+
+class BlockRef(msgspec.Struct, array_like=True):
+    """Where one block of records is, and the path of its first record."""
+
+    first: bytes
+    offset: int  # from the end of the TOC header
+    length: int
+    entries: int
+
+
+class TocHeader(msgspec.Struct, kw_only=True):
+    """The TOC's first part: the final word on what the archive holds."""
+
+    format: str
+    version: int
+    digest: str
+    entries: int
+    partial: bool
+    changed: int = 0
+    missing: int = 0
+    totals: Totals = msgspec.field(default_factory=Totals)
+    blocks: list[BlockRef] = []
+
+
+class TocBlock(msgspec.Struct, array_like=True):
+    """Up to :data:`~oxbak.format.TOC_BLOCK_ENTRIES` records, one column per field.
+
+    ``ctimes``, ``inodes`` and ``offsets`` hold each value as its difference from the
+    previous record's (the first as is): they mostly grow in small steps, which zstd
+    compresses far better than the values themselves.
+    """
+
+    paths: list[bytes]
+    kinds: bytes
+    modes: list[int]
+    uids: list[int]
+    gids: list[int]
+    users: dict[int, str]
+    groups: dict[int, str]
+    sizes: list[int]
+    mtimes: list[int]
+    ctimes: list[int]
+    inodes: list[int]
+    targets: list[bytes]
+    digests: bytes
+    flags: bytes
+    offsets: list[int]
+
+
+@dataclass(slots=True)
+class Record:
+    """One tree entry as the TOC (or a version-1 index) describes it.
+
+    ``path`` is relative to the tree root (``b""`` for the root). ``target`` is a
+    symlink's target or a hardlink's target path. ``digest`` is 32 bytes (zeros for a
+    directory). ``offset`` is where the member's first header block starts in the tar
+    stream (0 for a missing file, and for version-1 records, which carry none).
+    Version-1 records carry no metadata: ``meta`` is false for them.
+    """
+
+    path: bytes
+    kind: str
+    size: int
+    digest: bytes
+    changed: bool = False
+    missing: bool = False
+    mode: int = 0
+    uid: int = 0
+    gid: int = 0
+    user: str = ""
+    group: str = ""
+    mtime_ns: int = 0
+    ctime_ns: int = 0
+    ino: int = 0
+    target: bytes = b""
+    offset: int = 0
+    meta: bool = True
+
+
+_footer_decoder = msgspec.json.Decoder(Footer)
+_header_decoder = msgspec.msgpack.Decoder(TocHeader)
+_block_decoder = msgspec.msgpack.Decoder(TocBlock)
+_json = msgspec.json.Encoder(order="deterministic")
+# Struct fields have a fixed order, and the writer sorts the owner-name maps itself.
+_msgpack = msgspec.msgpack.Encoder()
+
+
+def encode_footer(toc_offset: int, toc_size: int) -> bytes:
+    """The footer frame's content."""
+    return _json.encode(
+        Footer(
+            format=fmt.FOOTER_FORMAT_NAME,
+            version=1,
+            toc_offset=toc_offset,
+            toc_size=toc_size,
+        )
+    )
+
+
+def decode_footer(data: bytes) -> Footer:
+    """Decode and check the footer frame's content.
+
+    :raises CorruptArchiveError: anything but a version-1 footer with sane numbers.
+    """
+    if len(data) > fmt.MAX_FOOTER_BYTES:
+        raise LimitExceededError(f"footer is {len(data)} bytes, limit {fmt.MAX_FOOTER_BYTES}")
+    try:
+        footer = _footer_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArchiveError(f"footer is malformed: {exc}") from exc
+    if footer.format != fmt.FOOTER_FORMAT_NAME or footer.version != 1:
+        raise CorruptArchiveError(
+            f"footer has format {footer.format!r} version {footer.version}, "
+            f"expected {fmt.FOOTER_FORMAT_NAME!r} version 1"
+        )
+    if footer.toc_offset < 0 or footer.toc_size < 4:
+        raise CorruptArchiveError("footer locates no table of contents")
+    return footer
+
+
+def decode_header(data: bytes) -> tuple[TocHeader, int]:
+    """The TOC header at the start of the TOC member's *data*, and the bytes it took.
+
+    :raises CorruptArchiveError: a malformed header or block list.
+    """
+    if len(data) < 4:
+        raise CorruptArchiveError("table of contents is truncated")
+    (length,) = struct.unpack_from("<I", data)
+    if length > fmt.MAX_TOC_HEADER_BYTES:
+        raise LimitExceededError(
+            f"table of contents header is {length} bytes, limit {fmt.MAX_TOC_HEADER_BYTES}"
+        )
+    if 4 + length > len(data):
+        raise CorruptArchiveError("table of contents header is truncated")
+    try:
+        header = _header_decoder.decode(data[4 : 4 + length])
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArchiveError(f"table of contents header is malformed: {exc}") from exc
+    if header.format != fmt.TOC_FORMAT_NAME or header.version != fmt.TOC_VERSION:
+        raise CorruptArchiveError(
+            f"table of contents has format {header.format!r} version {header.version}, "
+            f"expected {fmt.TOC_FORMAT_NAME!r} version {fmt.TOC_VERSION}"
+        )
+    if header.digest != fmt.DIGEST_NAME:
+        raise CorruptArchiveError(f"table of contents uses unknown digest {header.digest!r}")
+    at = 0
+    count = 0
+    for n, ref in enumerate(header.blocks):
+        if ref.offset != at or not 0 < ref.length <= fmt.MAX_TOC_BLOCK_BYTES:
+            raise CorruptArchiveError(f"table of contents block {n} is misplaced or oversized")
+        if not 0 < ref.entries <= fmt.TOC_BLOCK_ENTRIES:
+            raise CorruptArchiveError(f"table of contents block {n} declares {ref.entries} records")
+        at += ref.length
+        count += ref.entries
+    if count != header.entries:
+        raise CorruptArchiveError(
+            f"table of contents declares {header.entries} records, its blocks {count}"
+        )
+    return header, 4 + length
+
+
+def blocks_size(header: TocHeader) -> int:
+    """Bytes of all blocks together."""
+    return sum(ref.length for ref in header.blocks)
+
+
+def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
+    """The records of one block, checked column by column against *ref*.
+
+    :raises CorruptArchiveError: malformed, inconsistent or out-of-range columns.
+    """
+    try:
+        block = _block_decoder.decode(data)
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise CorruptArchiveError(
+            f"table of contents block {number} is malformed: {exc}"
+        ) from exc
+    n = ref.entries
+    lists = (
+        block.paths,
+        block.modes,
+        block.uids,
+        block.gids,
+        block.sizes,
+        block.mtimes,
+        block.ctimes,
+        block.inodes,
+        block.targets,
+        block.offsets,
+    )
+    if (
+        any(len(column) != n for column in lists)
+        or len(block.kinds) != n
+        or len(block.flags) != n
+        or len(block.digests) != n * fmt.DIGEST_SIZE
+    ):
+        raise CorruptArchiveError(f"table of contents block {number}: columns disagree in length")
+    if block.paths[0] != ref.first:
+        raise CorruptArchiveError(
+            f"table of contents block {number} starts at {shown(block.paths[0])!r}, "
+            f"its reference says {shown(ref.first)!r}"
+        )
+    if (
+        min(block.modes) < 0
+        or max(block.modes) > 0o7777
+        or min(block.uids) < 0
+        or max(block.uids) > _MAX_ID
+        or min(block.gids) < 0
+        or max(block.gids) > _MAX_ID
+        or min(block.sizes) < 0
+        or min(block.mtimes) // 1_000_000_000 < -_MAX_I64
+        or max(block.mtimes) // 1_000_000_000 >= _MAX_I64
+    ):
+        raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
+    ctimes = list(accumulate(block.ctimes))
+    inodes = list(accumulate(block.inodes))
+    offsets = list(accumulate(block.offsets))
+    if (
+        min(offsets) < 0
+        or min(inodes) < 0
+        or max(inodes) > _MAX_U64
+        or min(ctimes) // 1_000_000_000 < -_MAX_I64
+        or max(ctimes) // 1_000_000_000 >= _MAX_I64
+    ):
+        raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
+    records = []
+    users, groups = block.users, block.groups
+    digests = block.digests
+    at = 0
+    for i in range(n):
+        code = block.kinds[i]
+        kind = KIND_NAMES.get(code)
+        flags = block.flags[i]
+        if kind is None or flags > (CHANGED | MISSING):
+            raise CorruptArchiveError(
+                f"table of contents block {number}, record {i}: unknown type or flags"
+            )
+        missing = bool(flags & MISSING)
+        if missing and kind != "file":
+            raise CorruptArchiveError(
+                f"table of contents: {shown(block.paths[i])!r} is a missing {kind}"
+            )
+        uid, gid = block.uids[i], block.gids[i]
+        records.append(
+            Record(
+                path=block.paths[i],
+                kind=kind,
+                size=block.sizes[i],
+                digest=digests[at : at + fmt.DIGEST_SIZE],
+                changed=bool(flags & CHANGED),
+                missing=missing,
+                mode=block.modes[i],
+                uid=uid,
+                gid=gid,
+                user=users.get(uid, ""),
+                group=groups.get(gid, ""),
+                mtime_ns=block.mtimes[i],
+                ctime_ns=ctimes[i],
+                ino=inodes[i],
+                target=block.targets[i],
+                offset=offsets[i],
+            )
+        )
+        at += fmt.DIGEST_SIZE
+    return records
+
+
+class _Spool(Protocol):
+    def write(self, data: bytes, /) -> int: ...
+
+
+class TocBuilder:
+    """Collects records as the writer stores entries, and encodes them in blocks.
+
+    Finished blocks are handed to *spool* (a file object), so memory holds one block.
+    """
+
+    def __init__(self, spool: _Spool) -> None:
+        self._spool = spool
+        self.refs: list[BlockRef] = []
+        self._at = 0
+        self._reset()
+
+    def _reset(self) -> None:
+        self._paths: list[bytes] = []
+        self._kinds = bytearray()
+        self._modes: list[int] = []
+        self._uids: list[int] = []
+        self._gids: list[int] = []
+        self._users: dict[int, str] = {}
+        self._groups: dict[int, str] = {}
+        self._sizes: list[int] = []
+        self._mtimes: list[int] = []
+        self._ctimes: list[int] = []
+        self._inodes: list[int] = []
+        self._targets: list[bytes] = []
+        self._digests = bytearray()
+        self._flags = bytearray()
+        self._offsets: list[int] = []
+        self._name_bytes = 0
+
+    def add(
+        self,
+        path: bytes,
+        kind: str,
+        *,
+        mode: int,
+        uid: int,
+        gid: int,
+        user: str,
+        group: str,
+        size: int,
+        mtime_ns: int,
+        ctime_ns: int,
+        ino: int,
+        target: bytes,
+        digest: bytes,
+        flags: int,
+        offset: int,
+    ) -> None:
+        """Add one record (in archive order)."""
+        self._paths.append(path)
+        self._kinds.append(KIND_CODES[kind])
+        self._modes.append(mode)
+        self._uids.append(uid)
+        self._gids.append(gid)
+        self._users[uid] = user
+        self._groups[gid] = group
+        self._sizes.append(size)
+        self._mtimes.append(mtime_ns)
+        self._ctimes.append(ctime_ns)
+        self._inodes.append(ino)
+        self._targets.append(target)
+        self._digests += digest or _NO_DIGEST
+        self._flags.append(flags)
+        self._offsets.append(offset)
+        self._name_bytes += len(path) + len(target)
+        if (
+            len(self._paths) >= fmt.TOC_BLOCK_ENTRIES
+            or self._name_bytes >= fmt.TOC_BLOCK_NAME_BYTES
+        ):
+            self.flush()
+
+    def flush(self) -> None:
+        """Encode the records collected so far as one block."""
+        if not self._paths:
+            return
+        block = TocBlock(
+            paths=self._paths,
+            kinds=bytes(self._kinds),
+            modes=self._modes,
+            uids=self._uids,
+            gids=self._gids,
+            users=dict(sorted(self._users.items())),
+            groups=dict(sorted(self._groups.items())),
+            sizes=self._sizes,
+            mtimes=self._mtimes,
+            ctimes=_differences(self._ctimes),
+            inodes=_differences(self._inodes),
+            targets=self._targets,
+            digests=bytes(self._digests),
+            flags=bytes(self._flags),
+            offsets=_differences(self._offsets),
+        )
+        data = _msgpack.encode(block)
+        self._spool.write(data)
+        self.refs.append(BlockRef(self._paths[0], self._at, len(data), len(self._paths)))
+        self._at += len(data)
+        self._reset()
+
+    def header(self, header: TocHeader) -> bytes:
+        """*header* (its blocks filled in) encoded with its length prefix."""
+        header.blocks = self.refs
+        data = _msgpack.encode(header)
+        return struct.pack("<I", len(data)) + data
+
+
+def _differences(values: list[int]) -> list[int]:
+    return [b - a for a, b in zip([0, *values], values, strict=False)]
+
+
+def iter_records(blocks: Iterator[list[Record]]) -> Iterator[Record]:
+    """Every record of *blocks*, in order."""
+    for records in blocks:
+        yield from records
