@@ -1,4 +1,4 @@
-"""oxbak.diff and `oxbak diff`: real trees, real archives packed with oxbak.pack.
+"""oxbak.diff and `oxbak diff` (oxbak.compare): real trees, real archives packed with oxbak.pack.
 
 Each kind of change is made on a copy of a packed tree, with the times of what it did not
 mean to change put back, so that each test sees exactly the change it made. A property
@@ -30,7 +30,7 @@ from hypothesis import strategies as st
 import oxbak
 from golden import GOLDEN, make_tree
 from oxbak.cli import cli
-from oxbak.diff import Change, Stat, diff
+from oxbak.compare import Change, Stat, diff
 from oxbak.errors import ArchiveError, SourceError
 from oxbak.paths import sort_key
 from oxbak.scan import scan_tree

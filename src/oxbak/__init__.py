@@ -9,6 +9,8 @@ The public API::
     info = oxbak.read_info("state.oxbak")                 # -> ArchiveInfo (.manifest, .toc)
     report = oxbak.verify("state.oxbak")                  # -> VerifyResult (.ok, .problems)
     for entry in oxbak.list_entries("state.oxbak"): ...   # -> EntryInfo
+    oxbak.cat("state.oxbak", "seeds/000001.json", sys.stdout.buffer)
+    for change in oxbak.diff("state.oxbak", "state"): ... # -> Change
     oxbak.unpack("state.oxbak", "restored")               # -> UnpackResult
 
 Archives are paths or binary file objects. Every deliberate error is an ``OxbakError``.
@@ -36,17 +38,20 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .compare import Change, diff
     from .destinations import recover
     from .manifest import Manifest
     from .reader import read_manifest
-    from .source import ArchiveInfo, read_info
     from .restore import EntryInfo, UnpackResult, VerifyResult, cat, list_entries, unpack, verify
+    from .source import ArchiveInfo, read_info
     from .writer import PackResult, pack
 
 # The rest of the API is imported on first use, so that `oxbak info` does not pay for the
 # writer's and the unpacker's imports at every start.
 _LAZY = {
     "recover": "destinations",
+    "Change": "compare",
+    "diff": "compare",
     "Manifest": "manifest",
     "EntryInfo": "restore",
     "list_entries": "restore",
@@ -77,6 +82,7 @@ def __getattr__(name: str) -> object:
 __all__ = [
     "ArchiveError",
     "ArchiveInfo",
+    "Change",
     "CorruptArchiveError",
     "DestinationError",
     "EntryInfo",
@@ -96,6 +102,7 @@ __all__ = [
     "VerifyResult",
     "__version__",
     "cat",
+    "diff",
     "list_entries",
     "pack",
     "read_info",

@@ -23,10 +23,12 @@ import msgspec
 from . import format as fmt
 from ._version import __version__
 from .errors import OxbakError
+from .paths import display
 
 if TYPE_CHECKING:
     from .destinations import Mode
     from .manifest import Manifest
+    from .restore import EntryInfo
     from .toc import TocHeader
 
 # Library functions are imported inside each command: `oxbak info` then loads the reader
@@ -533,37 +535,62 @@ def list_cmd(
         raise click.UsageError("Missing argument 'ARCHIVE|-'.", ctx)
     from .restore import list_entries
 
-    out = sys.stdout
-    write = out.write
-    gmtime = time.gmtime
-    for e in list_entries(archive, paths):
-        if as_json:
-            row: dict[str, Any] = {
-                "path": e.name,
-                "type": e.type,
-                "mode": f"{e.mode:04o}",
-                "size": e.size,
-                "mtime_ns": e.mtime_ns,
-                "uid": e.uid,
-                "gid": e.gid,
-            }
-            if e.user or e.group:
-                row["user"], row["group"] = e.user, e.group
-            if e.digest:
-                row["digest"] = e.digest.hex()
-            if e.ino:
-                row["ctime_ns"], row["ino"] = e.ctime_ns, e.ino
-            if e.type in ("symlink", "hardlink"):
-                row["target"] = _text(e.target)
-            write(_json.encode(row).decode() + "\n")
-        else:
-            stamp = time.strftime("%Y-%m-%d %H:%M:%S", gmtime(e.mtime_ns // 1_000_000_000))
-            arrow = f" -> {_text(e.target)}" if e.type in ("symlink", "hardlink") else ""
-            owner = f"{e.user or e.uid}/{e.group or e.gid}"
-            size = _human(e.size) if human else str(e.size)
-            write(
-                f"{_mode_string(e.type, e.mode)} {owner:<12} {size:>12} {stamp} {e.name}{arrow}\n"
-            )
+    entries = list_entries(archive, paths)
+    if as_json:
+        _list_json(entries)
+    else:
+        _list_text(entries, human)
+
+
+def _list_json(entries: Iterator[EntryInfo]) -> None:
+    write = sys.stdout.write
+    for e in entries:
+        row: dict[str, Any] = {
+            "path": e.name,
+            "type": e.type,
+            "mode": f"{e.mode:04o}",
+            "size": e.size,
+            "mtime_ns": e.mtime_ns,
+            "uid": e.uid,
+            "gid": e.gid,
+        }
+        if e.user or e.group:
+            row["user"], row["group"] = e.user, e.group
+        if e.digest:
+            row["digest"] = e.digest.hex()
+        if e.ino:
+            row["ctime_ns"], row["ino"] = e.ctime_ns, e.ino
+        if e.type in ("symlink", "hardlink"):
+            row["target"] = _text(e.target)
+        write(_json.encode(row).decode() + "\n")
+
+
+def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
+    """``ls -l``-like lines, written in batches (60k lines one write() each is slow)."""
+    modes: dict[tuple[str, int], str] = {}
+    owners: dict[tuple[str, int, str, int], str] = {}
+    lines: list[str] = []
+    write = sys.stdout.write
+    strftime, gmtime = time.strftime, time.gmtime
+    for e in entries:
+        kind = e.type
+        mode = modes.get((kind, e.mode))
+        if mode is None:
+            mode = modes[kind, e.mode] = _mode_string(kind, e.mode)
+        key = (e.user, e.uid, e.group, e.gid)
+        owner = owners.get(key)
+        if owner is None:
+            owner = owners[key] = f"{e.user or e.uid}/{e.group or e.gid}"
+        size = _human(e.size) if human else e.size
+        stamp = strftime("%Y-%m-%d %H:%M:%S", gmtime(e.mtime_ns // 1_000_000_000))
+        path = display(e.path) if e.path else "."
+        if kind == "symlink" or kind == "hardlink":
+            path += " -> " + _text(e.target)
+        lines.append(f"{mode} {owner:<12} {size:>12} {stamp} {path}\n")
+        if len(lines) >= 1024:
+            write("".join(lines))
+            lines.clear()
+    write("".join(lines))
 
 
 def _utf8(data: bytes) -> bool:
@@ -632,7 +659,7 @@ def diff_cmd(
       oxbak diff state.oxbak /var/lib/oxios
       oxbak diff state.oxbak /var/lib/oxios --content --json | jq -r .path
     """
-    from .diff import Change, Stat, diff
+    from .compare import Change, Stat, diff
 
     def facts(s: Stat) -> dict[str, Any]:
         if s.type == "hardlink":

@@ -12,6 +12,7 @@ from . import format as fmt
 from .errors import LimitExceededError, UnsafeArchiveError
 
 __all__ = [
+    "check_path",
     "display",
     "link_stays_inside",
     "member_name",
@@ -117,6 +118,22 @@ def parse_member_name(name: bytes) -> bytes:
                 f"limit {fmt.MAX_NAME_BYTES}"
             )
     return rel
+
+
+def check_path(rel: bytes) -> None:
+    """Check a path relative to the tree root (``b""``: the root) by the member-name rules.
+
+    :raises ArchiveError: what :func:`parse_member_name` raises for ``tree/<rel>``, or
+        :class:`UnsafeArchiveError` for a path it would only accept in another spelling
+        (a trailing ``/``).
+    """
+    if 0 < len(rel) <= fmt.MAX_NAME_BYTES and 0 not in rel:
+        # parse_member_name's common case, without building the member name.
+        wrapped = b"/" + rel + b"/"
+        if wrapped.find(b"//") < 0 and wrapped.find(b"/./") < 0 and wrapped.find(b"/../") < 0:
+            return
+    if parse_member_name(_PREFIX + rel) != rel:
+        raise UnsafeArchiveError(f"refusing path {shown(rel)!r}: not in its plain spelling")
 
 
 def link_stays_inside(link: bytes, target: bytes, lookup: Callable[[bytes], bytes | None]) -> bool:

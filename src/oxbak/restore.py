@@ -21,7 +21,7 @@ import posixpath
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 from . import format as fmt
 from .destinations import Destination, HashOnly, Mode, StagingDir
@@ -38,7 +38,14 @@ from .errors import (
 )
 from .locations import Archive
 from .manifest import Manifest, Totals, sections
-from .paths import display, link_stays_inside, member_name, parse_member_name, shown
+from .paths import (
+    check_path,
+    display,
+    link_stays_inside,
+    member_name,
+    parse_member_name,
+    shown,
+)
 from .reader import Final
 from .source import (
     ArchiveSource,
@@ -49,7 +56,10 @@ from .source import (
     record_key,
 )
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
-from .toc import Record
+from .toc import DIR, KIND_NAMES, MISSING, Record
+
+DIR_CODE = DIR[0]
+_PREFIX = fmt.TREE_PREFIX.encode() + b"/"
 
 __all__ = [
     "EntryInfo",
@@ -156,14 +166,15 @@ class _Rules:
     sections as it goes, into *seen*.
     """
 
-    def __init__(self, manifest: Manifest, seen: _Seen) -> None:
+    def __init__(self, manifest: Manifest, seen: _Seen, *, files: bool = False) -> None:
         declared = manifest.totals
         self.max_entries = declared.entries
         self.max_bytes = declared.bytes
         self.seen = seen
-        # The paths hardlinks may name, built at the first hardlink: most trees have none,
-        # and a set of every file path costs ~32 bytes per entry.
-        self.files: set[bytes] | None = None
+        # The paths hardlinks may name. The loop builds it from *seen* at the first
+        # hardlink: most trees have none, and a set of every file path costs ~32 bytes per
+        # entry. ``list``, which keeps nothing else, keeps it from the start.
+        self.files: set[bytes] | None = set() if files else None
         self.stack: list[bytes] = []
         self.previous: list[bytes] | None = None
         self.count = 0
@@ -172,6 +183,17 @@ class _Rules:
         """Check *header*; return its relative path, its kind and its link target."""
         rel = parse_member_name(header.name)
         kind = _KIND[header.typeflag]
+        return rel, kind, self.place(header.name, rel, kind, header.size, header.linkname)
+
+    def admit_record(self, path: bytes, kind: str, size: int, target: bytes) -> None:
+        """Check a TOC record read without its member (``list``)."""
+        check_path(path)
+        if kind == "hardlink":
+            target = member_name(target)
+        self.place(_PREFIX + path, path, kind, size, target)
+
+    def place(self, name: bytes, rel: bytes, kind: str, size: int, linkname: bytes) -> bytes:
+        """The rules on an entry named *name* (at *rel*); return its link target."""
         key = rel.split(b"/") if rel else []  # sort_key(rel) as a list: same order, no copy
         parent = rel.rpartition(b"/")[0]
         stack = self.stack
@@ -180,17 +202,17 @@ class _Rules:
                 raise CorruptArchiveError(f"tree member 'tree/' is a {kind}, not a directory")
             if rel or kind != "dir":
                 raise CorruptArchiveError(
-                    f"first tree member is {shown(header.name)!r}, not the root directory tree/"
+                    f"first tree member is {shown(name)!r}, not the root directory tree/"
                 )
         else:
             if key <= self.previous:
                 what = "duplicate entry" if key == self.previous else "entry out of order"
-                raise UnsafeArchiveError(f"refusing member {shown(header.name)!r}: {what}")
+                raise UnsafeArchiveError(f"refusing member {shown(name)!r}: {what}")
             while stack and stack[-1] != parent:
                 stack.pop()
             if not stack:
                 raise UnsafeArchiveError(
-                    f"refusing member {shown(header.name)!r}: its parent is not a directory "
+                    f"refusing member {shown(name)!r}: its parent is not a directory "
                     f"earlier in the archive"
                 )
         self.previous = key
@@ -199,49 +221,47 @@ class _Rules:
             raise LimitExceededError(
                 f"archive holds more entries than its manifest declares ({self.max_entries})"
             )
-        if kind != "file" and header.size:
-            raise CorruptArchiveError(f"member {shown(header.name)!r}: a {kind} with data")
+        if kind != "file" and size:
+            raise CorruptArchiveError(f"member {shown(name)!r}: a {kind} with data")
         totals = self.seen.totals
         if kind == "dir":
             totals.directories += 1
             stack.append(rel)
-            return rel, kind, b""
+            return b""
         per_dir = self.seen.sections
         per_dir[parent] = per_dir.get(parent, 0) + 1
         if kind == "file":
-            if totals.bytes + header.size > self.max_bytes:
+            if totals.bytes + size > self.max_bytes:
                 raise LimitExceededError(
-                    f"member {shown(header.name)!r} ({header.size} bytes) takes the archive "
+                    f"member {shown(name)!r} ({size} bytes) takes the archive "
                     f"beyond the {self.max_bytes} bytes its manifest declares"
                 )
             totals.files += 1
-            totals.bytes += header.size
+            totals.bytes += size
             if self.files is not None:
                 self.files.add(rel)
-            return rel, kind, b""
+            return b""
         if kind == "hardlink":
-            target = _hardlink_target(header)
+            target = _hardlink_target(name, linkname)
             if self.files is None:
                 self.files = self.seen.files()
             if target not in self.files:
                 raise UnsafeArchiveError(
-                    f"refusing hardlink {shown(header.name)!r}: target "
-                    f"{shown(header.linkname)!r} is not an earlier file of the archive"
+                    f"refusing hardlink {shown(name)!r}: target "
+                    f"{shown(linkname)!r} is not an earlier file of the archive"
                 )
             totals.hardlinks += 1
-            return rel, kind, target
-        target = header.linkname
+            return target
+        target = linkname
         if not target or b"\0" in target:
-            raise UnsafeArchiveError(
-                f"refusing symlink {shown(header.name)!r}: empty or invalid target"
-            )
+            raise UnsafeArchiveError(f"refusing symlink {shown(name)!r}: empty or invalid target")
         if len(target) >= fmt.MAX_PATH_BYTES:  # symlink(2) takes at most 4095 bytes
             raise LimitExceededError(
-                f"refusing symlink {shown(header.name)!r}: target is {len(target)} bytes, "
+                f"refusing symlink {shown(name)!r}: target is {len(target)} bytes, "
                 f"limit {fmt.MAX_PATH_BYTES - 1}"
             )
         totals.symlinks += 1
-        return rel, kind, target
+        return target
 
     def end(self) -> None:
         """After the last entry: the archive must have had a tree."""
@@ -420,12 +440,12 @@ def _run(
     return manifest, seen, flagged
 
 
-def _hardlink_target(header: Header) -> bytes:
+def _hardlink_target(name: bytes, linkname: bytes) -> bytes:
     try:
-        return parse_member_name(header.linkname)
+        return parse_member_name(linkname)
     except ArchiveError as exc:
         raise UnsafeArchiveError(
-            f"refusing hardlink {shown(header.name)!r}: target {shown(header.linkname)!r} "
+            f"refusing hardlink {shown(name)!r}: target {shown(linkname)!r} "
             f"is not inside the archive's tree"
         ) from exc
 
@@ -647,12 +667,12 @@ def unpack(
     )
 
 
-@dataclass(frozen=True, slots=True)
-class EntryInfo:
+class EntryInfo(NamedTuple):
     """One tree entry as ``list`` shows it. ``path`` is relative to the tree root.
 
     Owner names, the digest, ``ctime_ns`` and ``ino`` come from the archive's table of
     contents; they are empty (zero) when it was read as a stream or is a version-1 archive.
+    (A named tuple: a listing makes one per entry, and it is the cheapest immutable record.)
     """
 
     path: bytes
@@ -686,24 +706,11 @@ def list_entries(archive: Archive, paths: Sequence[str | bytes] = ()) -> Iterato
     """
     select = Selection([os.fsencode(p) for p in paths]) if paths else None
     with open_source(archive, whole=False) as source:
-        seen = _Seen()
-        rules = _Rules(source.manifest, seen)
-        for header, record in source.entries():
-            rel, kind, target = rules.admit(header)
-            seen.add(rel, _CODES[kind], header.size, b"", 0)
-            if select is not None and not (select(rel) and select.covers(rel)):
-                continue
-            if record is None:
-                yield EntryInfo(
-                    rel, kind, header.mode, header.size, header.mtime_ns, target,
-                    header.uid, header.gid,
-                )
-            else:
-                yield EntryInfo(
-                    rel, kind, record.mode, record.size, record.mtime_ns, target,
-                    record.uid, record.gid, record.user, record.group,
-                    b"" if kind == "dir" else record.digest, record.ctime_ns, record.ino,
-                )
+        rules = _Rules(source.manifest, _Seen(), files=True)
+        if isinstance(source, TocSource):
+            yield from _list_toc(source, rules, select)
+        else:
+            yield from _list_stream(source, rules, select)
         rules.end()
         if source.reads_everything:
             _, records = source.final()
@@ -714,6 +721,78 @@ def list_entries(archive: Archive, paths: Sequence[str | bytes] = ()) -> Iterato
         raise OxbakError(
             "not in the archive: " + ", ".join(repr(display(p)) for p in select.missed())
         )
+
+
+def _list_stream(
+    source: ArchiveSource, rules: _Rules, select: Selection | None
+) -> Iterator[EntryInfo]:
+    """``list_entries`` from the tar headers as they come."""
+    for header, _ in source.entries():
+        rel, kind, target = rules.admit(header)
+        if select is not None and not (select(rel) and select.covers(rel)):
+            continue
+        yield EntryInfo(
+            rel,
+            kind,
+            header.mode,
+            header.size,
+            header.mtime_ns,
+            target,
+            header.uid,
+            header.gid,
+        )
+
+
+def _list_toc(
+    source: TocSource, rules: _Rules, select: Selection | None
+) -> Iterator[EntryInfo]:
+    """``list_entries`` from the TOC's columns, without a tar header or a record per entry.
+
+    The same rules apply (:meth:`_Rules.admit_record`); only the objects are fewer.
+    """
+    admit = rules.admit_record
+    names = KIND_NAMES
+    step = fmt.DIGEST_SIZE
+    for block in source.blocks():
+        users, groups, digests = block.users, block.groups, block.digests
+        columns = zip(
+            block.paths,
+            block.kinds,
+            block.flags,
+            block.sizes,
+            block.targets,
+            block.modes,
+            block.mtimes,
+            block.uids,
+            block.gids,
+            block.ctimes,
+            block.inodes,
+            strict=True,
+        )
+        for i, (path, code, flags, size, target, mode, mtime, uid, gid, ctime, ino) in enumerate(
+            columns
+        ):
+            if flags & MISSING:
+                continue  # scanned, but never stored: no member, nothing to list
+            kind = names[code]
+            admit(path, kind, size, target)
+            if select is not None and not (select(path) and select.covers(path)):
+                continue
+            yield EntryInfo(
+                path,
+                kind,
+                mode,
+                size,
+                mtime,
+                target,
+                uid,
+                gid,
+                users.get(uid, ""),
+                groups.get(gid, ""),
+                b"" if code == DIR_CODE else digests[i * step : i * step + step],
+                ctime,
+                ino,
+            )
 
 
 class _HeldBack:

@@ -37,10 +37,13 @@ from .toc import (
     KIND_CODES,
     Footer,
     Record,
+    TocBlock,
     TocHeader,
     decode_block,
+    decode_columns,
     decode_footer,
     decode_header,
+    records_of,
 )
 
 __all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
@@ -167,8 +170,8 @@ class TocSource:
         reader = ArchiveReader(self.frames.stream(at), name=self.name, offset=at)
         return decode_block(reader.read_exact(ref.length), ref, number)
 
-    def records(self) -> Iterator[Record]:
-        """Every record, in archive order (the TOC's frames read one after another)."""
+    def blocks(self) -> Iterator[TocBlock]:
+        """Every block, checked, in archive order (the TOC's frames read one after another)."""
         refs = self.header.blocks
         if not refs:
             return
@@ -176,7 +179,12 @@ class TocSource:
             self.frames.stream(self._blocks_at), name=self.name, offset=self._blocks_at
         )
         for n, ref in enumerate(refs):
-            yield from decode_block(reader.read_exact(ref.length), ref, n)
+            yield decode_columns(reader.read_exact(ref.length), ref, n)
+
+    def records(self) -> Iterator[Record]:
+        """Every record, in archive order."""
+        for block in self.blocks():
+            yield from records_of(block)
 
     def find(self, path: bytes) -> Record | None:
         """The record of *path*, decompressing only the block that can hold it."""

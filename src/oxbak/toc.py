@@ -44,6 +44,8 @@ FILE, DIR, SYMLINK, HARDLINK = b"0", b"5", b"2", b"1"  # the tar typeflags of ea
 KIND_NAMES = {FILE[0]: "file", DIR[0]: "dir", SYMLINK[0]: "symlink", HARDLINK[0]: "hardlink"}
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 CHANGED, MISSING = 1, 2
+_KIND_BYTES = FILE + DIR + SYMLINK + HARDLINK
+_FLAG_BYTES = bytes(range((CHANGED | MISSING) + 1))
 _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 _MAX_ID = 2**32 - 1
 _MAX_U64 = 2**64 - 1
@@ -225,7 +227,12 @@ def blocks_size(header: TocHeader) -> int:
 
 
 def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
-    """The records of one block, checked column by column against *ref*.
+    """The records of one block, checked (see :func:`decode_columns`)."""
+    return list(records_of(decode_columns(data, ref, number)))
+
+
+def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
+    """One block, checked column by column against *ref*, with delta-coded columns summed.
 
     :raises CorruptArchiveError: malformed, inconsistent or out-of-range columns.
     """
@@ -260,6 +267,9 @@ def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
             f"table of contents block {number} starts at {shown(block.paths[0])!r}, "
             f"its reference says {shown(ref.first)!r}"
         )
+    block.ctimes = list(accumulate(block.ctimes))
+    block.inodes = list(accumulate(block.inodes))
+    block.offsets = list(accumulate(block.offsets))
     if (
         min(block.modes) < 0
         or max(block.modes) > 0o7777
@@ -268,61 +278,55 @@ def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
         or min(block.gids) < 0
         or max(block.gids) > _MAX_ID
         or min(block.sizes) < 0
-        or min(block.mtimes) // 1_000_000_000 < -_MAX_I64
-        or max(block.mtimes) // 1_000_000_000 >= _MAX_I64
+        or min(block.offsets) < 0
+        or min(block.inodes) < 0
+        or max(block.inodes) > _MAX_U64
+        or not _times_in_range(block.mtimes)
+        or not _times_in_range(block.ctimes)
     ):
         raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
-    ctimes = list(accumulate(block.ctimes))
-    inodes = list(accumulate(block.inodes))
-    offsets = list(accumulate(block.offsets))
-    if (
-        min(offsets) < 0
-        or min(inodes) < 0
-        or max(inodes) > _MAX_U64
-        or min(ctimes) // 1_000_000_000 < -_MAX_I64
-        or max(ctimes) // 1_000_000_000 >= _MAX_I64
-    ):
-        raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
-    records = []
+    if block.kinds.translate(None, _KIND_BYTES) or block.flags.translate(None, _FLAG_BYTES):
+        raise CorruptArchiveError(f"table of contents block {number}: unknown type or flags")
+    if MISSING in block.flags or (CHANGED | MISSING) in block.flags:
+        for path, code, flags in zip(block.paths, block.kinds, block.flags, strict=True):
+            if flags & MISSING and code != FILE[0]:
+                raise CorruptArchiveError(
+                    f"table of contents: {shown(path)!r} is a missing {KIND_NAMES[code]}"
+                )
+    return block
+
+
+def _times_in_range(values: list[int]) -> bool:
+    return min(values) // 1_000_000_000 >= -_MAX_I64 and max(values) // 1_000_000_000 < _MAX_I64
+
+
+def records_of(block: TocBlock) -> Iterator[Record]:
+    """The records of a block checked by :func:`decode_columns`."""
     users, groups = block.users, block.groups
     digests = block.digests
-    at = 0
-    for i in range(n):
-        code = block.kinds[i]
-        kind = KIND_NAMES.get(code)
-        flags = block.flags[i]
-        if kind is None or flags > (CHANGED | MISSING):
-            raise CorruptArchiveError(
-                f"table of contents block {number}, record {i}: unknown type or flags"
-            )
-        missing = bool(flags & MISSING)
-        if missing and kind != "file":
-            raise CorruptArchiveError(
-                f"table of contents: {shown(block.paths[i])!r} is a missing {kind}"
-            )
-        uid, gid = block.uids[i], block.gids[i]
-        records.append(
-            Record(
-                path=block.paths[i],
-                kind=kind,
-                size=block.sizes[i],
-                digest=digests[at : at + fmt.DIGEST_SIZE],
-                changed=bool(flags & CHANGED),
-                missing=missing,
-                mode=block.modes[i],
-                uid=uid,
-                gid=gid,
-                user=users.get(uid, ""),
-                group=groups.get(gid, ""),
-                mtime_ns=block.mtimes[i],
-                ctime_ns=ctimes[i],
-                ino=inodes[i],
-                target=block.targets[i],
-                offset=offsets[i],
-            )
+    step = fmt.DIGEST_SIZE
+    names = KIND_NAMES
+    for i, (path, code, flags, uid, gid) in enumerate(
+        zip(block.paths, block.kinds, block.flags, block.uids, block.gids, strict=True)
+    ):
+        yield Record(
+            path,
+            names[code],
+            block.sizes[i],
+            digests[i * step : i * step + step],
+            bool(flags & CHANGED),
+            bool(flags & MISSING),
+            block.modes[i],
+            uid,
+            gid,
+            users.get(uid, ""),
+            groups.get(gid, ""),
+            block.mtimes[i],
+            block.ctimes[i],
+            block.inodes[i],
+            block.targets[i],
+            block.offsets[i],
         )
-        at += fmt.DIGEST_SIZE
-    return records
 
 
 class _Spool(Protocol):
