@@ -11,8 +11,8 @@ import pytest
 import zstandard
 
 import oxbak
-from golden import GOLDEN, GOLDEN_MANIFEST, GOLDEN_V2, GOLDEN_V2_MANIFEST, GOLDENS, make_tree
 from builders import frames_of
+from golden import GOLDEN, GOLDEN_MANIFEST, GOLDEN_V2, GOLDEN_V2_MANIFEST, GOLDENS, make_tree
 from treeutil import snapshot
 
 

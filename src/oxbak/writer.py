@@ -250,18 +250,26 @@ class _Packer:
         self._users: dict[int, str] = {}
         self._groups: dict[int, str] = {}
 
-    def begin_member(self) -> int:
-        """Cut the frame here if it is full; return the member's offset in the tar stream."""
+    def begin_member(self, size: int = 0) -> int:
+        """Cut the frame here if it is full, or if a large member (*size* bytes of data)
+        starts; return the member's offset in the tar stream."""
         writer = self.writer
-        if writer.frame_bytes >= fmt.FRAME_TARGET:
+        if writer.frame_bytes >= fmt.FRAME_TARGET or (
+            size >= fmt.FRAME_TARGET and writer.frame_bytes
+        ):
             writer.cut()
         return writer.position
 
-    def write_data(self, data: bytes | memoryview, done: int) -> None:
-        """Write member data whose first byte is byte *done* of the member's data.
+    def end_member(self, size: int) -> None:
+        """A large member ends its last frame too: small entries never share its frames."""
+        if size >= fmt.FRAME_TARGET:
+            self.writer.cut()
 
-        The frame is cut at every multiple of ``FRAME_SPLIT`` into the member's data, so
-        the cut points depend on the sizes alone.
+    def write_data(self, data: bytes | memoryview, done: int, size: int) -> None:
+        """Write member data whose first byte is byte *done* of the member's *size* bytes.
+
+        The frame is cut at every multiple of ``FRAME_SPLIT`` into the member's data (not
+        at its end), so the cut points depend on the sizes alone.
         """
         writer = self.writer
         view = memoryview(data)
@@ -271,9 +279,8 @@ class _Packer:
             writer.write(piece)
             done += len(piece)
             view = view[len(piece) :]
-            if done % fmt.FRAME_SPLIT == 0 and view:
+            if done % fmt.FRAME_SPLIT == 0 and done < size:
                 writer.cut()
-        return None
 
     def record(
         self,
@@ -426,7 +433,7 @@ class _Packer:
                 self._lose(entry, None, "grew beyond its scanned size")
                 return
         size = len(data)
-        offset = self.begin_member()
+        offset = self.begin_member(size)
         writer = self.writer
         writer.write(
             file_header(_TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid)
@@ -434,9 +441,10 @@ class _Packer:
         if size <= fmt.FRAME_SPLIT:
             writer.write(data)
         else:
-            self.write_data(data, 0)
+            self.write_data(data, 0, size)
         if size % 512:
             writer.write(_ZEROS[: 512 - size % 512])
+        self.end_member(size)
         self.bytes_in += size
         self.store(entry)
         self.record(entry, digest_of(data), offset, changed=not consistent)
@@ -478,7 +486,7 @@ class _Packer:
         entry.size, entry.mtime_ns = size, st0.st_mtime_ns
         entry.ctime_ns = st0.st_ctime_ns
         entry.mode = stat.S_IMODE(st0.st_mode)
-        offset = self.begin_member()
+        offset = self.begin_member(size)
         self.writer.write(
             encode_header(
                 member_name(entry.path),
@@ -499,9 +507,10 @@ class _Packer:
             if not chunk:
                 chunk = bytes(want)  # shrank under us: pad, and say so below
             hasher.update(chunk)
-            self.write_data(chunk, done)
+            self.write_data(chunk, done, size)
             done += len(chunk)
         self.writer.write(bytes(padding(size)))
+        self.end_member(size)
         self.bytes_in += size
         self.store(entry)
         st1 = os.fstat(fd)
