@@ -251,8 +251,10 @@ class _Packer:
         self._groups: dict[int, str] = {}
 
     def begin_member(self, size: int = 0) -> int:
-        """Cut the frame here if it is full, or if a large member (*size* bytes of data)
-        starts; return the member's offset in the tar stream."""
+        """Cut the frame if it is full or a large member starts; return the member's offset.
+
+        *size* is the member's data size; the offset is where it starts in the tar stream.
+        """
         writer = self.writer
         if writer.frame_bytes >= fmt.FRAME_TARGET or (
             size >= fmt.FRAME_TARGET and writer.frame_bytes
