@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The main job on a generated sample state: pack -> info -> verify -> unpack -> compare.
+# The main job on a generated sample state: pack -> info -> verify -> unpack -> compare,
+# then reading part of the archive: list, cat, unpack --only, diff.
 # Run by `make demo`; expects the oxbak venv at .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -37,5 +38,27 @@ else
   exit 1
 fi
 
-step "tar --zstd -tf $out/state.oxbak | sed -n 1,3p   # standard tools read it too"
-tar --zstd -tf "$out/state.oxbak" | sed -n '1,3p'
+# Reading part of the archive: the table of contents at its end says where each entry is.
+# (sed, not head, reads all it is given: oxbak is not cut off by a closed pipe)
+step "oxbak list $out/state.oxbak memory/facts -h | sed -n 1,4p"
+"$bin/oxbak" list "$out/state.oxbak" memory/facts -h | sed -n '1,4p'
+
+step "oxbak cat $out/state.oxbak seeds/000001.json | sed -n 1,6p"
+"$bin/oxbak" cat "$out/state.oxbak" seeds/000001.json | sed -n '1,6p'
+
+step "oxbak unpack $out/state.oxbak $out/facts --only memory/facts"
+"$bin/oxbak" unpack "$out/state.oxbak" "$out/facts" --only memory/facts
+find "$out/facts" -maxdepth 2 | LC_ALL=C sort | sed -n '1,4p'
+
+step "(add seeds/new.json, remove seeds/000002.json) oxbak diff $out/state.oxbak $out/state"
+echo '{}' > "$out/state/seeds/new.json"
+rm "$out/state/seeds/000002.json"
+status=0
+"$bin/oxbak" diff "$out/state.oxbak" "$out/state" || status=$?
+echo "exit status $status (0 same, 1 different)"
+[ "$status" -eq 1 ]
+
+if command -v tar >/dev/null && tar --zstd --version >/dev/null 2>&1; then
+  step "tar --zstd -tf $out/state.oxbak | sed -n 1,3p   # standard tools read it too"
+  tar --zstd -tf "$out/state.oxbak" | sed -n '1,3p'
+fi
