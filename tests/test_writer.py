@@ -230,7 +230,7 @@ def test_hardlink_first_path_is_first_in_archive_order(tmp_path: Path) -> None:
 
 
 class _FailingOs:
-    """The os module as oxbak.writer sees it, with one function failing (EIO)."""
+    """The os module as oxbak.locations sees it, with one function failing (EIO)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
@@ -252,13 +252,13 @@ def test_pack_output_syscall_failures(
 ) -> None:
     """fsync, the no-clobber link, the replacing rename…: a failure is an OutputError, OUT is
     absent (or the old archive, byte for byte, with --force) and no temp file is left."""
-    import oxbak.writer as writer_module
+    import oxbak.locations as locations_module
 
     src = _tree(tmp_path)
     out = tmp_path / "out.oxbak"
     if force:
         out.write_bytes(b"old archive")
-    monkeypatch.setattr(writer_module, "os", _FailingOs(call))
+    monkeypatch.setattr(locations_module, "os", _FailingOs(call))
     try:
         oxbak.pack(src, out, force=force)
     except oxbak.OutputError as exc:

@@ -256,7 +256,7 @@ def pack_cmd(
         raise click.UsageError(
             "refusing to write an archive to a terminal; redirect stdout or use -o FILE"
         )
-    target: Any = sys.stdout.buffer if to_stdout else out
+    target = out  # "-" is standard output in the library too
     with _progress("packing", True) as progress:
         result = pack(
             src,

@@ -671,9 +671,14 @@ class FrameReader:
         return FrameStream(self, offset, ahead=ahead)
 
     def submit(self, index: int) -> Future[bytes]:
-        """Decompress frame *index* in a background thread."""
+        """Decompress frame *index* in a background thread.
+
+        There are ``threads - 1`` of them: the thread that reads the frames (parsing,
+        hashing, writing) is the last of the *threads*. More workers than cores only adds
+        switching, and memory handed from one thread's allocator arena to another.
+        """
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.threads, "oxbak-unzstd")
+            self._pool = ThreadPoolExecutor(max(self.threads - 1, 1), "oxbak-unzstd")
         return self._pool.submit(self.frame, index)
 
     def close(self) -> None:
@@ -708,7 +713,7 @@ class FrameStream:
         table = frames.table
         self._next = table.frame_at(offset) if offset < table.d_total else len(table)
         self._skip = offset - table.d_starts[self._next] if self._next < len(table) else 0
-        self._data = memoryview(b"")
+        self._data = b""
         self._ahead: collections.deque[Future[bytes]] = collections.deque()
         self._ahead_next = self._next
         self._parallel = ahead and frames.threads > 1
@@ -732,17 +737,21 @@ class FrameStream:
             else:
                 data = self._frames.frame(self._next)
             self._next += 1
-            self._data = memoryview(data)[self._skip :]
+            self._data = data[self._skip :] if self._skip else data
             self._skip = 0
         return True
 
     def read(self, size: int) -> bytes:
-        """Up to *size* decompressed bytes; ``b""`` after the last frame."""
+        """The rest of the current frame (at least *size* bytes unless it ends sooner).
+
+        Whole frames are handed over as they are, not cut to *size*: a copy of every byte
+        of a large archive costs more than the parsing around it, and a frame is bounded
+        (``MAX_FRAME_BYTES``). ``b""`` after the last frame.
+        """
         if not self._data and not self._load():
             return b""
-        piece = self._data[:size]
-        self._data = self._data[len(piece) :]
-        return bytes(piece)
+        data, self._data = self._data, b""
+        return data
 
     def read_ahead(self) -> None:
         """Nothing to start: frames are decompressed ahead as they are reached."""

@@ -1,27 +1,39 @@
-"""Where archives are read from: a path, ``-`` (standard input) or a binary file object.
+"""Where archives are read from and written to: a path, ``-``, or a binary file object.
 
-This module is the one place that opens an archive for reading, and the one place that
-turns an ``OSError`` of opening it into :class:`~oxbak.errors.InputError`. What it hands
-out is a forward stream for reading front to back and, when the input allows it, random
-access for reading only the parts a command needs (see :mod:`oxbak.compress`'s
-:class:`~oxbak.compress.SeekTable`).
+This module is the one place that opens an archive, and the one place that turns an
+``OSError`` of opening or finishing it into :class:`~oxbak.errors.InputError` or
+:class:`~oxbak.errors.OutputError`. ``-`` means standard input or output here exactly as
+on the command line.
+
+- Reading, it hands out a forward stream for reading front to back and, when the input
+  allows it, random access for reading only the parts a command needs (see
+  :class:`~oxbak.compress.SeekTable`).
+- Writing to a path, the archive appears whole or not at all: it is written to a locked
+  temp file beside the path, made durable, then linked (or with *force*, renamed) into
+  place; a temp file left by a killed pack is removed by the next pack to the same path.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
+import logging
 import os
 import stat
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .errors import InputError
+from .destinations import WRITEBACK_STEP, current_umask, fsync_dir, start_writeback
+from .errors import InputError, OutputError, OutputExistsError
 
-__all__ = ["Archive", "Input", "open_input"]
+__all__ = ["Archive", "Input", "Sink", "check_absent", "open_input", "open_output"]
+
+logger = logging.getLogger("oxbak")
 
 #: What the API accepts as an archive to read: a path, ``"-"``, or a binary file object.
 Archive = str | os.PathLike[str] | BinaryIO
@@ -109,3 +121,149 @@ def _wrap(fh: BinaryIO, name: str) -> Input:
     except OSError as exc:
         raise InputError(f"cannot read archive {name!r}: {exc.strerror or exc}") from exc
     return Input(name, fh, None)
+
+
+@dataclass
+class Sink:
+    """An archive being written.
+
+    *stream* takes the bytes; *size* is known once a file is in place (None for a stream).
+    """
+
+    name: str
+    stream: BinaryIO | _EagerWriteback
+    size: int | None = None
+
+
+def check_absent(path: str | os.PathLike[str], *, force: bool) -> None:
+    """Refuse early to write over *path*, unless *force* (checked again at the end).
+
+    :raises OutputExistsError: *path* exists.
+    """
+    if not force and os.path.lexists(path):
+        raise OutputExistsError(f"{os.fspath(path)!r} already exists (use --force to replace it)")
+
+
+@contextlib.contextmanager
+def open_output(target: Archive, *, force: bool = False) -> Iterator[Sink]:
+    """Open where an archive goes: a path (atomically), ``"-"`` (stdout), a file object.
+
+    A file object (and stdout) is written to as a stream and not closed; what was written
+    to it stays there if the block raises: a stream cannot be taken back.
+
+    :raises OutputExistsError: the path exists and *force* is false.
+    :raises OutputError: the archive cannot be created or finished.
+    """
+    if isinstance(target, (str, os.PathLike)):
+        path = os.fspath(target)
+        if path != "-":
+            with _atomic(path, force=force) as stream:
+                sink = Sink(path, stream)
+                yield sink
+            sink.size = os.stat(path).st_size
+            return
+        target = sys.stdout.buffer
+    yield Sink("-", target)
+
+
+@contextlib.contextmanager
+def _atomic(path: str, *, force: bool) -> Iterator[_EagerWriteback]:
+    """A temp file beside *path*, locked while in use; renamed over *path* on success."""
+    directory = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    _remove_stale_temps(directory, base)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".oxbak-tmp")
+    except OSError as exc:
+        raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.fchmod(fd, 0o644 & ~current_umask())
+        with os.fdopen(fd, "w+b", closefd=False) as fh:
+            yield _EagerWriteback(fh, fd)
+            fh.flush()
+            os.fsync(fd)
+        if force:
+            os.replace(tmp, path)
+        else:
+            try:
+                os.link(tmp, path)  # no-clobber: fails if something appeared meanwhile
+            except FileExistsError as exc:
+                raise OutputExistsError(
+                    f"{path!r} already exists (use --force to replace it)"
+                ) from exc
+    except OSError as exc:
+        _unlink_quietly(tmp)
+        raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
+    except BaseException:
+        _unlink_quietly(tmp)
+        raise
+    finally:
+        os.close(fd)
+    # The archive is in place and complete: what follows can only warn.
+    try:
+        if not force:
+            os.unlink(tmp)
+        fsync_dir(directory)
+    except OSError as exc:
+        logger.warning(
+            "%r is written, but finishing up failed (%s); a leftover temp file is removed "
+            "by the next pack to the same name",
+            path,
+            exc.strerror or exc,
+        )
+
+
+class _EagerWriteback:
+    """The temp file of a pack, handed to the disk every few MiB as it grows.
+
+    The fsync before the rename then waits for the last few MiB, not the whole archive.
+    """
+
+    def __init__(self, fh: BinaryIO, fd: int) -> None:
+        self._fh = fh
+        self._fd = fd
+        self._written = 0
+        self._flushed = 0
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        n = self._fh.write(data)
+        self._written += n
+        if self._written - self._flushed >= WRITEBACK_STEP:
+            self._fh.flush()
+            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._flushed = self._written
+        return n
+
+    def flush(self) -> None:
+        self._fh.flush()
+
+
+def _remove_stale_temps(directory: str, base: str) -> None:
+    """Delete temp files of earlier packs to the same output that were killed."""
+    prefix = f".{base}."
+    try:
+        names = [
+            n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".oxbak-tmp")
+        ]
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            continue  # a live pack holds it
+        else:
+            _unlink_quietly(path)
+        finally:
+            os.close(fd)
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)

@@ -67,7 +67,10 @@ class Decompressed(Protocol):
         """Compressed bytes read so far."""
 
     def read(self, size: int) -> bytes:
-        """Up to *size* bytes; ``b""`` at the end."""
+        """Some bytes; ``b""`` at the end.
+
+        At most *size* from a stream; from frames, the rest of the current frame.
+        """
 
     def read_ahead(self) -> None:
         """Decompress ahead of the reader from now on, where supported."""

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import datetime as _dt
 import errno
-import fcntl
 import grp
 import logging
 import os
@@ -13,17 +11,17 @@ import pwd
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO
 
 from . import format as fmt
 from ._version import __version__
 from .compress import FrameWriter, Output
-from .destinations import WRITEBACK_STEP, current_umask, fsync_dir, start_writeback
 from .digest import Hasher
 from .digest import digest as digest_of
-from .errors import OutputError, OutputExistsError, OxbakError, SourceError
+from .errors import OxbakError, SourceError
+from .locations import check_absent, open_output
 from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
 from .paths import display, link_stays_inside, member_name
 from .scan import Entry, Scan, scan_tree
@@ -90,9 +88,9 @@ def pack(
 ) -> PackResult:
     """Pack the directory *source* into one archive.
 
-    :param output: a path (written atomically: temp file beside it, fsync, rename), a
-        binary file object (written as a stream; not closed), or None for
-        :func:`default_output_name` in the current directory.
+    :param output: a path (written atomically: temp file beside it, fsync, rename),
+        ``"-"`` for standard output, a binary file object (written as a stream; not
+        closed), or None for :func:`default_output_name` in the current directory.
     :param level: zstd level, 1–19.
     :param threads: compression threads; 0 means one per CPU. The bytes do not depend on it.
     :param excludes: glob patterns; one with a ``/`` matches the relative path, others a
@@ -106,128 +104,20 @@ def pack(
     if not fmt.MIN_LEVEL <= level <= fmt.MAX_LEVEL:
         raise OxbakError(f"zstd level {level} is out of range {fmt.MIN_LEVEL}–{fmt.MAX_LEVEL}")
     if threads <= 0:
-        threads = os.cpu_count() or 1
+        threads = len(os.sched_getaffinity(0))
     started = time.monotonic()
     if output is None:
         output = default_output_name(source)
-    if isinstance(output, (str, os.PathLike)):
-        out_path = os.fspath(output)
-        if os.path.lexists(out_path) and not force:
-            raise OutputExistsError(f"{out_path!r} already exists (use --force to replace it)")
-        scan = scan_tree(source, excludes)
-        with _atomic_output(out_path, force=force) as fh:
-            result = _write(scan, fh, level, threads, labels or {}, progress)
-        result.output = out_path
-        result.bytes_out = os.stat(out_path).st_size
-    else:
-        scan = scan_tree(source, excludes)
-        result = _write(scan, output, level, threads, labels or {}, progress)
-        result.output = "-"
+    if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
+        check_absent(output, force=force)  # before the scan: it may take a while
+    scan = scan_tree(source, excludes)
+    with open_output(output, force=force) as sink:
+        result = _write(scan, sink.stream, level, threads, labels or {}, progress)
+    result.output = sink.name
+    if sink.size is not None:
+        result.bytes_out = sink.size
     result.seconds = time.monotonic() - started
     return result
-
-
-@contextlib.contextmanager
-def _atomic_output(path: str, *, force: bool) -> Iterator[Output]:
-    """A temp file beside *path*, locked while in use; renamed over *path* on success."""
-    directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    _remove_stale_temps(directory, base)
-    try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".oxbak-tmp")
-    except OSError as exc:
-        raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.fchmod(fd, 0o644 & ~current_umask())
-        with os.fdopen(fd, "w+b", closefd=False) as fh:
-            yield _EagerWriteback(fh, fd)
-            fh.flush()
-            os.fsync(fd)
-        if force:
-            os.replace(tmp, path)
-        else:
-            try:
-                os.link(tmp, path)  # no-clobber: fails if something appeared meanwhile
-            except FileExistsError as exc:
-                raise OutputExistsError(
-                    f"{path!r} already exists (use --force to replace it)"
-                ) from exc
-    except OSError as exc:
-        _unlink_quietly(tmp)
-        raise OutputError(f"cannot write {path!r}: {exc.strerror or exc}") from exc
-    except BaseException:
-        _unlink_quietly(tmp)
-        raise
-    finally:
-        os.close(fd)
-    # The archive is in place and complete: what follows can only warn.
-    try:
-        if not force:
-            os.unlink(tmp)
-        fsync_dir(directory)
-    except OSError as exc:
-        logger.warning(
-            "%r is written, but finishing up failed (%s); a leftover temp file is removed "
-            "by the next pack to the same name",
-            path,
-            exc.strerror or exc,
-        )
-
-
-class _EagerWriteback:
-    """The temp file of a pack, handed to the disk every few MiB as it grows.
-
-    The fsync before the rename then waits for the last few MiB, not the whole archive.
-    """
-
-    def __init__(self, fh: BinaryIO, fd: int) -> None:
-        self._fh = fh
-        self._fd = fd
-        self._written = 0
-        self._flushed = 0
-
-    def write(self, data: bytes | bytearray | memoryview, /) -> int:
-        n = self._fh.write(data)
-        self._written += n
-        if self._written - self._flushed >= WRITEBACK_STEP:
-            self._fh.flush()
-            start_writeback(self._fd, self._flushed, self._written - self._flushed)
-            self._flushed = self._written
-        return n
-
-    def flush(self) -> None:
-        self._fh.flush()
-
-
-def _remove_stale_temps(directory: str, base: str) -> None:
-    """Delete temp files of earlier packs to the same output that were killed."""
-    prefix = f".{base}."
-    try:
-        names = [
-            n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".oxbak-tmp")
-        ]
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except OSError:
-            continue
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            continue  # a live pack holds it
-        else:
-            _unlink_quietly(path)
-        finally:
-            os.close(fd)
-
-
-def _unlink_quietly(path: str) -> None:
-    with contextlib.suppress(OSError):
-        os.unlink(path)
 
 
 class _Packer:
