@@ -45,6 +45,7 @@ from .paths import (
     member_name,
     parse_member_name,
     shown,
+    sort_key,
 )
 from .reader import Final
 from .source import (
@@ -892,12 +893,18 @@ def _file_record(source: TocSource, rel: bytes) -> Record:
     if record is None:
         raise OxbakError(f"not in the archive: {display(rel)!r}")
     if record.kind == "hardlink":
-        target = source.find(record.target)
-        if target is None or target.kind != "file":
-            raise CorruptArchiveError(
-                f"hardlink {shown(rel)!r} names {shown(record.target)!r}, not a file of the archive"
+        # The link's own member must say the same, and the rules of every hardlink hold:
+        # it names an earlier file of the archive, inside the tree.
+        link = header_of(record)
+        source.read(link)
+        target = _hardlink_target(link.name, link.linkname)
+        found = source.find(target) if sort_key(target) < sort_key(rel) else None
+        if found is None or found.kind != "file":
+            raise UnsafeArchiveError(
+                f"refusing hardlink {shown(link.name)!r}: target {shown(link.linkname)!r} is "
+                f"not an earlier file of the archive"
             )
-        record = target
+        record = found
     _check_kind(rel, record.kind)
     if record.missing:
         raise OxbakError(f"{display(rel)!r} could not be read when the archive was packed")

@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import bisect
 import contextlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Protocol
 
 from . import format as fmt
@@ -32,7 +33,7 @@ from .locations import Archive, open_input
 from .manifest import Manifest
 from .paths import member_name, shown, sort_key
 from .reader import ArchiveReader, Final
-from .tarfmt import REGULAR, Header
+from .tarfmt import REGULAR, Header, padding
 from .toc import (
     KIND_CODES,
     Footer,
@@ -78,12 +79,20 @@ class StreamSource:
     reads_everything = True
 
     def __init__(
-        self, reader: ArchiveReader, manifest: Manifest, *, footer: Footer | None = None
+        self,
+        reader: ArchiveReader,
+        manifest: Manifest,
+        *,
+        footer: Footer | None = None,
+        starts: Sequence[int] = (),
     ) -> None:
         self.reader = reader
         self.name = reader.name
         self.manifest = manifest
-        self._footer = footer  # read first from a seekable input; checked at the end
+        # From a seekable input: the footer, read first, and where frames start; both are
+        # checked against the stream at its end.
+        self._footer = footer
+        self._starts = starts
 
     def entries(self) -> Iterator[tuple[Header, Record | None]]:
         """Tree members as they come."""
@@ -98,11 +107,8 @@ class StreamSource:
         """The index or TOC, read after the tree."""
         footer = self._footer
         reader = self.reader
-        if footer is not None and (footer.toc_offset, footer.toc_size) != (
-            reader.index_offset,
-            reader.index_size,
-        ):
-            raise CorruptArchiveError("footer does not locate the archive's table of contents")
+        if footer is not None:
+            _check_footer(footer, reader, self._starts)
         return reader.records()
 
     def finish(self) -> None:
@@ -116,7 +122,8 @@ class StreamSource:
         reader.finish()
         stream = reader.stream
         if self.manifest.version >= fmt.FIRST_SEEKABLE_VERSION and isinstance(stream, ZstdReader):
-            _check_trailer(stream.walker, reader.index_offset, reader.index_size)
+            walker = stream.walker
+            _check_trailer(walker, reader.index_offset, reader.index_size)
 
 
 class TocSource:
@@ -147,6 +154,11 @@ class TocSource:
         if head.size != footer.toc_size:
             raise CorruptArchiveError("footer and table of contents disagree on its size")
         data_at = cursor.data_offset
+        # Only the end-of-archive marker (and zeros to a 10240-byte record) may follow it:
+        # a TOC planted inside some file's data would have the rest of the tree after it.
+        end = data_at + head.size + padding(head.size) + 2 * fmt.BLOCK_SIZE
+        if not end <= table.d_total <= end + -end % fmt.RECORD_SIZE:
+            raise CorruptArchiveError("the table of contents is not the archive's last member")
         prefix = cursor.read_exact(4)
         length = int.from_bytes(prefix, "little")
         if length > fmt.MAX_TOC_HEADER_BYTES or 4 + length > head.size:
@@ -210,7 +222,7 @@ class TocSource:
                 continue
             if record.changed:
                 self._flagged.append(record)
-            if not previous < record.offset < limit:
+            if not previous < record.offset < limit or record.offset % fmt.BLOCK_SIZE:
                 raise CorruptArchiveError(
                     f"table of contents places {shown(record.path)!r} at offset "
                     f"{record.offset}, outside the tree's members or out of order"
@@ -220,7 +232,7 @@ class TocSource:
 
     def read(self, entry: Header) -> Iterable[memoryview]:
         """Find the member at the entry's offset; it must be what the TOC says it is."""
-        if not 0 < entry.offset < self.toc_offset:
+        if not 0 < entry.offset < self.toc_offset or entry.offset % fmt.BLOCK_SIZE:
             raise CorruptArchiveError(
                 f"table of contents places {shown(entry.name)!r} at offset {entry.offset}, "
                 f"outside the tree's members"
@@ -329,11 +341,21 @@ def _check_trailer(walker: FrameWalker, toc_offset: int, toc_size: int) -> None:
         for (csize, dsize), (size, declared) in zip(sizes, seen, strict=False)
     ):
         raise CorruptArchiveError("seek table does not describe the archive's frames")
-    if any(declared < 0 and dsize for (_, dsize), (_, declared) in zip(sizes, seen, strict=True)):
-        raise CorruptArchiveError("a zstd frame does not declare its content size")
+    # (A data frame that declares no content size is listed with 0 bytes: refused above.)
+    starts = list(accumulate((max(declared, 0) for _, declared in seen), initial=0))
     footer = decode_footer(trailer[-2][2])
-    if footer.toc_offset != toc_offset or footer.toc_size != toc_size:
+    if (footer.toc_offset, footer.toc_size) != (toc_offset, toc_size):
         raise CorruptArchiveError("footer does not locate the archive's table of contents")
+    if toc_offset not in starts:
+        raise CorruptArchiveError("the table of contents does not start a frame")
+
+
+def _check_footer(footer: Footer, reader: ArchiveReader, starts: Sequence[int]) -> None:
+    """The footer must locate the TOC member the stream holds, which starts a frame."""
+    if (footer.toc_offset, footer.toc_size) != (reader.index_offset, reader.index_size):
+        raise CorruptArchiveError("footer does not locate the archive's table of contents")
+    if starts and footer.toc_offset not in starts:
+        raise CorruptArchiveError("the table of contents does not start a frame")
 
 
 def read_footer(frames: FrameReader) -> Footer:
@@ -378,7 +400,8 @@ def open_source(
             full = ArchiveReader(frames.stream(0, ahead=True), name=inp.name)
             with contextlib.closing(full):
                 full.read_manifest()
-                yield StreamSource(full, manifest, footer=footer)
+                starts = [s for s, n in zip(table.d_starts, table.d_sizes, strict=True) if n]
+                yield StreamSource(full, manifest, footer=footer, starts=starts)
 
 
 @dataclass
