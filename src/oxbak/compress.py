@@ -21,13 +21,16 @@ import struct
 import threading
 from array import array
 from collections.abc import Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import zstandard
 
 from . import format as fmt
 from .errors import CorruptArchiveError, InputError, LimitExceededError, OutputError
+
+if TYPE_CHECKING:
+    # Imported where a pool starts: `oxbak info` never needs one (it costs ~3 ms).
+    from concurrent.futures import Future, ThreadPoolExecutor
 
 __all__ = [
     "FrameReader",
@@ -115,7 +118,11 @@ class FrameWriter:
         self._sizes: list[tuple[int, int]] = []  # (compressed, decompressed) per frame
         self._pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
         self._local = threading.local()
-        self._pool = ThreadPoolExecutor(threads, "oxbak-zstd") if threads > 1 else None
+        self._pool: ThreadPoolExecutor | None = None
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(threads, "oxbak-zstd")
         self._depth = 2 * threads
         self.bytes_out = 0
 
@@ -671,14 +678,16 @@ class FrameReader:
         return FrameStream(self, offset, ahead=ahead)
 
     def submit(self, index: int) -> Future[bytes]:
-        """Decompress frame *index* in a background thread.
+        """Decompress frame *index* in one of *threads* background threads.
 
-        There are ``threads - 1`` of them: the thread that reads the frames (parsing,
-        hashing, writing) is the last of the *threads*. More workers than cores only adds
-        switching, and memory handed from one thread's allocator arena to another.
+        The thread that reads the frames (parsing, hashing, writing) is not counted: on a
+        large archive it spends most of its time waiting for frames, so one worker per
+        core keeps the cores busier than one fewer (benchmarks/NOTES.md).
         """
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(max(self.threads - 1, 1), "oxbak-unzstd")
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(self.threads, "oxbak-unzstd")
         return self._pool.submit(self.frame, index)
 
     def close(self) -> None:

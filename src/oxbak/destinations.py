@@ -14,21 +14,25 @@ pass through one.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import fcntl
 import functools
 import os
 import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterable
-from typing import Literal, Protocol, cast
+from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from . import format as fmt
 from .digest import Hasher
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
+
+if TYPE_CHECKING:
+    import ctypes
+
+# ctypes and tempfile are imported where they are used: `oxbak cat`, `list` and `verify`
+# import this module (for HashOnly) but never create or swap a directory (~5 ms).
 
 __all__ = [
     "Destination",
@@ -120,6 +124,8 @@ def _libc() -> ctypes.CDLL | None:
     The process's own symbols include libc; ``ctypes.util.find_library`` would run
     ``ldconfig`` and cost milliseconds at every start.
     """
+    import ctypes
+
     try:
         return ctypes.CDLL(None, use_errno=True)
     except OSError:
@@ -135,6 +141,8 @@ def _exchange(a: str, b: str) -> bool:
     rc = fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), _RENAME_EXCHANGE)
     if rc == 0:
         return True
+    import ctypes
+
     err = ctypes.get_errno()
     if err in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
         return False
@@ -159,6 +167,8 @@ _SYNC_FILE_RANGE_WRITE = 2
 def _sync_file_range() -> Callable[[int, int, int, int], int] | None:
     fn = getattr(_libc(), "sync_file_range", None)
     if fn is not None:
+        import ctypes
+
         fn.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
         fn.restype = ctypes.c_int
     return cast("Callable[[int, int, int, int], int] | None", fn)
@@ -287,6 +297,8 @@ class StagingDir:
         _check_dest(self.dest, mode)
         recover(self.dest)
         try:
+            import tempfile
+
             self.root = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{base}.", dir=parent)
         except OSError as exc:
             raise DestinationError(
@@ -473,6 +485,8 @@ class StagingDir:
             return self.root
         # Two renames where the atomic swap is missing: a killed process leaves the old
         # tree at OLD_PREFIX…, and recover() puts it back.
+        import tempfile
+
         aside = tempfile.mktemp(
             prefix=f"{OLD_PREFIX}{os.path.basename(self.dest)}.", dir=self.parent
         )
@@ -491,6 +505,8 @@ class StagingDir:
         # is first hard-linked into a backup directory, so an error half-way can be rolled
         # back; a kill leaves each entry old or new, never torn, and recover() then
         # removes the backup.
+        import tempfile
+
         base = os.path.basename(self.dest)
         backup = os.fsencode(tempfile.mkdtemp(prefix=f"{MERGE_PREFIX}{base}.", dir=self.parent))
         journal: list[tuple[str, bytes, bytes, os.stat_result | None]] = []

@@ -18,22 +18,20 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import io
-import logging
 import os
 import stat
 import sys
-import tempfile
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .destinations import WRITEBACK_STEP, current_umask, fsync_dir, start_writeback
 from .errors import InputError, OutputError, OutputExistsError
 
-__all__ = ["Archive", "Input", "Sink", "check_absent", "open_input", "open_output"]
+# The writing side imports tempfile, logging and the destinations' fs helpers (ctypes)
+# where it runs: the reading commands, `oxbak info` first, never need them (~8 ms).
 
-logger = logging.getLogger("oxbak")
+__all__ = ["Archive", "Input", "Sink", "check_absent", "open_input", "open_output"]
 
 #: What the API accepts as an archive to read: a path, ``"-"``, or a binary file object.
 Archive = str | os.PathLike[str] | BinaryIO
@@ -169,6 +167,12 @@ def open_output(target: Archive, *, force: bool = False) -> Iterator[Sink]:
 @contextlib.contextmanager
 def _atomic(path: str, *, force: bool) -> Iterator[_EagerWriteback]:
     """A temp file beside *path*, locked while in use; renamed over *path* on success."""
+    import logging
+    import tempfile
+
+    from .destinations import current_umask, fsync_dir
+
+    logger = logging.getLogger("oxbak")
     directory = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     _remove_stale_temps(directory, base)
@@ -221,17 +225,21 @@ class _EagerWriteback:
     """
 
     def __init__(self, fh: BinaryIO, fd: int) -> None:
+        from .destinations import WRITEBACK_STEP, start_writeback
+
         self._fh = fh
         self._fd = fd
         self._written = 0
         self._flushed = 0
+        self._step = WRITEBACK_STEP
+        self._start_writeback = start_writeback
 
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         n = self._fh.write(data)
         self._written += n
-        if self._written - self._flushed >= WRITEBACK_STEP:
+        if self._written - self._flushed >= self._step:
             self._fh.flush()
-            start_writeback(self._fd, self._flushed, self._written - self._flushed)
+            self._start_writeback(self._fd, self._flushed, self._written - self._flushed)
             self._flushed = self._written
         return n
 

@@ -40,10 +40,10 @@ from .toc import (
     Record,
     TocBlock,
     TocHeader,
-    decode_block,
     decode_columns,
     decode_footer,
     decode_header,
+    record_at,
     records_of,
 )
 
@@ -175,12 +175,12 @@ class TocSource:
         self._flagged: list[Record] = []
 
     # -- the table of contents -------------------------------------------------------------
-    def block(self, number: int) -> list[Record]:
-        """The records of block *number*, checked."""
+    def block(self, number: int) -> TocBlock:
+        """Block *number*, checked."""
         ref = self.header.blocks[number]
         at = self._blocks_at + ref.offset
         reader = ArchiveReader(self.frames.stream(at), name=self.name, offset=at)
-        return decode_block(reader.read_exact(ref.length), ref, number)
+        return decode_columns(reader.read_exact(ref.length), ref, number)
 
     def blocks(self) -> Iterator[TocBlock]:
         """Every block, checked, in archive order (the TOC's frames read one after another)."""
@@ -206,10 +206,11 @@ class TocSource:
         number = bisect.bisect_right(self._firsts, key) - 1
         if number < 0:
             return None
-        for record in self.block(number):
-            if record.path == path:
-                return record
-        return None
+        block = self.block(number)
+        try:
+            return record_at(block, block.paths.index(path))
+        except ValueError:
+            return None
 
     # -- the source ------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[Header, Record | None]]:

@@ -300,6 +300,30 @@ def _times_in_range(values: list[int]) -> bool:
     return min(values) // 1_000_000_000 >= -_MAX_I64 and max(values) // 1_000_000_000 < _MAX_I64
 
 
+def record_at(block: TocBlock, i: int) -> Record:
+    """Record *i* of a block checked by :func:`decode_columns`."""
+    flags, uid, gid = block.flags[i], block.uids[i], block.gids[i]
+    step = fmt.DIGEST_SIZE
+    return Record(
+        block.paths[i],
+        KIND_NAMES[block.kinds[i]],
+        block.sizes[i],
+        block.digests[i * step : i * step + step],
+        bool(flags & CHANGED),
+        bool(flags & MISSING),
+        block.modes[i],
+        uid,
+        gid,
+        block.users.get(uid, ""),
+        block.groups.get(gid, ""),
+        block.mtimes[i],
+        block.ctimes[i],
+        block.inodes[i],
+        block.targets[i],
+        block.offsets[i],
+    )
+
+
 def records_of(block: TocBlock) -> Iterator[Record]:
     """The records of a block checked by :func:`decode_columns`."""
     users, groups = block.users, block.groups
