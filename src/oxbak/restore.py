@@ -186,12 +186,15 @@ class _Rules:
         kind = _KIND[header.typeflag]
         return rel, kind, self.place(header.name, rel, kind, header.size, header.linkname)
 
-    def admit_record(self, path: bytes, kind: str, size: int, target: bytes) -> None:
-        """Check a TOC record read without its member (``list``)."""
+    def admit_record(self, path: bytes, kind: str, size: int, target: bytes) -> bytes:
+        """Check a TOC record; return its link target as :meth:`admit` does.
+
+        Its member is read, if at all, only later, and must then match the record.
+        """
         check_path(path)
         if kind == "hardlink":
             target = member_name(target)
-        self.place(_PREFIX + path, path, kind, size, target)
+        return self.place(_PREFIX + path, path, kind, size, target)
 
     def place(self, name: bytes, rel: bytes, kind: str, size: int, linkname: bytes) -> bytes:
         """The rules on an entry named *name* (at *rel*); return its link target."""
@@ -282,7 +285,13 @@ class Selection:
     def __init__(
         self, only: Sequence[bytes] = (), excludes: Sequence[str] = (), *, links: bool = True
     ) -> None:
-        self.only = {_normalized(p) for p in only}
+        self.only: set[bytes] = set()
+        self._ancestors: set[bytes] = set()  # directories on the way to an *only* path
+        self._firsts: set[bytes] = set()  # first components of the *only* paths
+        paths = [_normalized(path) for path in only]
+        if b"" not in paths:  # the root ("." or "/") selects everything: no filter
+            for path in paths:
+                self.add(path)
         self.excludes = list(excludes)
         self.matched: set[bytes] = set()
         self.written: set[bytes] = set()  # files written, for hardlinks to name
@@ -290,6 +299,13 @@ class Selection:
         self.links = links
         self.entries = 0
         self.bytes = 0
+
+    def add(self, path: bytes) -> None:
+        """Select *path* too."""
+        self.only.add(path)
+        parts = path.split(b"/")
+        self._firsts.add(parts[0])
+        self._ancestors.update(b"/".join(parts[:n]) for n in range(1, len(parts)))
 
     def note(self, kind: str, size: int) -> None:
         """Count an entry written."""
@@ -319,16 +335,18 @@ class Selection:
 
     def _only(self, rel: bytes) -> bytes | None:
         """The *only* path that selects *rel* (``b""`` for an ancestor of one), or None."""
+        if rel.partition(b"/")[0] not in self._firsts:
+            return None  # most entries of a large tree, decided at once
         if rel in self.only:
             return rel
-        parts = rel.split(b"/")
-        for n in range(len(parts) - 1, 0, -1):
-            prefix = b"/".join(parts[:n])
+        if rel in self._ancestors:
+            return b""
+        at = rel.rfind(b"/")
+        while at > 0:
+            prefix = rel[:at]
             if prefix in self.only:
                 return prefix
-        ancestor = rel + b"/"
-        if any(p.startswith(ancestor) for p in self.only):
-            return b""
+            at = rel.rfind(b"/", 0, at)
         return None
 
     def _excluded(self, rel: bytes) -> bool:
@@ -345,12 +363,16 @@ class Selection:
         """The *only* paths that selected nothing."""
         return sorted(self.only - self.matched)
 
-    def pull_in_targets(self, records: Iterable[Record]) -> None:
+    def pull_in_targets(self, source: TocSource) -> None:
         """Add the targets of selected hardlinks, so that they can be restored."""
-        for record in records:
-            if record.kind == "hardlink" and self(record.path) and not self(record.target):
-                self.only.add(record.target)
-                self.matched.add(record.target)
+        code = HARDLINK[0]
+        for block in source.blocks():
+            if code not in block.kinds:
+                continue  # most blocks, and whole trees, have no hardlink
+            for path, kind, target in zip(block.paths, block.kinds, block.targets, strict=True):
+                if kind == code and self(path) and not self(target):
+                    self.add(target)
+                    self.matched.add(target)
 
 
 def _normalized(path: bytes) -> bytes:
@@ -378,7 +400,16 @@ def _run(
     remember = seen.add
     read = source.read
     for header, record in source.entries():
-        rel, kind, target = rules.admit(header)
+        if header is None:  # a TOC record: the header it stands for is built if it is read
+            assert record is not None
+            rel, kind = record.path, record.kind
+            target = rules.admit_record(rel, kind, record.size, record.target)
+            if select is not None and not select(rel):
+                remember(rel, _CODES[kind], record.size, _NO_DIGEST, 0)
+                continue
+            header = header_of(record)
+        else:
+            rel, kind, target = rules.admit(header)
         wanted = select is None or select(rel)
         if wanted and kind != "file":
             read(header)  # from a TOC: the member at the record's offset must be this one
@@ -617,7 +648,7 @@ def unpack(
         # The manifest is read and its version checked before anything is created.
         manifest = source.manifest
         if select is not None and isinstance(source, TocSource):
-            select.pull_in_targets(source.records())
+            select.pull_in_targets(source)
         staging = StagingDir(dest, mode=mode, same_owner=same_owner)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
@@ -729,6 +760,7 @@ def _list_stream(
 ) -> Iterator[EntryInfo]:
     """``list_entries`` from the tar headers as they come."""
     for header, _ in source.entries():
+        assert header is not None  # a stream hands out tar headers
         rel, kind, target = rules.admit(header)
         if select is not None and not (select(rel) and select.covers(rel)):
             continue

@@ -60,8 +60,12 @@ class ArchiveSource(Protocol):
     #: True when every entry's bytes go by anyway (a stream): the loop then checks them all.
     reads_everything: bool
 
-    def entries(self) -> Iterator[tuple[Header, Record | None]]:
-        """Every tree entry in archive order, with its TOC record when already known."""
+    def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
+        """Every tree entry in archive order.
+
+        A stream hands out each tar header as it reads it; a TOC source hands out each
+        record (the header it stands for is read only if the entry is).
+        """
 
     def read(self, entry: Header) -> Iterable[memoryview]:
         """The data of *entry* (for a stream: the entry just handed out)."""
@@ -94,7 +98,7 @@ class StreamSource:
         self._footer = footer
         self._starts = starts
 
-    def entries(self) -> Iterator[tuple[Header, Record | None]]:
+    def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
         """Tree members as they come."""
         for header in self.reader.members():
             yield header, None
@@ -213,7 +217,7 @@ class TocSource:
             return None
 
     # -- the source ------------------------------------------------------------------------
-    def entries(self) -> Iterator[tuple[Header, Record | None]]:
+    def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
         """Every stored entry, from the TOC; missing files are kept for :meth:`final`."""
         previous = 0
         limit = self.toc_offset
@@ -229,7 +233,7 @@ class TocSource:
                     f"{record.offset}, outside the tree's members or out of order"
                 )
             previous = record.offset
-            yield header_of(record), record
+            yield None, record
 
     def read(self, entry: Header) -> Iterable[memoryview]:
         """Find the member at the entry's offset; it must be what the TOC says it is."""
