@@ -113,7 +113,10 @@ class FrameWriter:
     def __init__(self, out: Output, *, level: int, threads: int) -> None:
         self._sink = _WriteAll(out)
         self._level = level
-        self._buf = bytearray()
+        # The frame being filled, as the pieces written (joined once, at the cut): no
+        # copy per piece into a growing buffer. Pieces are bytes or views of bytes.
+        self._parts: list[bytes | memoryview] = []
+        self._size = 0
         self._offset = 0  # decompressed bytes in the frames already cut
         self._sizes: list[tuple[int, int]] = []  # (compressed, decompressed) per frame
         self._pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
@@ -129,23 +132,25 @@ class FrameWriter:
     @property
     def position(self) -> int:
         """Offset in the tar stream of the next byte written."""
-        return self._offset + len(self._buf)
+        return self._offset + self._size
 
     @property
     def frame_bytes(self) -> int:
         """Decompressed bytes in the frame being filled."""
-        return len(self._buf)
+        return self._size
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
-        """Append *data* to the current frame."""
-        self._buf += data
+        """Append *data* to the current frame (a bytearray is copied: it could change)."""
+        self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
+        self._size += len(data)
 
     def cut(self) -> None:
         """End the current frame here (nothing happens if it is empty)."""
-        if not self._buf:
+        if not self._size:
             return
-        data = bytes(self._buf)
-        self._buf = bytearray()
+        data = b"".join(self._parts)
+        self._parts = []
+        self._size = 0
         self._offset += len(data)
         if self._pool is None:
             self._emit(self._compress(data), len(data))

@@ -15,7 +15,7 @@ record agrees with the member actually found at its offset is the reading side's
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from itertools import accumulate
 from typing import NamedTuple, Protocol
 
@@ -390,12 +390,9 @@ class TocBuilder:
         self,
         path: bytes,
         kind: str,
-        *,
         mode: int,
         uid: int,
         gid: int,
-        user: str,
-        group: str,
         size: int,
         mtime_ns: int,
         ctime_ns: int,
@@ -404,15 +401,20 @@ class TocBuilder:
         digest: bytes,
         flags: int,
         offset: int,
+        names: Callable[[int, int], tuple[str, str]],
+        /,
     ) -> None:
-        """Add one record (in archive order)."""
+        """Add one record (in archive order); *names* gives a uid's and a gid's names.
+
+        Positional: a pack adds one record per entry, and keywords cost more than the rest.
+        """
         self._paths.append(path)
         self._kinds.append(KIND_CODES[kind])
         self._modes.append(mode)
         self._uids.append(uid)
         self._gids.append(gid)
-        self._users[uid] = user
-        self._groups[gid] = group
+        if uid not in self._users or gid not in self._groups:
+            self._users[uid], self._groups[gid] = names(uid, gid)
         self._sizes.append(size)
         self._mtimes.append(mtime_ns)
         self._ctimes.append(ctime_ns)

@@ -137,8 +137,6 @@ class _Packer:
         # The manifest is written first and never rewritten, so the stream must stay
         # within the bytes it declares: budget is what the rest of the scan may still use.
         self.budget = budget
-        self._users: dict[int, str] = {}
-        self._groups: dict[int, str] = {}
 
     def begin_member(self, size: int = 0) -> int:
         """Cut the frame if it is full or a large member starts; return the member's offset.
@@ -183,44 +181,22 @@ class _Packer:
         changed: bool = False,
         missing: bool = False,
     ) -> None:
-        target = entry.target
         self.toc.add(
             entry.path,
             entry.kind,
-            mode=entry.mode,
-            uid=entry.uid,
-            gid=entry.gid,
-            user=self._user(entry.uid),
-            group=self._group(entry.gid),
-            size=0 if missing else entry.size,
-            mtime_ns=entry.mtime_ns,
-            ctime_ns=entry.ctime_ns,
-            ino=entry.ino,
-            target=target,
-            digest=digest,
-            flags=(CHANGED if changed else 0) | (MISSING if missing else 0),
-            offset=offset,
+            entry.mode,
+            entry.uid,
+            entry.gid,
+            0 if missing else entry.size,
+            entry.mtime_ns,
+            entry.ctime_ns,
+            entry.ino,
+            entry.target,
+            digest,
+            (CHANGED if changed else 0) | (MISSING if missing else 0),
+            offset,
+            _owner_names,
         )
-
-    def _user(self, uid: int) -> str:
-        name = self._users.get(uid)
-        if name is None:
-            try:
-                name = pwd.getpwuid(uid).pw_name
-            except (KeyError, OverflowError):
-                name = ""
-            self._users[uid] = name
-        return name
-
-    def _group(self, gid: int) -> str:
-        name = self._groups.get(gid)
-        if name is None:
-            try:
-                name = grp.getgrgid(gid).gr_name
-            except (KeyError, OverflowError):
-                name = ""
-            self._groups[gid] = name
-        return name
 
     def store(self, entry: Entry) -> None:
         """Count *entry*, now in the archive, in the totals and its directory's section."""
@@ -414,6 +390,19 @@ class _Packer:
         self.record(entry, hasher.digest(fmt.DIGEST_SIZE), offset, changed=not same)
         if not same:
             self._warn_changed(entry)
+
+
+def _owner_names(uid: int, gid: int) -> tuple[str, str]:
+    """The user and group names of *uid* and *gid* on this machine (``""``: none)."""
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except (KeyError, OverflowError):
+        user = ""
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except (KeyError, OverflowError):
+        group = ""
+    return user, group
 
 
 def _read_all(fd: int, limit: int) -> bytes:
