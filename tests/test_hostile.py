@@ -71,6 +71,7 @@ from oxbak.errors import (
     UnsafeArchiveError,
     UnsupportedVersionError,
 )
+from pipelike import Unseekable
 
 ErrorTypes = tuple[type[OxbakError], ...]
 Mode = Literal["new", "replace", "merge"]
@@ -1247,19 +1248,6 @@ def snapshot(top: Path) -> Snapshot:
         else:
             out[rel] = ("other", st.st_mode)
     return out
-
-
-class Unseekable(io.RawIOBase):
-    """A pipe-like reader over bytes: no seek, no tell, no size."""
-
-    def __init__(self, data: bytes) -> None:
-        self._inner = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buf: Any) -> int:
-        return self._inner.readinto(buf)
 
 
 # variant -> (DEST exists beforehand, mode, how the archive is handed over)

@@ -13,6 +13,7 @@ import zstandard
 import oxbak
 from builders import frames_of
 from golden import GOLDEN, GOLDEN_MANIFEST, GOLDEN_V2, GOLDEN_V2_MANIFEST, GOLDENS, make_tree
+from pipelike import Unseekable
 from treeutil import snapshot
 
 
@@ -31,25 +32,13 @@ def test_golden_manifest(golden: Path, manifest: Path, version: int) -> None:
 def test_golden_verifies_and_restores(golden: Path, stream: bool, tmp_path: Path) -> None:
     def archive() -> object:
         # A file object without seek() is read front to back, as a pipe is.
-        return _Forward(golden.read_bytes()) if stream else golden
+        return Unseekable(golden.read_bytes()) if stream else golden
 
     assert oxbak.verify(archive()).ok  # type: ignore[arg-type]
     make_tree(str(tmp_path / "expected"))
     oxbak.unpack(archive(), tmp_path / "restored")  # type: ignore[arg-type]
     assert snapshot(str(tmp_path / "restored")) == snapshot(str(tmp_path / "expected"))
 
-
-class _Forward(io.RawIOBase):
-    """Bytes readable front to back only, like a pipe."""
-
-    def __init__(self, data: bytes) -> None:
-        self._inner = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
-        return self._inner.readinto(buffer)
 
 
 def _tar(data: bytes) -> bytes:

@@ -149,6 +149,27 @@ def cli(debug: bool) -> None:
         signal.signal(signal.SIGTERM, _on_sigterm)
 
 
+def _large_buffers_from_the_heap() -> None:
+    """Have glibc serve the frames of a large archive (MiBs each) from its heap.
+
+    By default a buffer that large is mapped fresh and unmapped when freed, so every
+    decompressed frame costs a page fault per 4 KiB, in the kernel (benchmarks/NOTES.md
+    has the figures). Process-wide, so the command line sets it, not the library;
+    elsewhere than glibc nothing changes.
+    """
+    import ctypes
+
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):
+        return
+    mallopt(_M_MMAP_THRESHOLD, 64 << 20)
+    mallopt(_M_TRIM_THRESHOLD, 128 << 20)
+
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
+
+
 def _show_library_warnings() -> None:
     """Route the library's ``oxbak`` logger to stderr as ``oxbak: warning: …`` lines."""
     import logging
@@ -182,6 +203,16 @@ def _parse_labels(
             raise click.BadParameter(f"{value!r} is not KEY=VALUE", ctx=ctx, param=param)
         labels[key.strip()] = val
     return labels
+
+
+#: -j for the commands that read a whole archive (pack has its own: compression).
+_decompression_threads = click.option(
+    "-j",
+    "--threads",
+    type=click.IntRange(0),
+    default=0,
+    help="Decompression threads for a seekable archive (default 0: one per CPU).",
+)
 
 
 @cli.command("pack")
@@ -334,13 +365,7 @@ def pack_cmd(
     metavar="GLOB",
     help="Leave out matching entries (repeatable), as `pack --exclude`.",
 )
-@click.option(
-    "-j",
-    "--threads",
-    type=click.IntRange(0),
-    default=0,
-    help="Decompression threads for a seekable archive (default 0: one per CPU).",
-)
+@_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def unpack_cmd(
     archive: str,
@@ -372,6 +397,7 @@ def unpack_cmd(
     from .restore import unpack
 
     _show_library_warnings()
+    _large_buffers_from_the_heap()
     if replace and merge:
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
@@ -617,8 +643,7 @@ def cat_cmd(archive: str, path: str) -> None:
     """
     from .restore import cat
 
-    if sys.stdout.isatty():
-        pass  # a file's bytes on a terminal are the user's choice, as with `cat`
+    _large_buffers_from_the_heap()
     cat(archive, path, sys.stdout.buffer)
     sys.stdout.buffer.flush()
 
@@ -721,13 +746,7 @@ def diff_cmd(
 
 @cli.command("verify")
 @click.argument("archive", metavar="ARCHIVE|-")
-@click.option(
-    "-j",
-    "--threads",
-    type=click.IntRange(0),
-    default=0,
-    help="Decompression threads for a seekable archive (default 0: one per CPU).",
-)
+@_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
     """Check ARCHIVE completely without writing anything. Exit 0 if intact, 1 if not.
@@ -739,6 +758,7 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
     from .restore import verify
 
     _show_library_warnings()
+    _large_buffers_from_the_heap()
     with _progress("verifying", True) as progress:
         report = verify(archive, progress=progress, threads=threads)
     if as_json:

@@ -674,20 +674,20 @@ class FrameReader:
             )
         return out
 
-    def stream(self, offset: int, *, ahead: bool = False) -> FrameStream:
+    def stream(self, offset: int, *, ahead: bool = False, until: int = -1) -> FrameStream:
         """The tar stream from *offset* on, decompressed frame by frame as it is read.
 
         With *ahead*, the next frames are decompressed in the background by the reader's
-        threads (at most twice as many frames as threads wait).
+        threads (at most twice as many frames as threads wait), but none that starts at
+        or after *until*, when given: the reader will not need it.
         """
-        return FrameStream(self, offset, ahead=ahead)
+        return FrameStream(self, offset, ahead=ahead, until=until)
 
     def submit(self, index: int) -> Future[bytes]:
         """Decompress frame *index* in one of *threads* background threads.
 
         The thread that reads the frames (parsing, hashing, writing) is not counted: on a
-        large archive it spends most of its time waiting for frames, so one worker per
-        core keeps the cores busier than one fewer (benchmarks/NOTES.md).
+        large archive it spends most of its time waiting for frames (benchmarks/NOTES.md).
         """
         if self._pool is None:
             from concurrent.futures import ThreadPoolExecutor
@@ -722,15 +722,17 @@ class FrameStream:
     It offers what :class:`ZstdReader` offers, so the tar parser runs over either.
     """
 
-    def __init__(self, frames: FrameReader, offset: int, *, ahead: bool) -> None:
+    def __init__(self, frames: FrameReader, offset: int, *, ahead: bool, until: int = -1) -> None:
         self._frames = frames
         table = frames.table
+        # Frames up to _stop are decompressed ahead; later ones only when read.
+        self._stop = len(table) if until < 0 else bisect.bisect_left(table.d_starts, until)
         self._next = table.frame_at(offset) if offset < table.d_total else len(table)
         self._skip = offset - table.d_starts[self._next] if self._next < len(table) else 0
         self._data = b""
         self._ahead: collections.deque[Future[bytes]] = collections.deque()
         self._ahead_next = self._next
-        self._parallel = ahead and frames.threads > 1
+        self._parallel = ahead
 
     @property
     def bytes_in(self) -> int:
@@ -743,11 +745,15 @@ class FrameStream:
             if self._next >= len(table):
                 return False
             if self._parallel:
-                limit = min(len(table), self._next + 2 * self._frames.threads)
+                limit = min(self._stop, self._next + 2 * self._frames.threads)
                 while self._ahead_next < limit:
                     self._ahead.append(self._frames.submit(self._ahead_next))
                     self._ahead_next += 1
-                data = self._ahead.popleft().result()
+                if self._ahead:
+                    data = self._ahead.popleft().result()
+                else:  # past *until*: nothing was decompressed ahead
+                    data = self._frames.frame(self._next)
+                    self._ahead_next = self._next + 1
             else:
                 data = self._frames.frame(self._next)
             self._next += 1

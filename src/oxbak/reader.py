@@ -43,7 +43,7 @@ from .tarfmt import (
 )
 from .toc import Record, TocHeader, decode_block, decode_header
 
-__all__ = ["ArchiveReader", "Final", "read_manifest"]
+__all__ = ["ArchiveReader", "read_manifest"]
 
 _BLOCK = fmt.BLOCK_SIZE
 _READ = 1 << 20
@@ -52,8 +52,6 @@ _INDEX_MEMBER = fmt.INDEX_NAME.encode()
 _TOC_MEMBER = fmt.TOC_NAME.encode()
 
 Archive = str | os.PathLike[str] | BinaryIO
-#: The summary at the end of an archive: the TOC header, or a version-1 index header.
-Final = TocHeader | Index
 
 
 class Decompressed(Protocol):
@@ -312,7 +310,7 @@ class ArchiveReader:
             raise CorruptArchiveError("the end of the tree was not reached")
         return self._index_header.offset
 
-    def records(self) -> tuple[Final, Iterator[Record]]:
+    def records(self) -> tuple[Index, Iterator[Record]]:
         """After :meth:`members` ends: the TOC (or index) header and its records."""
         header = self._index_header
         if header is None:

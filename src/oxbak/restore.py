@@ -37,7 +37,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .locations import Archive
-from .manifest import Manifest, Totals, sections
+from .manifest import Index, Manifest, Totals, sections
 from .paths import (
     check_path,
     display,
@@ -47,7 +47,6 @@ from .paths import (
     shown,
     sort_key,
 )
-from .reader import Final
 from .source import (
     ArchiveSource,
     TocSource,
@@ -483,7 +482,7 @@ def _hardlink_target(name: bytes, linkname: bytes) -> bytes:
 
 
 def _check_index(
-    index: Final, records: Iterator[Record], seen: _Seen, problems: list[str], limit: int
+    index: Index, records: Iterator[Record], seen: _Seen, problems: list[str], limit: int
 ) -> list[Record]:
     """Compare the index (or TOC) with what was seen; return its changed/missing records."""
     flagged: list[Record] = []
@@ -531,14 +530,14 @@ def _check_index(
     return flagged
 
 
-def _check_flags(index: Final, flagged: list[Record], problems: list[str]) -> None:
+def _check_flags(index: Index, flagged: list[Record], problems: list[str]) -> None:
     changed = sum(1 for r in flagged if r.changed)
     missing = sum(1 for r in flagged if r.missing)
     if index.partial != bool(flagged) or index.changed != changed or index.missing != missing:
         problems.append("index header's partial/changed/missing counts disagree with its records")
 
 
-def _check_totals(manifest: Manifest, index: Final, seen: _Seen, problems: list[str]) -> None:
+def _check_totals(manifest: Manifest, index: Index, seen: _Seen, problems: list[str]) -> None:
     actual = seen.totals
     if index.totals != actual:
         problems.append(
@@ -833,7 +832,7 @@ class _HeldBack:
 
     def __init__(self, out: BinaryIO) -> None:
         self.out = out
-        self.held = b""
+        self.held: bytes | memoryview = b""
         self.hasher = Hasher()
         self.size = 0
 
@@ -843,7 +842,8 @@ class _HeldBack:
             self.size += len(chunk)
             if self.held:
                 self.out.write(self.held)
-            self.held = bytes(chunk)
+            # The sources hand out views of immutable bytes: holding one is safe.
+            self.held = chunk
         return self.hasher.digest(fmt.DIGEST_SIZE)
 
     def release(self) -> None:
@@ -887,7 +887,7 @@ class _CatSink(HashOnly):
             self.kind = "symlink"
 
 
-def cat(archive: Archive, path: str | bytes, out: BinaryIO) -> int:
+def cat(archive: Archive, path: str | bytes, out: BinaryIO, *, threads: int = 0) -> int:
     """Write the content of the file at *path* in *archive* to *out*; return its size.
 
     From a seekable version-2 archive only the frames holding the file (and the table of
@@ -901,7 +901,7 @@ def cat(archive: Archive, path: str | bytes, out: BinaryIO) -> int:
     rel = os.fsencode(path).strip(b"/")
     parse_member_name(member_name(rel))  # the same name rules as every member
     held = _HeldBack(out)
-    with open_source(archive, whole=False) as source:
+    with open_source(archive, whole=False, threads=_default_threads(threads)) as source:
         if isinstance(source, TocSource):
             record = _file_record(source, rel)
             digest = held.feed(source.read(header_of(record)))

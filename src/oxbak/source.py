@@ -30,9 +30,9 @@ from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
 from .errors import CorruptArchiveError, LimitExceededError
 from .locations import Archive, open_input
-from .manifest import Manifest
+from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
-from .reader import ArchiveReader, Final
+from .reader import ArchiveReader
 from .tarfmt import REGULAR, Header, padding
 from .toc import (
     KIND_CODES,
@@ -70,7 +70,7 @@ class ArchiveSource(Protocol):
     def read(self, entry: Header) -> Iterable[memoryview]:
         """The data of *entry* (for a stream: the entry just handed out)."""
 
-    def final(self) -> tuple[Final, Iterator[Record]]:
+    def final(self) -> tuple[Index, Iterator[Record]]:
         """After the last entry: the index or TOC header and its records, for the checks."""
 
     def finish(self) -> None:
@@ -107,7 +107,7 @@ class StreamSource:
         """The data of the member just handed out."""
         return self.reader.data(entry.size)
 
-    def final(self) -> tuple[Final, Iterator[Record]]:
+    def final(self) -> tuple[Index, Iterator[Record]]:
         """The index or TOC, read after the tree."""
         footer = self._footer
         reader = self.reader
@@ -245,7 +245,15 @@ class TocSource:
         cursor = self._cursor
         if cursor is None or cursor.position != entry.offset:
             cursor = ArchiveReader(
-                self.frames.stream(entry.offset), name=self.name, offset=entry.offset
+                # A large member spans frames: decompress them ahead, in parallel, up to
+                # its end (its headers take at most a pax header and a block more).
+                self.frames.stream(
+                    entry.offset,
+                    ahead=entry.size >= fmt.FRAME_TARGET,
+                    until=entry.offset + 3 * fmt.BLOCK_SIZE + fmt.MAX_PAX_BYTES + entry.size,
+                ),
+                name=self.name,
+                offset=entry.offset,
             )
             self._cursor = cursor
         found = cursor.next_header()
@@ -258,7 +266,7 @@ class TocSource:
             return ()
         return cursor.data(entry.size)
 
-    def final(self) -> tuple[Final, Iterator[Record]]:
+    def final(self) -> tuple[Index, Iterator[Record]]:
         """The TOC header, and the changed or missing records seen on the way."""
         return self.header, iter(self._flagged)
 

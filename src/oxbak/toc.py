@@ -23,7 +23,7 @@ import msgspec
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError
-from .manifest import Totals
+from .manifest import Index
 from .paths import shown
 
 __all__ = [
@@ -69,17 +69,13 @@ class BlockRef(msgspec.Struct, array_like=True):
     entries: int
 
 
-class TocHeader(msgspec.Struct, kw_only=True):
-    """The TOC's first part: the final word on what the archive holds."""
+class TocHeader(Index):
+    """The TOC's first part: the final word on what the archive holds.
 
-    format: str
-    version: int
-    digest: str
-    entries: int
-    partial: bool
-    changed: int = 0
-    missing: int = 0
-    totals: Totals = msgspec.field(default_factory=Totals)
+    The fields of a version-1 index header (:class:`~oxbak.manifest.Index`), and where
+    the blocks of records are.
+    """
+
     blocks: list[BlockRef] = []
 
 
