@@ -325,7 +325,11 @@ class ArchiveReader:
             _from_index(decode_index_record(line, n)) for n, line in enumerate(lines, 1)
         )
 
-    def _toc(self, size: int) -> tuple[TocHeader, Iterator[Record]]:
+    def toc_header(self, size: int) -> tuple[TocHeader, int]:
+        """The TOC header, bounded before it is read, and the bytes it took.
+
+        Called right after the TOC member's header; *size* is the member's data size.
+        """
         if size < 4:
             raise CorruptArchiveError("table of contents is truncated")
         prefix = self._take(4)
@@ -339,6 +343,10 @@ class ArchiveReader:
         self._pending -= used
         if used + sum(ref.length for ref in header.blocks) != size:
             raise CorruptArchiveError("table of contents blocks do not fill its member")
+        return header, used
+
+    def _toc(self, size: int) -> tuple[TocHeader, Iterator[Record]]:
+        header, _ = self.toc_header(size)
 
         def blocks() -> Iterator[Record]:
             for n, ref in enumerate(header.blocks):

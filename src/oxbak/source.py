@@ -28,7 +28,7 @@ from typing import Protocol
 
 from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
-from .errors import CorruptArchiveError, LimitExceededError
+from .errors import CorruptArchiveError
 from .locations import Archive, open_input
 from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
@@ -42,7 +42,6 @@ from .toc import (
     TocHeader,
     decode_columns,
     decode_footer,
-    decode_header,
     record_at,
     records_of,
 )
@@ -163,16 +162,7 @@ class TocSource:
         end = data_at + head.size + padding(head.size) + 2 * fmt.BLOCK_SIZE
         if not end <= table.d_total <= end + -end % fmt.RECORD_SIZE:
             raise CorruptArchiveError("the table of contents is not the archive's last member")
-        prefix = cursor.read_exact(4)
-        length = int.from_bytes(prefix, "little")
-        if length > fmt.MAX_TOC_HEADER_BYTES or 4 + length > head.size:
-            raise LimitExceededError(
-                f"table of contents header is {length} bytes, more than its member holds "
-                f"or the limit {fmt.MAX_TOC_HEADER_BYTES}"
-            )
-        self.header, used = decode_header(prefix + cursor.read_exact(length))
-        if used + sum(ref.length for ref in self.header.blocks) != head.size:
-            raise CorruptArchiveError("table of contents blocks do not fill its member")
+        self.header, used = cursor.toc_header(head.size)
         self._blocks_at = data_at + used
         self._cursor: ArchiveReader | None = None
         self._firsts: list[tuple[bytes, ...]] | None = None

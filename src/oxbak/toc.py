@@ -34,9 +34,12 @@ __all__ = [
     "TocBuilder",
     "TocHeader",
     "decode_block",
+    "decode_columns",
     "decode_footer",
     "decode_header",
     "encode_footer",
+    "record_at",
+    "records_of",
 ]
 
 FILE, DIR, SYMLINK, HARDLINK = b"0", b"5", b"2", b"1"  # the tar typeflags of each kind
@@ -216,11 +219,6 @@ def decode_header(data: bytes) -> tuple[TocHeader, int]:
     return header, 4 + length
 
 
-def blocks_size(header: TocHeader) -> int:
-    """Bytes of all blocks together."""
-    return sum(ref.length for ref in header.blocks)
-
-
 def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
     """The records of one block, checked (see :func:`decode_columns`)."""
     return list(records_of(decode_columns(data, ref, number)))
@@ -321,31 +319,7 @@ def record_at(block: TocBlock, i: int) -> Record:
 
 def records_of(block: TocBlock) -> Iterator[Record]:
     """The records of a block checked by :func:`decode_columns`."""
-    users, groups = block.users, block.groups
-    digests = block.digests
-    step = fmt.DIGEST_SIZE
-    names = KIND_NAMES
-    for i, (path, code, flags, uid, gid) in enumerate(
-        zip(block.paths, block.kinds, block.flags, block.uids, block.gids, strict=True)
-    ):
-        yield Record(
-            path,
-            names[code],
-            block.sizes[i],
-            digests[i * step : i * step + step],
-            bool(flags & CHANGED),
-            bool(flags & MISSING),
-            block.modes[i],
-            uid,
-            gid,
-            users.get(uid, ""),
-            groups.get(gid, ""),
-            block.mtimes[i],
-            block.ctimes[i],
-            block.inodes[i],
-            block.targets[i],
-            block.offsets[i],
-        )
+    return (record_at(block, i) for i in range(len(block.paths)))
 
 
 class _Spool(Protocol):
@@ -462,9 +436,3 @@ class TocBuilder:
 
 def _differences(values: list[int]) -> list[int]:
     return [b - a for a, b in zip([0, *values], values, strict=False)]
-
-
-def iter_records(blocks: Iterator[list[Record]]) -> Iterator[Record]:
-    """Every record of *blocks*, in order."""
-    for records in blocks:
-        yield from records
