@@ -297,6 +297,26 @@ def test_command_help_shows_an_example(command: Path, cmd: str, flag: str) -> No
     assert re.search(rf"^\s+(\S+ \| )?.*oxbak {cmd}\b", out, re.M), out
 
 
+def test_no_arguments_prints_a_short_usage(command: Path) -> None:
+    result = oxbak()
+    assert result.returncode == 2 and result.stdout == b""
+    lines = text(result.stderr).splitlines()
+    assert len(lines) == 1 and lines[0].startswith("usage: oxbak COMMAND"), lines
+    assert "unpack" in lines[0] and "--help" in lines[0]
+
+
+def test_archives_are_private_unless_asked(src: Path, tmp_path: Path) -> None:
+    assert_ok(oxbak("pack", src, "-o", tmp_path / "a.oxbak"))
+    assert stat.S_IMODE(os.stat(tmp_path / "a.oxbak").st_mode) == 0o600
+    assert_ok(oxbak("pack", src, "-o", tmp_path / "b.oxbak", "--mode", "0640"))
+    assert stat.S_IMODE(os.stat(tmp_path / "b.oxbak").st_mode) == 0o640
+    # Replacing an archive gives the new one the asked mode, not the old one's.
+    assert_ok(oxbak("pack", src, "-o", tmp_path / "b.oxbak", "--force"))
+    assert stat.S_IMODE(os.stat(tmp_path / "b.oxbak").st_mode) == 0o600
+    assert_usage_error(oxbak("pack", src, "-o", tmp_path / "c.oxbak", "--mode", "rw"), "rw")
+    assert not (tmp_path / "c.oxbak").exists()
+
+
 def test_unknown_command_is_a_usage_error(command: Path) -> None:
     assert_usage_error(oxbak("frobnicate"), "frobnicate")
 
@@ -556,7 +576,7 @@ def test_pack_exit_3_when_a_file_changes_while_it_is_read(tmp_path: Path, comman
     info = info_json(archive)
     assert info["partial"] is True and info["changed"] == 1
     verified = oxbak("verify", "--json", archive)
-    assert_ok(verified)
+    assert verified.returncode == 3, verified.stderr  # intact, but partial: as pack said
     report = json.loads(verified.stdout)
     assert report["ok"] is True and report["partial"] is True
     assert report["changed"] == ["big.log"] and report["missing"] == []

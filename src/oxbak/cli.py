@@ -215,6 +215,16 @@ _decompression_threads = click.option(
 )
 
 
+def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
+    try:
+        mode = int(value, 8)
+    except ValueError:
+        mode = -1
+    if not 0 <= mode <= 0o7777:
+        raise click.BadParameter(f"{value!r} is not octal permission bits", ctx=ctx, param=param)
+    return mode
+
+
 @cli.command("pack")
 @click.argument("src")
 @click.option(
@@ -256,6 +266,15 @@ _decompression_threads = click.option(
 @click.option(
     "--force", is_flag=True, help="Replace OUT if it exists (once the new archive is complete)."
 )
+@click.option(
+    "--mode",
+    "mode",
+    default="0600",
+    show_default=True,
+    metavar="OCTAL",
+    callback=_parse_mode,
+    help="Permission bits of the archive file (not of a stream).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def pack_cmd(
     src: str,
@@ -265,6 +284,7 @@ def pack_cmd(
     excludes: tuple[str, ...],
     labels: dict[str, str],
     force: bool,
+    mode: int,
     as_json: bool,
 ) -> None:
     """Pack directory SRC into one archive.
@@ -297,6 +317,7 @@ def pack_cmd(
             excludes=excludes,
             labels=labels,
             force=force,
+            mode=mode,
             progress=progress,
         )
     if to_stdout:
@@ -749,7 +770,10 @@ def diff_cmd(
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
-    """Check ARCHIVE completely without writing anything. Exit 0 if intact, 1 if not.
+    """Check ARCHIVE completely without writing anything.
+
+    Exit status 0 if intact, 1 if not, 3 if intact but partial (some file could not be
+    captured when it was packed; the warning names them).
 
     \b
     Example:
@@ -793,6 +817,8 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
         )
     if not report.ok:
         sys.exit(1)
+    if report.partial:
+        sys.exit(EXIT_PARTIAL)  # intact, but some file was not captured: as pack said
 
 
 @cli.command("recover")
@@ -824,6 +850,15 @@ def main() -> NoReturn:
     try:
         try:
             code = cli.main(prog_name="oxbak", standalone_mode=False)
+        except click.exceptions.NoArgsIsHelpError as exc:
+            # `oxbak` alone: a short usage, not the whole help reported as an error.
+            where = exc.ctx.command_path if exc.ctx is not None else "oxbak"
+            click.echo(
+                f"usage: {where} COMMAND [ARGS]...  (commands: {', '.join(cli.commands)}; "
+                f"'{where} --help' for more)",
+                err=True,
+            )
+            _exit(exc.exit_code)
         except click.UsageError as exc:
             # One line, like every other error; the command's --help has the details.
             where = exc.ctx.command_path if exc.ctx is not None else "oxbak"

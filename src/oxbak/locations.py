@@ -31,7 +31,18 @@ from .errors import InputError, OutputError, OutputExistsError
 # The writing side imports tempfile, logging and the destinations' fs helpers (ctypes)
 # where it runs: the reading commands, `oxbak info` first, never need them (~8 ms).
 
-__all__ = ["Archive", "Input", "Sink", "check_absent", "open_input", "open_output"]
+__all__ = [
+    "ARCHIVE_MODE",
+    "Archive",
+    "Input",
+    "Sink",
+    "check_absent",
+    "open_input",
+    "open_output",
+]
+
+#: Permission bits of a new archive file, as restic and borg make theirs.
+ARCHIVE_MODE = 0o600
 
 #: What the API accepts as an archive to read: a path, ``"-"``, or a binary file object.
 Archive = str | os.PathLike[str] | BinaryIO
@@ -143,11 +154,15 @@ def check_absent(path: str | os.PathLike[str], *, force: bool) -> None:
 
 
 @contextlib.contextmanager
-def open_output(target: Archive, *, force: bool = False) -> Iterator[Sink]:
+def open_output(
+    target: Archive, *, force: bool = False, mode: int = ARCHIVE_MODE
+) -> Iterator[Sink]:
     """Open where an archive goes: a path (atomically), ``"-"`` (stdout), a file object.
 
-    A file object (and stdout) is written to as a stream and not closed; what was written
-    to it stays there if the block raises: a stream cannot be taken back.
+    A file at a path gets permission bits *mode* exactly (0600 by default: a backup holds
+    whatever secrets the state holds). A file object (and stdout) is written to as a
+    stream and not closed; what was written to it stays there if the block raises: a
+    stream cannot be taken back.
 
     :raises OutputExistsError: the path exists and *force* is false.
     :raises OutputError: the archive cannot be created or finished.
@@ -155,7 +170,7 @@ def open_output(target: Archive, *, force: bool = False) -> Iterator[Sink]:
     if isinstance(target, (str, os.PathLike)):
         path = os.fspath(target)
         if path != "-":
-            with _atomic(path, force=force) as stream:
+            with _atomic(path, force=force, mode=mode) as stream:
                 sink = Sink(path, stream)
                 yield sink
             sink.size = os.stat(path).st_size
@@ -165,12 +180,12 @@ def open_output(target: Archive, *, force: bool = False) -> Iterator[Sink]:
 
 
 @contextlib.contextmanager
-def _atomic(path: str, *, force: bool) -> Iterator[_EagerWriteback]:
+def _atomic(path: str, *, force: bool, mode: int) -> Iterator[_EagerWriteback]:
     """A temp file beside *path*, locked while in use; renamed over *path* on success."""
     import logging
     import tempfile
 
-    from .destinations import current_umask, fsync_dir
+    from .destinations import fsync_dir
 
     logger = logging.getLogger("oxbak")
     directory = os.path.dirname(os.path.abspath(path))
@@ -182,7 +197,7 @@ def _atomic(path: str, *, force: bool) -> Iterator[_EagerWriteback]:
         raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.fchmod(fd, 0o644 & ~current_umask())
+        os.fchmod(fd, mode)
         with os.fdopen(fd, "w+b", closefd=False) as fh:
             yield _EagerWriteback(fh, fd)
             fh.flush()

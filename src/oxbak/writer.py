@@ -21,7 +21,7 @@ from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
 from .errors import OxbakError, SourceError
-from .locations import check_absent, open_output
+from .locations import ARCHIVE_MODE, check_absent, open_output
 from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
 from .paths import display, link_stays_inside, member_name
 from .scan import Entry, Scan, scan_tree
@@ -84,6 +84,7 @@ def pack(
     excludes: Sequence[str] = (),
     labels: Mapping[str, str] | None = None,
     force: bool = False,
+    mode: int = ARCHIVE_MODE,
     progress: Progress | None = None,
 ) -> PackResult:
     """Pack the directory *source* into one archive.
@@ -97,6 +98,7 @@ def pack(
         name at any depth. An excluded directory is left out with everything in it.
     :param labels: free ``key=value`` strings stored in the manifest.
     :param force: replace an existing *output* (only once the new archive is complete).
+    :param mode: permission bits of an archive written to a path (0600 by default).
     :param progress: called with (bytes done, bytes total) as files are read.
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
@@ -111,7 +113,9 @@ def pack(
     if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
         check_absent(output, force=force)  # before the scan: it may take a while
     scan = scan_tree(source, excludes)
-    with open_output(output, force=force) as sink:
+    if not 0 <= mode <= 0o7777:
+        raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
+    with open_output(output, force=force, mode=mode) as sink:
         result = _write(scan, sink.stream, level, threads, labels or {}, progress)
     result.output = sink.name
     if sink.size is not None:
