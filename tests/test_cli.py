@@ -297,6 +297,54 @@ def test_command_help_shows_an_example(command: Path, cmd: str, flag: str) -> No
     assert re.search(rf"^\s+(\S+ \| )?.*oxbak {cmd}\b", out, re.M), out
 
 
+def test_debug_is_accepted_after_the_command(tmp_path: Path, command: Path) -> None:
+    junk = tmp_path / "junk.oxbak"
+    junk.write_bytes(b"not an archive\n" * 10)
+    for args in (("--debug", "info", junk), ("info", junk, "--debug")):
+        result = oxbak(*args)
+        assert result.returncode == 1
+        assert "Traceback" in text(result.stderr)  # the traceback --debug asks for
+        assert "no such option" not in text(result.stderr)
+
+
+def test_force_onto_a_directory_is_refused_up_front(src: Path, tmp_path: Path) -> None:
+    (tmp_path / "out").mkdir()
+    result = oxbak("pack", src, "-o", tmp_path / "out", "--force")
+    assert result.returncode == 1
+    assert text(result.stderr).splitlines() == [
+        f"oxbak: error: cannot write the archive to {str(tmp_path / 'out')!r}: it is a directory"
+    ]
+    assert os.listdir(tmp_path / "out") == []
+
+
+@pytest.mark.tools("tar", "zstd")
+def test_verify_tells_a_foreign_file_from_a_damaged_archive(src: Path, tmp_path: Path) -> None:
+    plain = tmp_path / "plain.tar.zst"
+    assert subprocess.run(
+        ["tar", "--zstd", "-cf", str(plain), "-C", str(src), "."], capture_output=True
+    ).returncode == 0
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(os.urandom(4096))
+    for path in (plain, junk):
+        result = oxbak("verify", path)
+        assert result.returncode == 1
+        lines = text(result.stderr).splitlines()
+        assert len(lines) == 1 and "is not an oxbak archive" in lines[0], lines
+
+
+def test_names_near_name_max_work(src: Path, tmp_path: Path) -> None:
+    """A DEST or OUT whose name is 245 bytes: staging, backup and temp names still fit."""
+    out = tmp_path / ("o" * 239 + ".oxbak")
+    assert_ok(oxbak("pack", src, "-o", out))
+    assert_ok(oxbak("pack", src, "-o", out, "--force"))
+    dest = tmp_path / ("d" * 245)
+    assert_ok(oxbak("unpack", out, dest))
+    for flag in ("--replace", "--merge"):
+        assert_ok(oxbak("unpack", out, dest, flag))
+    assert snapshot(dest) == snapshot(src)
+    assert sorted(os.listdir(tmp_path)) == sorted([out.name, dest.name, "src"])
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

@@ -22,7 +22,7 @@ import msgspec
 
 from . import format as fmt
 from ._version import __version__
-from .errors import OxbakError
+from .errors import OutputExistsError, OxbakError
 from .paths import display
 
 if TYPE_CHECKING:
@@ -64,6 +64,8 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except OutputExistsError as exc:
+            _fail(f"{exc} (use --force to replace it)", exc.exit_code)
         except OxbakError as exc:
             _traceback_on_request()
             _fail(str(exc), exc.exit_code)
@@ -809,6 +811,13 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
                 f"{', '.join(report.changed) or '-'}; vanished: {', '.join(report.missing) or '-'}",
                 err=True,
             )
+    elif report.manifest is None:
+        # Not even a manifest: random bytes, a plain .tar.zst, or damage at the very start.
+        click.echo(
+            f"oxbak: error: {archive} is not an oxbak archive, or is damaged at its start: "
+            f"{report.problems[0]}",
+            err=True,
+        )
     else:
         for problem in report.problems:
             click.echo(f"oxbak: problem: {problem}", err=True)
@@ -842,6 +851,18 @@ def recover_cmd(dest: str) -> None:
         click.echo("nothing to recover", err=True)
 
 
+def _debug_anywhere(args: list[str]) -> list[str]:
+    """Take ``--debug`` anywhere on the line, as users add it when a command fails.
+
+    ``oxbak unpack a.oxbak d --debug`` too; not after ``--``, where it is a file's name.
+    """
+    end = args.index("--") if "--" in args else len(args)
+    if "--debug" in args[:end]:
+        os.environ["OXBAK_DEBUG"] = "1"
+        args = [a for a in args[:end] if a != "--debug"] + args[end:]
+    return args
+
+
 def main() -> NoReturn:
     """Entry point of the ``oxbak`` console script."""
     # One command per process: reference counting frees what it drops, and the cyclic
@@ -849,7 +870,8 @@ def main() -> NoReturn:
     gc.disable()
     try:
         try:
-            code = cli.main(prog_name="oxbak", standalone_mode=False)
+            args = _debug_anywhere(sys.argv[1:])
+            code = cli.main(args=args, prog_name="oxbak", standalone_mode=False)
         except click.exceptions.NoArgsIsHelpError as exc:
             # `oxbak` alone: a short usage, not the whole help reported as an error.
             where = exc.ctx.command_path if exc.ctx is not None else "oxbak"

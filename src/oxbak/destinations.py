@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal, Protocol, cast
 
 from . import format as fmt
-from .digest import Hasher
+from .digest import Hasher, hexdigest
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
 
@@ -57,6 +57,8 @@ _PATH_MAX = 4096  # including the terminating NUL
 WRITEBACK_STEP = 8 << 20  # large files are handed to the disk every this many bytes
 BACKGROUND_SYNC_STEP = 32 << 20  # staged bytes (4 KiB counted per entry) between syncfs kicks
 _ENTRY_COST = 4096
+_NAME_MAX = 255
+_RANDOM = 1 + 8  # the "." and the random part tempfile adds
 
 
 class Destination(Protocol):
@@ -233,6 +235,21 @@ def remove_tree(root: str) -> None:
             continue
 
 
+def side_name(base: str, around: int) -> str:
+    """*base*, shortened if need be, for a name beside it that adds *around* bytes.
+
+    Staging, backup and temp names embed DEST's or OUT's name; for a name near NAME_MAX
+    (255 bytes) that would not fit. The shortened form keeps a prefix and adds a digest
+    of the whole name, so it is the same every time (``recover`` finds it) and two long
+    names that share a prefix still differ.
+    """
+    raw = os.fsencode(base)
+    room = _NAME_MAX - around
+    if len(raw) <= room:
+        return base
+    return os.fsdecode(raw[: room - 17]) + "~" + hexdigest(raw)[:16]
+
+
 def recover(dest: str | os.PathLike[str]) -> list[str]:
     """Clean up after an unpack of *dest* that was killed; return what was done.
 
@@ -249,7 +266,7 @@ def recover(dest: str | os.PathLike[str]) -> list[str]:
         return actions
     for name in sorted(names):
         for prefix in (STAGE_PREFIX, OLD_PREFIX, MERGE_PREFIX):
-            if not name.startswith(prefix + base + "."):
+            if not name.startswith(prefix + side_name(base, len(prefix) + _RANDOM) + "."):
                 continue
             path = os.path.join(parent, name)
             if not _unlocked(path):
@@ -299,7 +316,8 @@ class StagingDir:
         try:
             import tempfile
 
-            self.root = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{base}.", dir=parent)
+            tag = side_name(base, len(STAGE_PREFIX) + _RANDOM)
+            self.root = tempfile.mkdtemp(prefix=f"{STAGE_PREFIX}{tag}.", dir=parent)
         except OSError as exc:
             raise DestinationError(
                 f"cannot create a staging directory in {parent!r}: {exc.strerror}"
@@ -487,8 +505,10 @@ class StagingDir:
         # tree at OLD_PREFIX…, and recover() puts it back.
         import tempfile
 
+        tag = side_name(os.path.basename(self.dest), len(OLD_PREFIX) + _RANDOM)
         aside = tempfile.mktemp(
-            prefix=f"{OLD_PREFIX}{os.path.basename(self.dest)}.", dir=self.parent
+            prefix=f"{OLD_PREFIX}{tag}.",
+            dir=self.parent,
         )
         os.rename(self.dest, aside)
         try:
@@ -507,8 +527,8 @@ class StagingDir:
         # removes the backup.
         import tempfile
 
-        base = os.path.basename(self.dest)
-        backup = os.fsencode(tempfile.mkdtemp(prefix=f"{MERGE_PREFIX}{base}.", dir=self.parent))
+        tag = side_name(os.path.basename(self.dest), len(MERGE_PREFIX) + _RANDOM)
+        backup = os.fsencode(tempfile.mkdtemp(prefix=f"{MERGE_PREFIX}{tag}.", dir=self.parent))
         journal: list[tuple[str, bytes, bytes, os.stat_result | None]] = []
         # Locked like the staging directory, so recover() leaves a running merge's alone;
         # its own prefix, so recover() only ever deletes it (it is never an old tree).

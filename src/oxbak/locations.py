@@ -43,6 +43,8 @@ __all__ = [
 
 #: Permission bits of a new archive file, as restic and borg make theirs.
 ARCHIVE_MODE = 0o600
+_TEMP_SUFFIX = ".oxbak-tmp"
+_TEMP_AROUND = 1 + 1 + 8 + len(_TEMP_SUFFIX)  # ".", ".", tempfile's random part, suffix
 
 #: What the API accepts as an archive to read: a path, ``"-"``, or a binary file object.
 Archive = str | os.PathLike[str] | BinaryIO
@@ -148,9 +150,12 @@ def check_absent(path: str | os.PathLike[str], *, force: bool) -> None:
     """Refuse early to write over *path*, unless *force* (checked again at the end).
 
     :raises OutputExistsError: *path* exists.
+    :raises OutputError: *path* is a directory: nothing could replace it.
     """
+    if os.path.isdir(path) and not os.path.islink(path):
+        raise OutputError(f"cannot write the archive to {os.fspath(path)!r}: it is a directory")
     if not force and os.path.lexists(path):
-        raise OutputExistsError(f"{os.fspath(path)!r} already exists (use --force to replace it)")
+        raise OutputExistsError(f"{os.fspath(path)!r} already exists")
 
 
 @contextlib.contextmanager
@@ -185,14 +190,14 @@ def _atomic(path: str, *, force: bool, mode: int) -> Iterator[_EagerWriteback]:
     import logging
     import tempfile
 
-    from .destinations import fsync_dir
+    from .destinations import fsync_dir, side_name
 
     logger = logging.getLogger("oxbak")
     directory = os.path.dirname(os.path.abspath(path))
-    base = os.path.basename(path)
-    _remove_stale_temps(directory, base)
+    tag = side_name(os.path.basename(path), _TEMP_AROUND)
+    _remove_stale_temps(directory, tag)
     try:
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{base}.", suffix=".oxbak-tmp")
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{tag}.", suffix=_TEMP_SUFFIX)
     except OSError as exc:
         raise OutputError(f"cannot create a file in {directory!r}: {exc.strerror}") from exc
     try:
@@ -209,7 +214,7 @@ def _atomic(path: str, *, force: bool, mode: int) -> Iterator[_EagerWriteback]:
                 os.link(tmp, path)  # no-clobber: fails if something appeared meanwhile
             except FileExistsError as exc:
                 raise OutputExistsError(
-                    f"{path!r} already exists (use --force to replace it)"
+                    f"{path!r} already exists"
                 ) from exc
     except OSError as exc:
         _unlink_quietly(tmp)
@@ -262,12 +267,12 @@ class _EagerWriteback:
         self._fh.flush()
 
 
-def _remove_stale_temps(directory: str, base: str) -> None:
+def _remove_stale_temps(directory: str, tag: str) -> None:
     """Delete temp files of earlier packs to the same output that were killed."""
-    prefix = f".{base}."
+    prefix = f".{tag}."
     try:
         names = [
-            n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(".oxbak-tmp")
+            n for n in os.listdir(directory) if n.startswith(prefix) and n.endswith(_TEMP_SUFFIX)
         ]
     except OSError:
         return
