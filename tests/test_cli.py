@@ -345,6 +345,22 @@ def test_names_near_name_max_work(src: Path, tmp_path: Path) -> None:
     assert sorted(os.listdir(tmp_path)) == sorted([out.name, dest.name, "src"])
 
 
+def test_list_never_sends_control_characters_to_the_terminal(tmp_path: Path, command: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "two\nlines.json").write_bytes(b"{}")
+    (src / "\x1b[31mred").write_bytes(b"{}")
+    os.symlink("\x1b]0;title\x07", src / "link")
+    out = tmp_path / "a.oxbak"
+    assert_ok(oxbak("pack", src, "-o", out))
+    listing = oxbak("list", out).stdout
+    assert b"\x1b" not in listing and b"\x07" not in listing
+    lines = text(listing).splitlines()
+    assert len(lines) == 4  # the root and three entries: the newline did not split one
+    assert any(line.endswith("two\\u000alines.json") for line in lines)
+    assert any(line.endswith("link -> \\u001b]0;title\\u0007") for line in lines)
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

@@ -114,6 +114,12 @@ def test_display_escapes() -> None:
     assert display(b"caf\xe9") == "caf\\xe9"
     assert display(b"a\\xe9") == "a\\\\xe9"
     assert display("日本".encode()) == "日本"
+    # Nothing a terminal would act on gets through: newlines, escapes, C1 controls, U+2028.
+    assert display(b"a\nb") == "a\\u000ab"
+    assert display(b"\x1b[31mred") == "\\u001b[31mred"
+    assert display("\u2028".encode()) == "\\u2028"
+    # U+0085 (valid UTF-8) and the byte 0x85 (not UTF-8) stay distinct.
+    assert display("\u0085".encode()) == "\\u0085" != display(b"\x85") == "\\x85"
 
 
 @pytest.mark.parametrize(

@@ -634,7 +634,7 @@ def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
         stamp = strftime("%Y-%m-%d %H:%M:%S", gmtime(e.mtime_ns // 1_000_000_000))
         path = display(e.path) if e.path else "."
         if kind == "symlink" or kind == "hardlink":
-            path += " -> " + _text(e.target)
+            path += " -> " + display(e.target)
         lines.append(f"{mode} {owner:<12} {size:>12} {stamp} {path}\n")
         if len(lines) >= 1024:
             write("".join(lines))

@@ -30,14 +30,26 @@ _MAX_LINK_HOPS = 40  # the kernel's own limit (MAXSYMLINKS)
 def display(path: bytes) -> str:
     r"""Render *path* for people: UTF-8, with other bytes as ``\xNN`` and ``\`` as ``\\``.
 
-    Distinct paths give distinct strings, so messages and sections never merge two names.
+    Characters a terminal would act on rather than show (newlines, escapes, other control
+    and format characters) become ``\uNNNN``, so a name can never move the cursor or
+    recolour the screen. Distinct paths give distinct strings, so messages
+    and sections never merge two names.
     """
     text = path.decode("utf-8", "backslashreplace")
     if b"\\" in path:
         # Escape literal backslashes first so they cannot be confused with \xNN escapes.
         parts = path.split(b"\\")
         text = "\\\\".join(p.decode("utf-8", "backslashreplace") for p in parts)
+    if not text.isprintable():
+        text = "".join(c if c.isprintable() else _escaped(c) for c in text)
     return text
+
+
+def _escaped(char: str) -> str:
+    # Always \u or \U, never \x: \xNN stands for a byte that is not UTF-8, and C1
+    # controls (U+0080–U+009F) would otherwise look like those bytes.
+    code = ord(char)
+    return f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def shown(path: bytes, limit: int = 160) -> str:
