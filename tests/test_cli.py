@@ -361,6 +361,21 @@ def test_list_never_sends_control_characters_to_the_terminal(tmp_path: Path, com
     assert any(line.endswith("link -> \\u001b]0;title\\u0007") for line in lines)
 
 
+def test_a_symlink_loop_is_restored_as_stored(tmp_path: Path, command: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    os.symlink("b", src / "a")
+    os.symlink("a", src / "b")
+    os.symlink("self", src / "self")
+    out = tmp_path / "loop.oxbak"
+    packed = oxbak("pack", src, "-o", out)
+    assert_ok(packed)
+    assert "outside" not in text(packed.stderr)
+    assert_ok(oxbak("unpack", out, tmp_path / "dest"))
+    for name, target in (("a", "b"), ("b", "a"), ("self", "self")):
+        assert os.readlink(tmp_path / "dest" / name) == target
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

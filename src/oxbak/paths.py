@@ -154,8 +154,9 @@ def link_stays_inside(link: bytes, target: bytes, lookup: Callable[[bytes], byte
     The target is resolved from the link's directory component by component. Where a
     prefix is itself a symlink (``lookup`` returns its target), resolution follows it as
     the kernel would, so ``s -> ..`` plus ``t -> s/../x`` is judged by where it really
-    leads, not by how it reads. Absolute targets, climbing above the root, and more than
-    40 hops are outside.
+    leads, not by how it reads. Absolute targets and climbing above the root are outside.
+    A loop, or any chain of more than 40 links, is inside: the kernel follows no more
+    than 40 (ELOOP), so it leads nowhere at all and is restored as it was stored.
     """
     if not target or target.startswith(b"/"):
         return False
@@ -175,7 +176,9 @@ def link_stays_inside(link: bytes, target: bytes, lookup: Callable[[bytes], byte
         followed = lookup(b"/".join(stack))
         if followed is not None:
             hops += 1
-            if hops > _MAX_LINK_HOPS or not followed or followed.startswith(b"/"):
+            if hops > _MAX_LINK_HOPS:
+                return True  # the kernel gives up sooner: nothing past here is reachable
+            if not followed or followed.startswith(b"/"):
                 return False
             stack.pop()
             pending.extend(reversed(followed.split(b"/")))
