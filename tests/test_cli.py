@@ -16,6 +16,7 @@ import pwd
 import random
 import re
 import shlex
+import shutil
 import socket
 import stat
 import subprocess
@@ -374,6 +375,39 @@ def test_a_symlink_loop_is_restored_as_stored(tmp_path: Path, command: Path) -> 
     assert_ok(oxbak("unpack", out, tmp_path / "dest"))
     for name, target in (("a", "b"), ("b", "a"), ("self", "self")):
         assert os.readlink(tmp_path / "dest" / name) == target
+
+
+def _without_read_override() -> list[str]:
+    """A prefix that runs a command without the capability to read any file (as root)."""
+    if os.geteuid() != 0:
+        return []  # not root: a mode-000 file is unreadable already
+    capsh = shutil.which("capsh")
+    if capsh is None:
+        pytest.skip("needs capsh (libcap2-bin) to drop root's read override")
+    return [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c"]
+
+
+def test_pack_finishes_when_a_file_cannot_be_read(tmp_path: Path, command: Path) -> None:
+    src = tmp_path / "src"
+    (src / "sub").mkdir(parents=True)
+    (src / "ok.txt").write_bytes(b"ok\n")
+    secret = src / "sub" / "secret.txt"
+    secret.write_bytes(b"secret\n")
+    secret.chmod(0)
+    out = tmp_path / "a.oxbak"
+    prefix = _without_read_override()
+    argv = [str(OXBAK), "pack", str(src), "-o", str(out)]
+    cmd = [*prefix, " ".join(shlex.quote(a) for a in argv)] if prefix else argv
+    result = subprocess.run(cmd, capture_output=True, env=_env(), timeout=60)
+    err = text(result.stderr)
+    assert result.returncode == 3, err  # written, partial
+    assert "'sub/secret.txt' could not be read (Permission denied); not in the archive" in err
+    report = oxbak("verify", "--json", out)
+    assert report.returncode == 3
+    assert json.loads(report.stdout)["missing"] == ["sub/secret.txt"]
+    assert_ok(oxbak("unpack", out, tmp_path / "dest"))
+    assert (tmp_path / "dest" / "ok.txt").read_bytes() == b"ok\n"
+    assert not (tmp_path / "dest" / "sub" / "secret.txt").exists()
 
 
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:

@@ -357,7 +357,7 @@ def pack_cmd(
     if result.partial:
         click.echo(
             f"oxbak: warning: archive is PARTIAL: {len(result.changed)} file(s) changed and "
-            f"{len(result.missing)} vanished while packing",
+            f"{len(result.missing)} vanished or could not be read while packing",
             err=True,
         )
         sys.exit(EXIT_PARTIAL)
@@ -461,7 +461,7 @@ def unpack_cmd(
     if result.partial:
         click.echo(
             f"oxbak: warning: the archive is PARTIAL: {len(result.changed)} file(s) changed "
-            f"and {len(result.missing)} vanished while it was packed: "
+            f"and {len(result.missing)} vanished or could not be read while it was packed: "
             + ", ".join(result.changed + result.missing)[:500],
             err=True,
         )
@@ -471,7 +471,7 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
     totals = toc.totals if toc is not None else m.totals
     if toc is not None:
         partial = (
-            f"YES: {toc.changed} file(s) changed and {toc.missing} vanished while packed "
+            f"YES: {toc.changed} file(s) changed and {toc.missing} vanished or could not be read "
             f"(`oxbak verify` lists them)"
             if toc.partial
             else "no"
@@ -732,7 +732,7 @@ def diff_cmd(
         a, d = c.archive, c.disk
         what = [detail(f, a, d) for f in c.fields] if a is not None and d is not None else []
         if c.missing:
-            what.append("vanished while the archive was packed")
+            what.append("vanished or could not be read when the archive was packed")
         mark = {"added": "+", "removed": "-", "modified": "M"}[c.status]
         return f"{mark} {c.name}" + (f" ({', '.join(what)})" if what else "") + "\n"
 
@@ -808,7 +808,8 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
         if report.partial:
             click.echo(
                 f"oxbak: warning: the archive is PARTIAL: changed while packed: "
-                f"{', '.join(report.changed) or '-'}; vanished: {', '.join(report.missing) or '-'}",
+                f"{', '.join(report.changed) or '-'}; vanished or unreadable: "
+                f"{', '.join(report.missing) or '-'}",
                 err=True,
             )
     elif report.manifest is None:

@@ -20,7 +20,7 @@ from ._version import __version__
 from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
-from .errors import OxbakError, SourceError
+from .errors import OxbakError
 from .locations import ARCHIVE_MODE, check_absent, open_output
 from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
 from .paths import display, link_stays_inside, member_name
@@ -258,19 +258,24 @@ class _Packer:
             return
         try:
             if entry.size <= fmt.SMALL_FILE_MAX:
-                self._add_small(entry, fd, scanned_rest)
+                try:
+                    self._add_small(entry, fd, scanned_rest)
+                except OSError as exc:  # read whole before a byte of it is written
+                    self._lose(entry, exc)
             else:
                 self._add_large(entry, fd, scanned_rest)
-        except OSError as exc:
-            raise SourceError(f"cannot read {display(entry.path)!r}: {exc.strerror}") from exc
         finally:
             os.close(fd)
 
     def _lose(self, entry: Entry, exc: OSError | None, why: str = "") -> None:
-        if exc is not None and exc.errno not in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR):
-            raise SourceError(f"cannot read {display(entry.path)!r}: {exc.strerror}") from exc
-        reason = why or "vanished before it could be read"
-        logger.warning("file %r %s; not in the archive", display(entry.path), reason)
+        """Record *entry* as missing, and say why.
+
+        Like restic: one unreadable file does not cost the whole archive (pack exits 3).
+        """
+        if not why:
+            gone = exc is None or exc.errno in (errno.ENOENT, errno.ELOOP, errno.ENOTDIR)
+            why = "vanished before it could be read" if gone else f"could not be read ({_why(exc)})"
+        logger.warning("file %r %s; not in the archive", display(entry.path), why)
         self.missing.append(entry.path)
         self.record(entry, b"", 0, missing=True)
 
@@ -350,7 +355,11 @@ class _Packer:
         self.changed.append(entry.path)
 
     def _add_large(self, entry: Entry, fd: int, scanned_rest: int) -> None:
-        st0 = os.fstat(fd)
+        try:
+            st0 = os.fstat(fd)
+        except OSError as exc:
+            self._lose(entry, exc)
+            return
         size = st0.st_size
         if not self._fits(size, scanned_rest):
             self._lose(entry, None, "grew beyond its scanned size")
@@ -372,10 +381,16 @@ class _Packer:
         )
         hasher = Hasher()
         done = 0
+        failed: OSError | None = None
         while done < size:
             # Pieces end on the frame cuts, so no piece is split by write_data.
             want = min(_CHUNK, size - done, fmt.FRAME_SPLIT - done % fmt.FRAME_SPLIT)
-            chunk = os.read(fd, want)
+            chunk = b""
+            if failed is None:
+                try:
+                    chunk = os.read(fd, want)
+                except OSError as exc:  # the header is out: pad, and say so below
+                    failed = exc
             if not chunk:
                 chunk = bytes(want)  # shrank under us: pad, and say so below
             hasher.update(chunk)
@@ -385,15 +400,30 @@ class _Packer:
         self.end_member(size)
         self.bytes_in += size
         self.store(entry)
-        st1 = os.fstat(fd)
-        same = (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) == (
+        try:
+            st1 = os.fstat(fd)
+        except OSError as exc:
+            failed = failed or exc
+        same = failed is None and (st1.st_size, st1.st_mtime_ns, st1.st_ctime_ns) == (
             size,
             st0.st_mtime_ns,
             st0.st_ctime_ns,
         )
         self.record(entry, hasher.digest(fmt.DIGEST_SIZE), offset, changed=not same)
-        if not same:
+        if failed is not None:
+            logger.warning(
+                "file %r could not be read to the end (%s); archived padded with zeros, "
+                "marked changed",
+                display(entry.path),
+                _why(failed),
+            )
+            self.changed.append(entry.path)
+        elif not same:
             self._warn_changed(entry)
+
+
+def _why(exc: OSError | None) -> str:
+    return str(exc.strerror or exc) if exc is not None else "unknown error"
 
 
 def _owner_names(uid: int, gid: int) -> tuple[str, str]:
