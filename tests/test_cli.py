@@ -29,6 +29,7 @@ from pathlib import Path
 import blake3
 import pytest
 
+from tools import require_tool
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -381,10 +382,8 @@ def _without_read_override() -> list[str]:
     """A prefix that runs a command without the capability to read any file (as root)."""
     if os.geteuid() != 0:
         return []  # not root: a mode-000 file is unreadable already
-    capsh = shutil.which("capsh")
-    if capsh is None:
-        pytest.skip("needs capsh (libcap2-bin) to drop root's read override")
-    return [capsh, "--drop=cap_dac_override,cap_dac_read_search", "--", "-c"]
+    require_tool("capsh")  # libcap2-bin: drops root's read override
+    return [str(shutil.which("capsh")), "--drop=cap_dac_override,cap_dac_read_search", "--", "-c"]
 
 
 def test_pack_finishes_when_a_file_cannot_be_read(tmp_path: Path, command: Path) -> None:
