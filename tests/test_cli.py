@@ -409,6 +409,20 @@ def test_pack_finishes_when_a_file_cannot_be_read(tmp_path: Path, command: Path)
     assert not (tmp_path / "dest" / "sub" / "secret.txt").exists()
 
 
+def test_pack_exclude_caches_and_one_file_system(tmp_path: Path, command: Path) -> None:
+    src = tmp_path / "src"
+    (src / "cache").mkdir(parents=True)
+    (src / "cache" / "CACHEDIR.TAG").write_bytes(
+        b"Signature: 8a477f597d28d172789f06886806bc55\n"
+    )
+    (src / "cache" / "big.bin").write_bytes(b"x" * 1000)
+    (src / "state.json").write_bytes(b"{}")
+    out = tmp_path / "a.oxbak"
+    assert_ok(oxbak("pack", src, "-o", out, "--exclude-caches", "--one-file-system"))
+    listed = [json.loads(line)["path"] for line in text(oxbak("list", "--json", out).stdout).splitlines()]
+    assert listed == [".", "cache", "cache/CACHEDIR.TAG", "state.json"]
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

@@ -178,3 +178,66 @@ def test_a_path_too_long_to_stat_is_named_in_one_error(tmp_path: Path) -> None:
         os.close(fd)
     with pytest.raises(SourceError, match=r"^cannot stat 'd{255}/.*': File name too long$"):
         scan_tree(src)
+
+
+SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def test_exclude_caches_keeps_only_the_tag(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    build(
+        str(src),
+        {
+            b"cache": Node(
+                "dir",
+                children={
+                    b"CACHEDIR.TAG": Node("file", data=SIGNATURE + b"\n# a cache\n"),
+                    b"blob": Node("file", data=b"x" * 100),
+                    b"deep": Node("dir", children={b"more": Node("file", data=b"y")}),
+                },
+            ),
+            # A tag without the signature is not a cache directory.
+            b"fake": Node(
+                "dir",
+                children={
+                    b"CACHEDIR.TAG": Node("file", data=b"not the signature"),
+                    b"kept": Node("file", data=b"z"),
+                },
+            ),
+            b"keep.json": Node("file", data=b"{}"),
+        },
+    )
+    every = [e.path for e in scan_tree(src)]
+    assert b"cache/blob" in every and b"cache/deep/more" in every
+    paths = [e.path for e in scan_tree(src, exclude_caches=True)]
+    assert paths == [
+        b"",
+        b"cache",
+        b"cache/CACHEDIR.TAG",
+        b"fake",
+        b"fake/CACHEDIR.TAG",
+        b"fake/kept",
+        b"keep.json",
+    ]
+
+
+def test_one_file_system_keeps_mount_points_empty(tmp_path: Path) -> None:
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    src = tmp_path / "src"
+    (src / "mnt").mkdir(parents=True)
+    (src / "a.json").write_bytes(b"{}")
+    import subprocess
+
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(src / "mnt")], capture_output=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        (src / "mnt" / "other.json").write_bytes(b"{}")
+        assert b"mnt/other.json" in [e.path for e in scan_tree(src)]
+        paths = [e.path for e in scan_tree(src, one_file_system=True)]
+        assert paths == [b"", b"a.json", b"mnt"]
+    finally:
+        subprocess.run(["umount", str(src / "mnt")], check=True)

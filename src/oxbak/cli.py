@@ -269,6 +269,16 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--force", is_flag=True, help="Replace OUT if it exists (once the new archive is complete)."
 )
 @click.option(
+    "--one-file-system",
+    is_flag=True,
+    help="Do not enter directories on other filesystems (mount points); keep them empty.",
+)
+@click.option(
+    "--exclude-caches",
+    is_flag=True,
+    help="Leave out the contents of directories holding a CACHEDIR.TAG (but the tag).",
+)
+@click.option(
     "--mode",
     "mode",
     default="0600",
@@ -286,6 +296,8 @@ def pack_cmd(
     excludes: tuple[str, ...],
     labels: dict[str, str],
     force: bool,
+    one_file_system: bool,
+    exclude_caches: bool,
     mode: int,
     as_json: bool,
 ) -> None:
@@ -320,6 +332,8 @@ def pack_cmd(
             labels=labels,
             force=force,
             mode=mode,
+            one_file_system=one_file_system,
+            exclude_caches=exclude_caches,
             progress=progress,
         )
     if to_stdout:

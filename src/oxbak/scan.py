@@ -148,11 +148,22 @@ def _excluded(rel: bytes, name: bytes, patterns: Sequence[str]) -> bool:
     return False
 
 
-def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Scan:
+def scan_tree(
+    root: str | os.PathLike[str],
+    excludes: Sequence[str] = (),
+    *,
+    one_file_system: bool = False,
+    exclude_caches: bool = False,
+) -> Scan:
     """Walk *root* depth-first with siblings sorted by name bytes (the archive's order).
 
     Sockets, FIFOs and devices are collected in ``skipped``; a second path of an inode
     already seen becomes a ``hardlink`` entry naming the first.
+
+    With *one_file_system*, a directory on another filesystem (a mount point under
+    *root*) is kept, empty, and not entered, as ``tar --one-file-system`` does. With
+    *exclude_caches*, a directory holding a valid ``CACHEDIR.TAG`` keeps only that file,
+    as ``tar --exclude-caches`` does (https://bford.info/cachedir/).
 
     :raises SourceError: if *root* is not a readable directory, or a subdirectory cannot
         be listed.
@@ -166,13 +177,15 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
         raise SourceError(f"cannot pack {display(root_b)!r}: not a directory")
     result = Scan(root_b)
     result.add(b"", _DIR, st)
+    root_dev = st.st_dev
     add = result.add
     skipped = result.skipped
     first_of_inode: dict[tuple[int, int], bytes] = {}
     # Depth-first with an explicit stack (no recursion limit): each level holds a
     # directory's sorted names and where it is in them, nothing more. A child is stat'ed
     # when it is reached, so a directory of a million files never holds a million stats.
-    stack: list[tuple[bytes, Iterator[bytes]]] = [(b"", _sorted_names(root_b, b""))]
+    top = iter([_CACHE_TAG]) if exclude_caches and _is_cache(root_b) else None
+    stack: list[tuple[bytes, Iterator[bytes]]] = [(b"", top or _sorted_names(root_b, b""))]
     while stack:
         rel, names = stack[-1]
         prefix = rel + b"/" if rel else b""
@@ -197,7 +210,12 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
                 add(child, _FILE, st)
             elif kind == _DIR:
                 add(child, _DIR, st)
-                stack.append((child, _sorted_names(root_b, child)))
+                if one_file_system and st.st_dev != root_dev:
+                    continue  # a mount point: kept, not entered
+                names_of = _sorted_names(root_b, child)
+                if exclude_caches and _is_cache(root_b + b"/" + child):
+                    names_of = iter([_CACHE_TAG])
+                stack.append((child, names_of))
                 break  # its entries come next; this level resumes after them
             elif kind == _SYMLINK:
                 try:
@@ -213,6 +231,24 @@ def scan_tree(root: str | os.PathLike[str], excludes: Sequence[str] = ()) -> Sca
             stack.pop()
     skipped.sort(key=sort_key)
     return result
+
+
+_CACHE_TAG = b"CACHEDIR.TAG"
+_CACHE_SIGNATURE = b"Signature: 8a477f597d28d172789f06886806bc55"
+
+
+def _is_cache(directory: bytes) -> bool:
+    """Whether *directory* holds a ``CACHEDIR.TAG`` that starts with the signature."""
+    try:
+        fd = os.open(directory + b"/" + _CACHE_TAG, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(_CACHE_SIGNATURE)) == _CACHE_SIGNATURE
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _sorted_names(root: bytes, rel: bytes) -> Iterator[bytes]:

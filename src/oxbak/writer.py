@@ -85,6 +85,8 @@ def pack(
     labels: Mapping[str, str] | None = None,
     force: bool = False,
     mode: int = ARCHIVE_MODE,
+    one_file_system: bool = False,
+    exclude_caches: bool = False,
     progress: Progress | None = None,
 ) -> PackResult:
     """Pack the directory *source* into one archive.
@@ -99,6 +101,8 @@ def pack(
     :param labels: free ``key=value`` strings stored in the manifest.
     :param force: replace an existing *output* (only once the new archive is complete).
     :param mode: permission bits of an archive written to a path (0600 by default).
+    :param one_file_system: keep directories on other filesystems (mount points), empty.
+    :param exclude_caches: of a directory holding a valid ``CACHEDIR.TAG``, keep the tag.
     :param progress: called with (bytes done, bytes total) as files are read.
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
@@ -112,7 +116,9 @@ def pack(
         output = default_output_name(source)
     if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
         check_absent(output, force=force)  # before the scan: it may take a while
-    scan = scan_tree(source, excludes)
+    scan = scan_tree(
+        source, excludes, one_file_system=one_file_system, exclude_caches=exclude_caches
+    )
     if not 0 <= mode <= 0o7777:
         raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
     with open_output(output, force=force, mode=mode) as sink:
