@@ -7,6 +7,7 @@ only with ``--debug`` or ``OXBAK_DEBUG=1``.
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import gc
 import os
@@ -609,7 +610,7 @@ def _list_json(entries: Iterator[EntryInfo]) -> None:
     write = sys.stdout.write
     for e in entries:
         row: dict[str, Any] = {
-            "path": e.name,
+            "path": _json_name(e.path) if e.path else ".",
             "type": e.type,
             "mode": f"{e.mode:04o}",
             "size": e.size,
@@ -623,9 +624,22 @@ def _list_json(entries: Iterator[EntryInfo]) -> None:
             row["digest"] = e.digest.hex()
         if e.ino:
             row["ctime_ns"], row["ino"] = e.ctime_ns, e.ino
+        if not _utf8(e.path):
+            row["path_b64"] = base64.b64encode(e.path).decode()
         if e.type in ("symlink", "hardlink"):
-            row["target"] = _text(e.target)
+            row["target"] = _json_name(e.target)
+            if not _utf8(e.target):
+                row["target_b64"] = base64.b64encode(e.target).decode()
         write(_json.encode(row).decode() + "\n")
+
+
+def _json_name(name: bytes) -> str:
+    """A name for JSON: itself when it is UTF-8 (JSON escapes what needs it).
+
+    Otherwise it is shown with ``\\xNN`` for the bytes that are not UTF-8, and the
+    ``*_b64`` field beside it carries the bytes losslessly.
+    """
+    return name.decode("utf-8") if _utf8(name) else display(name)
 
 
 def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
@@ -645,7 +659,7 @@ def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
         if owner is None:
             owner = owners[key] = f"{e.user or e.uid}/{e.group or e.gid}"
         size = _human(e.size) if human else e.size
-        stamp = strftime("%Y-%m-%d %H:%M:%S", gmtime(e.mtime_ns // 1_000_000_000))
+        stamp = strftime("%Y-%m-%d %H:%M:%SZ", gmtime(e.mtime_ns // 1_000_000_000))
         path = display(e.path) if e.path else "."
         if kind == "symlink" or kind == "hardlink":
             path += " -> " + display(e.target)
