@@ -424,6 +424,19 @@ def test_pack_exclude_caches_and_one_file_system(tmp_path: Path, command: Path) 
     assert listed == [".", "cache", "cache/CACHEDIR.TAG", "state.json"]
 
 
+def test_pack_exclude_from_a_file_reports_what_it_did(src: Path, tmp_path: Path) -> None:
+    ignore = tmp_path / "ignore"
+    ignore.write_text("# not packed\nsub/\n")
+    out = tmp_path / "a.oxbak"
+    result = oxbak("pack", src, "-o", out, "--exclude-from", ignore, "--exclude", "no-such-*")
+    assert_ok(result)
+    err = text(result.stderr)
+    assert "(1 excluded)" in err  # the directory, with everything in it
+    assert "oxbak: warning: exclude pattern 'no-such-*' matched nothing" in err
+    listed = [json.loads(line)["path"] for line in text(oxbak("list", "--json", out).stdout).splitlines()]
+    assert not any(p == "sub" or p.startswith("sub/") for p in listed)
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

@@ -208,6 +208,25 @@ def _parse_labels(
     return labels
 
 
+def _read_exclude_from(
+    ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    from .patterns import read_patterns
+
+    return tuple(p for path in values for p in read_patterns(path))
+
+
+#: --exclude-from: patterns from files in .gitignore syntax, added to --exclude's.
+_exclude_from = click.option(
+    "--exclude-from",
+    "excludes_from",
+    multiple=True,
+    metavar="FILE",
+    callback=_read_exclude_from,
+    help="Leave out what the patterns of FILE match (.gitignore syntax; repeatable).",
+)
+
+
 #: -j for the commands that read a whole archive (pack has its own: compression).
 _decompression_threads = click.option(
     "-j",
@@ -255,9 +274,10 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--exclude",
     "excludes",
     multiple=True,
-    metavar="GLOB",
-    help="Leave out matching paths (repeatable); a GLOB with '/' matches the relative path.",
+    metavar="PATTERN",
+    help="Leave out what matches (repeatable), as a .gitignore line would.",
 )
+@_exclude_from
 @click.option(
     "--label",
     "labels",
@@ -295,6 +315,7 @@ def pack_cmd(
     level: int,
     threads: int,
     excludes: tuple[str, ...],
+    excludes_from: tuple[str, ...],
     labels: dict[str, str],
     force: bool,
     one_file_system: bool,
@@ -329,7 +350,7 @@ def pack_cmd(
             target,
             level=level,
             threads=threads,
-            excludes=excludes,
+            excludes=excludes + excludes_from,
             labels=labels,
             force=force,
             mode=mode,
@@ -366,7 +387,8 @@ def pack_cmd(
             f"packed {result.entries:,} entries ({t.files:,} files, "
             f"{t.directories:,} dirs, {t.symlinks:,} symlinks, "
             f"{t.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
-            f"{result.seconds:.2f} s -> {result.output}",
+            f"{result.seconds:.2f} s -> {result.output}"
+            + (f" ({result.excluded:,} excluded)" if result.excluded else ""),
             err=True,
         )
     if result.partial:
@@ -400,9 +422,10 @@ def pack_cmd(
     "--exclude",
     "excludes",
     multiple=True,
-    metavar="GLOB",
+    metavar="PATTERN",
     help="Leave out matching entries (repeatable), as `pack --exclude`.",
 )
+@_exclude_from
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def unpack_cmd(
@@ -414,6 +437,7 @@ def unpack_cmd(
     allow_external_symlinks: bool,
     only: tuple[str, ...],
     excludes: tuple[str, ...],
+    excludes_from: tuple[str, ...],
     threads: int,
     as_json: bool,
 ) -> None:
@@ -448,7 +472,7 @@ def unpack_cmd(
             same_owner=same_owner,
             allow_external_symlinks=allow_external_symlinks,
             only=only,
-            excludes=excludes,
+            excludes=excludes + excludes_from,
             threads=threads,
             progress=progress,
         )

@@ -151,7 +151,7 @@ def diff(
     _check_directory(root)
     # Selection applies patterns as restore does; stripped of slashes they match exactly
     # what the scan's own patterns match (the scan strips them too).
-    select = Selection((), [p.strip("/") for p in excludes], links=False) if excludes else None
+    select = Selection((), excludes, links=False) if excludes else None
     start = _position(archive)
     with open_source(archive, whole=False) as source:
         if not isinstance(source, TocSource):

@@ -14,7 +14,6 @@ first; ``list_entries`` runs the rules alone; ``cat`` sends one file to a stream
 
 from __future__ import annotations
 
-import fnmatch
 import logging
 import os
 import posixpath
@@ -47,6 +46,7 @@ from .paths import (
     shown,
     sort_key,
 )
+from .patterns import Excludes
 from .source import (
     ArchiveSource,
     TocSource,
@@ -291,7 +291,7 @@ class Selection:
         if b"" not in paths:  # the root ("." or "/") selects everything: no filter
             for path in paths:
                 self.add(path)
-        self.excludes = list(excludes)
+        self.excludes = Excludes(excludes)
         self.matched: set[bytes] = set()
         self.written: set[bytes] = set()  # files written, for hardlinks to name
         #: Whether a selected hardlink needs its target written (not for ``cat``).
@@ -316,8 +316,8 @@ class Selection:
         """Whether *rel* is one of the *only* paths or lies under one (not just on the way)."""
         return rel in self.only or bool(self._only(rel))
 
-    def __call__(self, rel: bytes) -> bool:
-        """Whether the entry at *rel* is to be written."""
+    def __call__(self, rel: bytes, is_dir: bool = False) -> bool:
+        """Whether the entry at *rel* (a directory if *is_dir*) is to be written."""
         if not rel:
             return True
         if self.only:
@@ -326,7 +326,7 @@ class Selection:
                 return False
         else:
             hit = b""
-        if self.excludes and self._excluded(rel):
+        if self.excludes and self._excluded(rel, is_dir):
             return False
         if hit:
             self.matched.add(hit)
@@ -348,15 +348,15 @@ class Selection:
             at = rel.rfind(b"/", 0, at)
         return None
 
-    def _excluded(self, rel: bytes) -> bool:
-        parts = rel.split(b"/")
-        for n in range(1, len(parts) + 1):
-            path = os.fsdecode(b"/".join(parts[:n]))
-            name = os.fsdecode(parts[n - 1])
-            for pattern in self.excludes:
-                if fnmatch.fnmatchcase(path if "/" in pattern else name, pattern):
-                    return True
-        return False
+    def _excluded(self, rel: bytes, is_dir: bool) -> bool:
+        # An entry under an excluded directory is left out with it (as in pack's scan).
+        excluded = self.excludes.excluded
+        at = rel.find(b"/")
+        while at > 0:
+            if excluded(rel[:at], True):
+                return True
+            at = rel.find(b"/", at + 1)
+        return excluded(rel, is_dir)
 
     def missed(self) -> list[bytes]:
         """The *only* paths that selected nothing."""
@@ -403,13 +403,13 @@ def _run(
             assert record is not None
             rel, kind = record.path, record.kind
             target = rules.admit_record(rel, kind, record.size, record.target)
-            if select is not None and not select(rel):
+            if select is not None and not select(rel, kind == "dir"):
                 remember(rel, _CODES[kind], record.size, _NO_DIGEST, 0)
                 continue
             header = header_of(record)
         else:
             rel, kind, target = rules.admit(header)
-        wanted = select is None or select(rel)
+        wanted = select is None or select(rel, kind == "dir")
         if wanted and kind != "file":
             read(header)  # from a TOC: the member at the record's offset must be this one
         if wanted and select is not None:
@@ -663,7 +663,7 @@ def unpack(
                 conflicts = staging.merge_conflicts(
                     (rel, kind)
                     for rel, kind, _, _, _ in seen.records()
-                    if select is None or select(rel)
+                    if select is None or select(rel, kind == "dir")
                 )
                 if conflicts:
                     raise DestinationError(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import stat
 from array import array
@@ -13,6 +12,7 @@ from .errors import SourceError
 from .format import EntryType
 from .manifest import Totals
 from .paths import display, sort_key
+from .patterns import Excludes
 
 __all__ = ["Entry", "Scan", "scan_tree"]
 
@@ -136,21 +136,9 @@ def _widened(column: array[int] | list[int], value: int) -> list[int]:
     return wide
 
 
-def _excluded(rel: bytes, name: bytes, patterns: Sequence[str]) -> bool:
-    if not patterns:
-        return False
-    rel_s = os.fsdecode(rel)
-    name_s = os.fsdecode(name)
-    for pattern in patterns:
-        subject = rel_s if "/" in pattern.strip("/") else name_s
-        if fnmatch.fnmatchcase(subject, pattern.strip("/")):
-            return True
-    return False
-
-
 def scan_tree(
     root: str | os.PathLike[str],
-    excludes: Sequence[str] = (),
+    excludes: Sequence[str] | Excludes = (),
     *,
     one_file_system: bool = False,
     exclude_caches: bool = False,
@@ -169,6 +157,7 @@ def scan_tree(
         be listed.
     """
     root_b = os.fsencode(root)
+    rules = excludes if isinstance(excludes, Excludes) else Excludes(excludes)
     try:
         st = os.stat(root_b)
     except OSError as exc:
@@ -191,8 +180,6 @@ def scan_tree(
         prefix = rel + b"/" if rel else b""
         for name in names:
             child = prefix + name
-            if excludes and _excluded(child, name, excludes):
-                continue
             try:
                 st = os.lstat(root_b + b"/" + child)
             except FileNotFoundError:
@@ -200,6 +187,8 @@ def scan_tree(
             except OSError as exc:
                 raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
             kind = _KINDS.get(stat.S_IFMT(st.st_mode))
+            if rules and rules.excluded(child, kind == _DIR):
+                continue
             if kind == _FILE:
                 if st.st_nlink > 1:
                     # Decided here, in archive order: the first path of an inode is the file.

@@ -24,6 +24,7 @@ from .errors import OxbakError
 from .locations import ARCHIVE_MODE, check_absent, open_output
 from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
 from .paths import display, link_stays_inside, member_name
+from .patterns import Excludes
 from .scan import Entry, Scan, scan_tree
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, file_header, padding
 from .toc import CHANGED, MISSING, TocBuilder, TocHeader, encode_footer
@@ -61,6 +62,8 @@ class PackResult:
     missing: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     totals: Totals = field(default_factory=Totals)
+    #: Entries the exclude patterns left out (an excluded directory counts once).
+    excluded: int = 0
 
     @property
     def partial(self) -> bool:
@@ -96,8 +99,8 @@ def pack(
         closed), or None for :func:`default_output_name` in the current directory.
     :param level: zstd level, 1–19.
     :param threads: compression threads; 0 means one per CPU. The bytes do not depend on it.
-    :param excludes: glob patterns; one with a ``/`` matches the relative path, others a
-        name at any depth. An excluded directory is left out with everything in it.
+    :param excludes: patterns with gitignore's meaning (:mod:`oxbak.patterns`). An
+        excluded directory is left out with everything in it.
     :param labels: free ``key=value`` strings stored in the manifest.
     :param force: replace an existing *output* (only once the new archive is complete).
     :param mode: permission bits of an archive written to a path (0600 by default).
@@ -116,14 +119,18 @@ def pack(
         output = default_output_name(source)
     if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
         check_absent(output, force=force)  # before the scan: it may take a while
+    rules = Excludes(excludes)
     scan = scan_tree(
-        source, excludes, one_file_system=one_file_system, exclude_caches=exclude_caches
+        source, rules, one_file_system=one_file_system, exclude_caches=exclude_caches
     )
+    for pattern in rules.unused():
+        logger.warning("exclude pattern %r matched nothing", pattern)
     if not 0 <= mode <= 0o7777:
         raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
     with open_output(output, force=force, mode=mode) as sink:
         result = _write(scan, sink.stream, level, threads, labels or {}, progress)
     result.output = sink.name
+    result.excluded = rules.count
     if sink.size is not None:
         result.bytes_out = sink.size
     result.seconds = time.monotonic() - started
