@@ -1,7 +1,12 @@
-"""zstd framing: the writer's frames and a strictly checked, bounded reader.
+"""zstd framing: the writer's frames, the seek table, and strictly checked, bounded readers.
 
 This module is the only one that touches :mod:`zstandard`; its ``ZstdError`` becomes
-:class:`~oxbak.errors.CorruptArchiveError` here.
+:class:`~oxbak.errors.CorruptArchiveError` (or ``OutputError`` when writing) here.
+
+:class:`FrameWriter` compresses the frames the writer cuts, in parallel, and ends the
+file with the footer and the seek table. :class:`ZstdReader` reads any archive front to
+back; :class:`SeekTable`, :class:`FrameReader` and :class:`FrameStream` read a seekable
+one at any offset, frame by frame, each frame checked against the table.
 
 python-zstandard's ``stream_reader`` reports neither a stream cut short inside its last
 frame nor, by itself, where one frame ends and the next begins. :class:`FrameWalker` sits
