@@ -437,6 +437,18 @@ def test_pack_exclude_from_a_file_reports_what_it_did(src: Path, tmp_path: Path)
     assert not any(p == "sub" or p.startswith("sub/") for p in listed)
 
 
+def test_errors_about_an_archive_name_it(archive: Path, tmp_path: Path) -> None:
+    cut = tmp_path / "cut.oxbak"
+    cut.write_bytes(archive.read_bytes()[:-200])
+    for args in (("list", cut), ("unpack", cut, tmp_path / "d"), ("cat", cut, "a/one.json")):
+        result = oxbak(*args)
+        lines = text(result.stderr).splitlines()
+        assert result.returncode == 1 and len(lines) == 1, lines
+        assert lines[0].startswith(f"oxbak: error: {cut}: "), lines
+    piped = oxbak("unpack", "-", tmp_path / "e", input=cut.read_bytes())
+    assert text(piped.stderr).startswith("oxbak: error: standard input: ")
+
+
 def test_no_arguments_prints_a_short_usage(command: Path) -> None:
     result = oxbak()
     assert result.returncode == 2 and result.stdout == b""

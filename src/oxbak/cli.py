@@ -23,7 +23,7 @@ import msgspec
 
 from . import format as fmt
 from ._version import __version__
-from .errors import OutputExistsError, OxbakError
+from .errors import ArchiveError, OutputExistsError, OxbakError
 from .paths import display
 
 if TYPE_CHECKING:
@@ -57,6 +57,18 @@ def _fail(message: str, code: int = 1) -> NoReturn:
     sys.exit(code)
 
 
+_ARCHIVE = "oxbak.archive"  # ctx.meta key: the archive the command reads
+
+
+def _remember_archive(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
+    """Note the ARCHIVE argument, so that an error about the archive can name it."""
+    if value is not None:
+        ctx.meta[_ARCHIVE] = value
+    return value
+
+
 class _Group(click.Group):
     """Maps every failure to one line and an exit code (the error boundary)."""
 
@@ -67,6 +79,15 @@ class _Group(click.Group):
             raise
         except OutputExistsError as exc:
             _fail(f"{exc} (use --force to replace it)", exc.exit_code)
+        except ArchiveError as exc:
+            # The library speaks of members and frames; the user needs the file too.
+            _traceback_on_request()
+            archive = ctx.meta.get(_ARCHIVE)
+            where = "standard input" if archive == "-" else archive
+            message = str(exc)
+            if where and where not in message:
+                message = f"{where}: {message}"
+            _fail(message, exc.exit_code)
         except OxbakError as exc:
             _traceback_on_request()
             _fail(str(exc), exc.exit_code)
@@ -401,7 +422,7 @@ def pack_cmd(
 
 
 @cli.command("unpack")
-@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
 @click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
@@ -543,7 +564,7 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
 
 
 @cli.command("info")
-@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and status as JSON.")
 def info_cmd(archive: str, as_json: bool) -> None:
     """Show what ARCHIVE holds. Reads only its first frame and its table of contents' header.
@@ -596,7 +617,7 @@ def _text(data: bytes) -> str:
 
 
 @cli.command("list", context_settings={"help_option_names": ["--help"]})
-@click.argument("archive", metavar="ARCHIVE|-", required=False)
+@click.argument("archive", metavar="ARCHIVE|-", required=False, callback=_remember_archive)
 @click.argument("paths", nargs=-1, metavar="[PATH]...")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
 @click.option(
@@ -703,7 +724,7 @@ def _utf8(data: bytes) -> bool:
 
 
 @cli.command("cat")
-@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("path")
 def cat_cmd(archive: str, path: str) -> None:
     """Write the content of the file PATH in ARCHIVE to stdout.
@@ -724,7 +745,7 @@ def cat_cmd(archive: str, path: str) -> None:
 
 
 @cli.command("diff")
-@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
 @click.option(
     "--content",
@@ -820,7 +841,7 @@ def diff_cmd(
 
 
 @cli.command("verify")
-@click.argument("archive", metavar="ARCHIVE|-")
+@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
