@@ -17,7 +17,7 @@ Three kinds of fault:
 - **A failing input**: a file object whose Nth ``read`` raises EIO, under
   ``read_manifest``, ``list_entries``, ``verify`` and ``unpack``; and a failing DEST: the
   Nth call of one system call (``write``, ``mkdir``, ``link``, ``symlink``, ``rename``,
-  ``fsync``, …) made by :mod:`oxbak.destinations` fails. DEST must then be exactly the old
+  ``fsync``, …) made by :mod:`oxbak.staging`, :mod:`oxbak.commit` or :mod:`oxbak._fsutil` fails. DEST must then be exactly the old
   tree or exactly the new one, never a mixture, and nothing may be left beside it.
 """
 
@@ -39,7 +39,9 @@ from typing import Any
 import pytest
 
 import oxbak
-import oxbak.destinations
+import oxbak._fsutil
+import oxbak.commit
+import oxbak.staging
 from treeutil import Node, build, snapshot
 
 OXBAK = str(Path(sys.executable).parent / "oxbak")
@@ -556,8 +558,12 @@ _FAULTABLE = (
 )
 
 
+# Where unpack's file system calls are made: the staging sink, the commit and their helpers.
+_DESTINATION_MODULES = (oxbak.staging, oxbak.commit, oxbak._fsutil)
+
+
 class FaultyOs:
-    """Stands in for :mod:`os` inside :mod:`oxbak.destinations`: call #N of *op* fails."""
+    """Stands in for :mod:`os` inside the destination modules: call #N of *op* fails."""
 
     def __init__(self, op: str = "", at: int = 0, err: int = errno.EIO) -> None:
         self.op, self.at, self.err = op, at, err
@@ -609,7 +615,8 @@ def _unpack_with_fault(
     archive: Path, dest: Path, mode: str, fault: FaultyOs, monkeypatch: pytest.MonkeyPatch
 ) -> BaseException | None:
     """Unpack with *fault* in place; the exception raised (None: success)."""
-    monkeypatch.setattr(oxbak.destinations, "os", fault)
+    for module in _DESTINATION_MODULES:
+        monkeypatch.setattr(module, "os", fault)
     try:
         oxbak.unpack(archive, dest, mode=mode)  # type: ignore[arg-type]
     except Exception as exc:  # noqa: BLE001 - judged by the caller
@@ -684,7 +691,7 @@ def test_unpack_with_failing_system_calls(
     merged = snapshot(dest)
     total = probe.calls[op]
     if not total:
-        pytest.skip(f"unpack --{mode} never calls os.{op} in oxbak.destinations")
+        pytest.skip(f"unpack --{mode} never calls os.{op} in the destination modules")
     bad: list[str] = []
     for n in range(1, total + 1):  # the archive is small: every call, 1-8 per op
         old = fresh()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 import oxbak
-from oxbak import destinations
-from oxbak.destinations import OLD_PREFIX, STAGE_PREFIX, StagingDir
+from oxbak import staging as staging_module
+from oxbak.commit import OLD_PREFIX, STAGE_PREFIX
+from oxbak.staging import StagingDir
 from treeutil import Node, build, snapshot
 
 NEW = {
@@ -171,7 +172,7 @@ def test_staging_flushes_in_the_background_as_it_grows(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # A step of 64 KiB (the real one is 32 MiB) so a small tree crosses it many times.
-    monkeypatch.setattr(destinations, "BACKGROUND_SYNC_STEP", 64 * 1024)
+    monkeypatch.setattr(staging_module, "BACKGROUND_SYNC_STEP", 64 * 1024)
     staging = StagingDir(tmp_path / "direct", mode="new", same_owner=False)
     try:
         staging.directory(b"", 0o755, 0, 0, 0)

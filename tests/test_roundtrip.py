@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given
 
 import oxbak
-from oxbak.destinations import WRITEBACK_STEP
+from oxbak._fsutil import WRITEBACK_STEP
 from strategies import trees_with_hardlinks
 from treeutil import Node, build, snapshot
 

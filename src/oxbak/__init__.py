@@ -38,8 +38,8 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from .commit import recover
     from .compare import Change, diff
-    from .destinations import recover
     from .manifest import Manifest
     from .reader import read_manifest
     from .restore import EntryInfo, UnpackResult, VerifyResult, cat, list_entries, unpack, verify
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 # The rest of the API is imported on first use, so that `oxbak info` does not pay for the
 # writer's and the unpacker's imports at every start.
 _LAZY = {
-    "recover": "destinations",
+    "recover": "commit",
     "Change": "compare",
     "diff": "compare",
     "Manifest": "manifest",

@@ -27,7 +27,7 @@ from .errors import ArchiveError, OutputExistsError, OxbakError
 from .paths import display
 
 if TYPE_CHECKING:
-    from .destinations import Mode
+    from .commit import Mode
     from .manifest import Manifest
     from .restore import EntryInfo
     from .toc import TocHeader
@@ -916,7 +916,7 @@ def recover_cmd(dest: str) -> None:
     Example:
       oxbak recover /var/lib/oxios
     """
-    from .destinations import recover
+    from .commit import recover
 
     actions = recover(dest)
     for action in actions:

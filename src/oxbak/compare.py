@@ -55,7 +55,6 @@ from dataclasses import dataclass
 from typing import Literal
 
 from . import format as fmt
-from .destinations import HashOnly
 from .digest import Hasher
 from .errors import IntegrityError, SourceError
 from .locations import Archive
@@ -63,6 +62,7 @@ from .paths import display, sort_key
 from .restore import Selection, _run, list_entries
 from .scan import Entry, scan_tree
 from .source import ArchiveSource, TocSource, open_source
+from .staging import HashOnly
 
 __all__ = ["Change", "Stat", "Status", "diff"]
 

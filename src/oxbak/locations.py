@@ -28,7 +28,7 @@ from typing import BinaryIO
 
 from .errors import InputError, OutputError, OutputExistsError
 
-# The writing side imports tempfile, logging and the destinations' fs helpers (ctypes)
+# The writing side imports tempfile, logging and the shared fs helpers (ctypes)
 # where it runs: the reading commands, `oxbak info` first, never need them (~8 ms).
 
 __all__ = [
@@ -190,7 +190,7 @@ def _atomic(path: str, *, force: bool, mode: int) -> Iterator[_EagerWriteback]:
     import logging
     import tempfile
 
-    from .destinations import fsync_dir, side_name
+    from ._fsutil import fsync_dir, side_name
 
     logger = logging.getLogger("oxbak")
     directory = os.path.dirname(os.path.abspath(path))
@@ -245,7 +245,7 @@ class _EagerWriteback:
     """
 
     def __init__(self, fh: BinaryIO, fd: int) -> None:
-        from .destinations import WRITEBACK_STEP, start_writeback
+        from ._fsutil import WRITEBACK_STEP, start_writeback
 
         self._fh = fh
         self._fd = fd

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import BinaryIO, NamedTuple
 
 from . import format as fmt
-from .destinations import Destination, HashOnly, Mode, StagingDir
+from .commit import Mode
 from .digest import Hasher
 from .digest import digest as digest_of
 from .errors import (
@@ -55,6 +55,7 @@ from .source import (
     open_source,
     record_key,
 )
+from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 from .toc import DIR, KIND_NAMES, MISSING, Record
 

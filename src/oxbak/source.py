@@ -1,6 +1,6 @@
 """Archive sources: what the restore loop reads entries and their bytes from.
 
-A source mirrors :class:`~oxbak.destinations.Destination` on the reading side. It hands
+A source mirrors :class:`~oxbak.staging.Destination` on the reading side. It hands
 out the manifest, every tree entry in archive order (as a tar :class:`~oxbak.tarfmt.Header`
 and, when it knows it already, the entry's TOC :class:`~oxbak.toc.Record`), the bytes of
 an entry, and the final checks against the archive's own index. Two implementations:
