@@ -599,7 +599,7 @@ def _other(flavour: str) -> str:
 def _staged(area: Path, name: str) -> Callable[[], bool]:
     """True once a staging directory under *area* holds *name* (symlinks are created last,
     in finish(), just before the commit)."""
-    pattern = os.path.join(glob.escape(str(area)), ".oxbak-stage-*", name)
+    pattern = os.path.join(glob.escape(str(area)), ".oxbak-stage-*", "tree", name)
     return lambda: bool(glob.glob(pattern))
 
 

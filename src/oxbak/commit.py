@@ -1,19 +1,28 @@
 """Putting a staged, verified tree in place, and cleaning up after a killed unpack.
 
-Where DEST is an ordinary directory (or absent) the commit is one step: the staging
-directory is renamed onto DEST, or swapped with it (``renameat2`` RENAME_EXCHANGE). That
-changes DEST's inode, which cannot work where DEST is a **mount point** (the kernel
-refuses to rename one: EBUSY, or EXDEV from a staging directory beside it) and is wrong
-where DEST is the **current directory** (the shell would be left in a deleted directory).
-There the commit exchanges DEST's *contents* instead: staged beside DEST, or inside it
-for a mount point, it moves DEST's top-level entries into an aside directory and the
-staged ones into DEST, one rename each. That is several steps, so it is journaled first:
-once the journal is durable the commit is decided, and :func:`recover` (which every
-unpack runs first) completes it after a kill at any moment, leaving exactly the new
-tree. Before the journal exists, a kill leaves exactly the old tree.
+Each unpack works in one directory of its own, the *box*, on DEST's filesystem: beside
+DEST, or inside it where DEST is a mount point. The box holds the staged tree
+(``tree/``) and, while a commit that takes several steps runs, its journal and what it
+moves out of DEST. The box is locked while its unpack lives, so :func:`recover` (which
+every unpack runs first) only ever touches a killed one's.
 
-``--merge`` replaces entries one rename at a time, each backed up first, and is rolled
-back on error (``_merge``).
+Where DEST is an ordinary directory (or absent) the commit is one step: ``tree/`` is
+renamed onto DEST, or swapped with it (``renameat2`` RENAME_EXCHANGE). That changes DEST's
+inode, which cannot work where DEST is a **mount point** (the kernel refuses to rename
+one: EBUSY, or EXDEV from beside it) and is wrong where DEST is the **current directory**
+(the shell would be left in a deleted directory). There the commit exchanges DEST's
+*contents* instead: DEST's top-level entries move into ``old/`` and the staged ones into
+DEST, one rename each. That is several steps, so a journal listing them is made durable
+first: from then on the commit is decided, and :func:`recover` completes it after a kill
+at any moment, leaving exactly the new tree. Before the journal exists, a kill leaves
+exactly the old tree.
+
+A box inside DEST changes DEST's own modification time as it comes and goes, so its name
+carries the time DEST must have once it is gone (the old one until the commit is decided,
+then the new one); :func:`recover` sets it back after removing the box.
+
+``--merge`` replaces entries one rename at a time, each backed up into the box first, and
+is rolled back on error (:func:`_merge`).
 """
 
 from __future__ import annotations
@@ -23,7 +32,6 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -31,7 +39,6 @@ from ._fsutil import (
     RANDOM,
     exchange,
     fsync_dir,
-    lock_dir,
     move_noreplace,
     remove_tree,
     side_name,
@@ -47,10 +54,14 @@ Mode = Literal["new", "replace", "merge"]
 
 STAGE_PREFIX = ".oxbak-stage-"
 OLD_PREFIX = ".oxbak-old-"
-MERGE_PREFIX = ".oxbak-merge-"
-JOURNAL_PREFIX = ".oxbak-journal-"
-_PREFIXES = (STAGE_PREFIX, OLD_PREFIX, MERGE_PREFIX, JOURNAL_PREFIX)
+MERGE_PREFIX = ".oxbak-merge-"  # merge backups of earlier versions, beside DEST
+_PREFIXES = (STAGE_PREFIX, OLD_PREFIX, MERGE_PREFIX)
+TREE = "tree"
+_ASIDE = "old"
+_BACKUP = "backup"
+_JOURNAL = "journal"
 _JOURNAL_VERSION = 1
+_STAMP_ROOM = 22  # "t", up to 20 digits of nanoseconds, "."
 # A filesystem's own directory at its root (ext2/3/4): never part of a restored state, so
 # a commit into a mount point leaves it where it is unless the archive has one.
 _LOST_FOUND = b"lost+found"
@@ -58,11 +69,11 @@ _LOST_FOUND = b"lost+found"
 
 @dataclass(frozen=True)
 class Plan:
-    """Where an unpack of *dest* stages its tree and how it will commit it.
+    """Where an unpack of *dest* works and how it will commit.
 
     *in_place*: commit by exchanging DEST's contents (a mount point, or the current
-    directory); *workdir*: where the staging directory and every other working name go,
-    always on DEST's own filesystem (DEST itself for a mount point).
+    directory). *workdir*: where the box goes, on DEST's own filesystem (DEST itself for
+    a mount point). *stamp*: DEST's modification time when the box is inside it.
     """
 
     dest: str
@@ -70,10 +81,16 @@ class Plan:
     workdir: str
     in_place: bool
     mount_point: bool
+    stamp: int | None = None
 
     def name(self, prefix: str) -> str:
         """The start of a working name of this DEST: *prefix*, DEST's name, a dot."""
-        return prefix + side_name(os.path.basename(self.dest), len(prefix) + RANDOM) + "."
+        around = len(prefix) + RANDOM + _STAMP_ROOM
+        return prefix + side_name(os.path.basename(self.dest), around) + "."
+
+    def box_prefix(self, stamp: int | None) -> str:
+        """The start of a box's name, with *stamp* in it when the box is inside DEST."""
+        return self.name(STAGE_PREFIX) + (f"t{stamp}." if stamp is not None else "")
 
     def ours(self, name: bytes) -> bool:
         """True for a working name of an unpack of this DEST (never part of its tree)."""
@@ -110,7 +127,12 @@ def plan(dest: str | os.PathLike[str], mode: Mode) -> Plan:
     with contextlib.suppress(OSError):
         here = os.path.samefile(dest_s, os.getcwd())
     result = Plan(
-        dest_s, mode, dest_s if mount else parent, in_place=mount or here, mount_point=mount
+        dest_s,
+        mode,
+        dest_s if mount else parent,
+        in_place=mount or here,
+        mount_point=mount,
+        stamp=st.st_mtime_ns if mount else None,
     )
     if mode == "new" and result.contents():
         raise DestinationError(
@@ -157,27 +179,80 @@ def _unescape(field: bytes) -> bytes:
 
 
 # -- putting the staged tree in place ------------------------------------------------------
-def put_in_place(p: Plan, root: str, *, same_owner: bool) -> list[str]:
-    """Commit the staged tree at *root* (durable, verified) to DEST; return what to delete.
+def put_in_place(p: Plan, box: str, *, same_owner: bool) -> list[str]:
+    """Commit the staged, durable, verified ``box/tree`` to DEST; return what to delete.
 
-    Up to the commit point a failure leaves DEST as it was. The trees returned (the old
-    tree, emptied working directories) are no longer part of anything.
+    Up to the commit point a failure leaves DEST as it was. What is returned (the box,
+    holding the old tree or nothing of use; an old tree moved aside) is no longer part of
+    anything; the box is renamed, where it is inside DEST, to carry DEST's new time.
     """
+    root = os.path.join(box, TREE)
     if p.mode == "merge" and os.path.isdir(p.dest):
-        return _merge(p, root)
-    if p.in_place:
-        return _exchange_contents(p, root, same_owner=same_owner)
-    if p.mode == "replace" and os.path.lexists(p.dest):
-        return [_swap(p, root)]
-    try:
-        os.rename(root, p.dest)
-    except OSError as exc:
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
-            raise DestinationError(
-                f"cannot unpack into {p.dest!r}: it appeared or was filled meanwhile"
-            ) from exc
-        raise
-    return []
+        _merge(p, box)
+    elif p.in_place:
+        _exchange_contents(p, box, same_owner=same_owner)
+    elif p.mode == "replace" and os.path.lexists(p.dest):
+        aside = _swap(p, root)
+        if aside != root:
+            return [aside, box]
+    else:
+        try:
+            os.rename(root, p.dest)
+        except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise DestinationError(
+                    f"cannot unpack into {p.dest!r}: it appeared or was filled meanwhile"
+                ) from exc
+            raise
+    if p.workdir != p.dest:
+        return [box]
+    return [_restamp_box(p, box)]
+
+
+def _restamp_box(p: Plan, box: str) -> str:
+    """Rename the box inside DEST to carry DEST's time as the commit left it."""
+    stamp = os.stat(p.dest).st_mtime_ns
+    suffix = os.path.basename(box)[len(p.box_prefix(p.stamp)) :]
+    renamed = os.path.join(p.workdir, p.box_prefix(stamp) + suffix)
+    os.rename(box, renamed)
+    os.utime(p.dest, ns=(os.stat(p.dest).st_atime_ns, stamp))
+    return renamed
+
+
+def clean_up(p: Plan, leftovers: list[str]) -> None:
+    """Delete *leftovers* (from :func:`put_in_place`); give DEST back its time if need be."""
+    for tree in leftovers:
+        remove_tree(tree)
+    if p.workdir == p.dest:
+        stamp = _stamp_of(p, os.path.basename(leftovers[-1]))
+        if stamp is not None:
+            _set_mtime(p.dest, stamp)
+
+
+def abandon(p: Plan, box: str) -> None:
+    """Delete a box whose commit did not happen; DEST keeps the time it had.
+
+    A box whose journal is still there holds half an exchange that could not be undone:
+    it is left for :func:`recover`, which completes it.
+    """
+    if os.path.lexists(os.path.join(box, _JOURNAL)):
+        return
+    remove_tree(box)
+    if p.workdir == p.dest and p.stamp is not None:
+        _set_mtime(p.dest, p.stamp)
+
+
+def _set_mtime(path: str, mtime_ns: int) -> None:
+    os.utime(path, ns=(os.stat(path).st_atime_ns, mtime_ns))
+
+
+def _stamp_of(p: Plan, name: str) -> int | None:
+    """The time in a box's name (:meth:`Plan.box_prefix`), or None."""
+    rest = name[len(p.name(STAGE_PREFIX)) :]
+    stamp, dot, _ = rest.partition(".")
+    if not dot or not stamp.startswith("t") or not stamp[1:].isdigit():
+        return None
+    return int(stamp[1:])
 
 
 def _swap(p: Plan, root: str) -> str:
@@ -198,71 +273,54 @@ def _swap(p: Plan, root: str) -> str:
     return aside
 
 
-def _exchange_contents(p: Plan, root: str, *, same_owner: bool) -> list[str]:
+def _exchange_contents(p: Plan, box: str, *, same_owner: bool) -> None:
     """Move DEST's entries aside and the staged ones in, under a journal (module doc)."""
-    suffix = os.path.basename(root)[len(p.name(STAGE_PREFIX)) :]
-    aside = os.path.join(p.workdir, p.name(OLD_PREFIX) + suffix)
-    journal_path = os.path.join(p.workdir, p.name(JOURNAL_PREFIX) + suffix)
-    os.mkdir(aside, 0o700)
-    lock = lock_dir(aside)  # so that a concurrent recover() leaves it alone
+    root = os.path.join(box, TREE)
+    os.mkdir(os.path.join(box, _ASIDE), 0o700)
+    staged = os.stat(root)
+    os.chmod(root, 0o700)  # its entries move out, whatever the archive's root mode
+    before = os.stat(p.dest)
+    journal = _Journal(
+        old=p.contents(),
+        new=sorted(os.listdir(os.fsencode(root))),
+        mode=stat.S_IMODE(staged.st_mode),
+        uid=staged.st_uid if same_owner else -1,
+        gid=staged.st_gid if same_owner else -1,
+        mtime_ns=staged.st_mtime_ns,
+    )
+    journal.write(os.path.join(box, _JOURNAL))
+    # The commit point: from here on, recover() completes the exchange.
+    moves: list[tuple[bytes, bytes]] = []
     try:
-        staged = os.stat(root)
-        os.chmod(root, 0o700)  # its entries move out, whatever the archive's root mode
-        before = os.stat(p.dest)
-        journal = _Journal(
-            stage=os.path.basename(root),
-            aside=os.path.basename(aside),
-            old=p.contents(),
-            new=sorted(os.listdir(os.fsencode(root))),
-            mode=stat.S_IMODE(staged.st_mode),
-            uid=staged.st_uid if same_owner else -1,
-            gid=staged.st_gid if same_owner else -1,
-            mtime_ns=staged.st_mtime_ns,
-        )
-        journal.write(journal_path)
-        # The commit point: from here on, recover() completes the exchange.
-        moves: list[tuple[bytes, bytes]] = []
+        journal.roll_forward(box, p.dest, moves)
+        syncfs(p.dest)
+    except BaseException as exc:
         try:
-            journal.roll_forward(p.workdir, p.dest, moves)
-            syncfs(p.dest)
-        except BaseException as exc:
-            try:
-                _undo(moves, p.dest, before)
-                os.unlink(journal_path)
-                fsync_dir(p.workdir)
-            except OSError as again:
-                fault = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
-                raise DestinationError(
-                    f"restoring {p.dest!r} stopped half-way ({fault}) and could not be "
-                    f"undone ({again.strerror}); `oxbak recover {p.dest}` completes it"
-                ) from exc
-            raise
-        os.unlink(journal_path)
-        fsync_dir(p.workdir)
-    finally:
-        os.close(lock)
-    return [aside, root]
-
-
-def _undo(moves: list[tuple[bytes, bytes]], dest: str, before: os.stat_result) -> None:
-    """Reverse a live exchange's renames, last first, and DEST's own metadata."""
-    for src, dst in reversed(moves):
-        os.rename(dst, src)
-    os.chmod(dest, stat.S_IMODE(before.st_mode))
-    os.utime(dest, ns=(before.st_atime_ns, before.st_mtime_ns))
+            for src, dst in reversed(moves):
+                os.rename(dst, src)
+            os.chmod(p.dest, stat.S_IMODE(before.st_mode))
+            os.utime(p.dest, ns=(before.st_atime_ns, before.st_mtime_ns))
+            os.unlink(os.path.join(box, _JOURNAL))
+            fsync_dir(box)
+        except OSError as again:
+            fault = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
+            raise DestinationError(
+                f"restoring {p.dest!r} stopped half-way ({fault}) and could not be "
+                f"undone ({again.strerror}); `oxbak recover {p.dest}` completes it"
+            ) from exc
+        raise
 
 
 @dataclass
 class _Journal:
     """What a contents exchange will do, written before it starts (module doc).
 
-    Names are DEST's top-level entries (*old*, moved into *aside*) and the staged ones
-    (*new*, moved into DEST); *mode*, *uid*, *gid* and *mtime_ns* are the archive's root
-    directory's, given to DEST at the end (ids of -1: ownership not restored).
+    Names are DEST's top-level entries (*old*, moved into the box's ``old/``) and the
+    staged ones (*new*, moved from ``tree/`` into DEST); *mode*, *uid*, *gid* and
+    *mtime_ns* are the archive's root directory's, given to DEST at the end (ids of -1:
+    ownership not restored).
     """
 
-    stage: str
-    aside: str
     old: list[bytes]
     new: list[bytes]
     mode: int
@@ -274,8 +332,6 @@ class _Journal:
         """Write the journal whole and durably (temp file, fsync, rename, fsync dir)."""
         data = {
             "oxbak-journal": _JOURNAL_VERSION,
-            "stage": self.stage,
-            "aside": self.aside,
             "old": [n.hex() for n in self.old],
             "new": [n.hex() for n in self.new],
             "mode": self.mode,
@@ -284,7 +340,7 @@ class _Journal:
             "mtime_ns": self.mtime_ns,
         }
         temp = path + ".tmp"
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
         try:
             os.write(fd, json.dumps(data).encode())
             os.fsync(fd)
@@ -301,9 +357,7 @@ class _Journal:
         if not isinstance(data, dict) or data.get("oxbak-journal") != _JOURNAL_VERSION:
             raise ValueError("not a journal this version of oxbak wrote")
         try:
-            return cls(
-                stage=str(data["stage"]),
-                aside=str(data["aside"]),
+            journal = cls(
                 old=[bytes.fromhex(n) for n in data["old"]],
                 new=[bytes.fromhex(n) for n in data["new"]],
                 mode=int(data["mode"]),
@@ -313,8 +367,11 @@ class _Journal:
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed journal ({exc})") from exc
+        if any(b"/" in n or n in (b"", b".", b"..") for n in journal.old + journal.new):
+            raise ValueError("malformed journal (a name that is not one directory entry)")
+        return journal
 
-    def roll_forward(self, workdir: str, dest: str, moves: list[tuple[bytes, bytes]]) -> None:
+    def roll_forward(self, box: str, dest: str, moves: list[tuple[bytes, bytes]]) -> None:
         """Do what is left of the exchange; append each rename done to *moves*.
 
         Each name is in exactly one of two places, and every old entry is moved out
@@ -323,8 +380,8 @@ class _Journal:
         :func:`recover` alike, and running it twice is harmless.
         """
         d = os.fsencode(dest) + b"/"
-        s = os.fsencode(os.path.join(workdir, self.stage)) + b"/"
-        a = os.fsencode(os.path.join(workdir, self.aside)) + b"/"
+        s = os.fsencode(os.path.join(box, TREE)) + b"/"
+        a = os.fsencode(os.path.join(box, _ASIDE)) + b"/"
         for name in self.old:
             if os.path.lexists(a + name):
                 continue
@@ -356,29 +413,20 @@ class _Journal:
 _Steps = list[tuple[str, bytes, bytes, "os.stat_result | None"]]
 
 
-def _merge(p: Plan, root: str) -> list[str]:
+def _merge(p: Plan, box: str) -> None:
     # Iterative, depth-first: a recursion per level would fail on a deep tree. Each
     # directory is opened with O_NOFOLLOW and entries are renamed relative to that
     # descriptor, so no rename passes through a symlink in DEST. Every replaced entry
-    # is first hard-linked into a backup directory, so an error half-way can be rolled
-    # back; a kill leaves each entry old or new, never torn, and recover() then
-    # removes the backup.
-    import tempfile
-
-    backup = os.fsencode(tempfile.mkdtemp(prefix=p.name(MERGE_PREFIX), dir=p.workdir))
+    # is first hard-linked into the box's backup directory, so an error half-way can be
+    # rolled back; a kill leaves each entry old or new, never torn, and recover() then
+    # removes the box.
+    backup = os.fsencode(os.path.join(box, _BACKUP))
+    os.mkdir(backup, 0o700)
     journal: _Steps = []
-    # Locked like the staging directory, so recover() leaves a running merge's alone;
-    # its own prefix, so recover() only ever deletes it (it is never an old tree).
     try:
-        lock = lock_dir(backup)
-    except OSError:
-        remove_tree(backup)
-        raise
-    try:
-        _merge_into(p.dest, os.fsencode(root), backup, journal)
+        _merge_into(p.dest, os.fsencode(os.path.join(box, TREE)), backup, journal)
     except BaseException as exc:
         problems = _roll_back(journal, backup)
-        remove_tree(backup)
         if problems:
             fault = exc.strerror if isinstance(exc, OSError) else type(exc).__name__
             raise DestinationError(
@@ -386,9 +434,6 @@ def _merge(p: Plan, root: str) -> list[str]:
                 f"rolled back: " + "; ".join(problems[:3])
             ) from exc
         raise
-    finally:
-        os.close(lock)
-    return [os.fsdecode(backup), root]
 
 
 def _merge_into(dest: str, root: bytes, backup: bytes, journal: _Steps) -> None:
@@ -451,77 +496,52 @@ def _roll_back(journal: _Steps, backup: bytes) -> list[str]:
 def recover(dest: str | os.PathLike[str]) -> list[str]:
     """Clean up after an unpack of *dest* that was killed; return what was done.
 
-    An exchange of DEST's contents whose journal was written is completed. A staging
-    directory or merge backup nobody holds is deleted. A moved-aside old tree (left only
-    where the atomic swap is unavailable) is moved back if DEST is missing, else deleted.
-    Working names are looked for beside DEST and, for a mount point, inside it.
+    A box whose journal was written has its exchange completed first. A box nobody
+    holds is deleted. A moved-aside old tree (left only where the atomic swap is
+    unavailable) is moved back if DEST is missing, else deleted. Working names are looked
+    for beside DEST and, for a mount point, inside it.
     """
     dest_s = os.path.abspath(os.fspath(dest))
     p = Plan(dest_s, "replace", os.path.dirname(dest_s), in_place=False, mount_point=False)
     actions: list[str] = []
     places = [p.workdir]
-    if os.path.isdir(dest_s) and not os.path.islink(dest_s):
+    if os.path.isdir(dest_s) and not os.path.islink(dest_s) and is_mount_point(dest_s):
         places.append(dest_s)
     for where in places:
         try:
             names = sorted(os.listdir(where))
         except OSError:
             continue
-        keep: set[str] = set()
-        for name in _starting(names, p.name(JOURNAL_PREFIX)):
-            if not name.endswith(".tmp"):
-                actions.extend(_complete(where, name, dest_s, keep))
+        stamp: int | None = None
         for name in names:
-            if name in keep or not p.ours(os.fsencode(name)):
-                continue
             path = os.path.join(where, name)
-            if name.startswith(p.name(JOURNAL_PREFIX)):
-                if name.endswith(".tmp") and _stage_of(p, name, where):
-                    os.unlink(path)  # a journal never finished: its commit never began
-                    actions.append(f"removed leftover {name!r}")
+            if not p.ours(os.fsencode(name)) or not unlocked(path):
                 continue
-            if not unlocked(path):
-                continue
-            if name.startswith(OLD_PREFIX) and not os.path.lexists(dest_s):
+            if name.startswith(p.name(STAGE_PREFIX)):
+                done = _complete(path, dest_s)
+                if done is not None:
+                    actions.append(f"completed the interrupted restore of {dest_s!r}")
+                stamp = done if done is not None else _stamp_of(p, name)
+            if name.startswith(p.name(OLD_PREFIX)) and not os.path.lexists(dest_s):
                 os.rename(path, dest_s)
                 actions.append(f"restored {dest_s!r} from {name!r}")
-            else:
-                remove_tree(path)
-                actions.append(f"removed leftover {name!r}")
+                continue
+            remove_tree(path)
+            actions.append(f"removed leftover {name!r}")
+        if where == dest_s and stamp is not None:
+            _set_mtime(dest_s, stamp)
     return actions
 
 
-def _starting(names: list[str], prefix: str) -> Iterator[str]:
-    return (n for n in names if n.startswith(prefix))
-
-
-def _stage_of(p: Plan, journal_name: str, where: str) -> bool:
-    """True if the staging directory a journal (temp) belongs to is gone or unlocked."""
-    suffix = journal_name[len(p.name(JOURNAL_PREFIX)) :].removesuffix(".tmp")
-    stage = os.path.join(where, p.name(STAGE_PREFIX) + suffix)
-    return not os.path.lexists(stage) or unlocked(stage)
-
-
-def _complete(where: str, name: str, dest: str, keep: set[str]) -> list[str]:
-    """Complete the exchange journaled in *where*/*name*, unless its unpack still runs."""
-    path = os.path.join(where, name)
+def _complete(box: str, dest: str) -> int | None:
+    """Complete the exchange journaled in *box*, if any; return DEST's time to keep."""
+    path = os.path.join(box, _JOURNAL)
+    if not os.path.lexists(path):
+        return None
     try:
         journal = _Journal.read(path)
     except (OSError, ValueError) as exc:
-        raise DestinationError(f"cannot recover {dest!r}: journal {name!r}: {exc}") from exc
-    stage = os.path.join(where, journal.stage)
-    if not unlocked(stage):
-        # Running (locked), or gone: then the exchange cannot be completed, and nothing
-        # it names may be deleted.
-        keep.update((name, journal.stage, journal.aside))
-        if os.path.lexists(stage):
-            return []
-        raise DestinationError(
-            f"cannot recover {dest!r}: journal {name!r} names {journal.stage!r}, "
-            "which is missing"
-        )
-    journal.roll_forward(where, dest, [])
+        raise DestinationError(f"cannot recover {dest!r}: {path!r}: {exc}") from exc
+    journal.roll_forward(box, dest, [])
     syncfs(dest)
-    os.unlink(path)
-    fsync_dir(where)
-    return [f"completed the interrupted restore of {dest!r} ({name!r})"]
+    return journal.mtime_ns

@@ -28,12 +28,11 @@ from ._fsutil import (
     current_umask,
     fsync_dir,
     lock_dir,
-    remove_tree,
     start_writeback,
     syncfs,
     syncfs_function,
 )
-from .commit import STAGE_PREFIX, Mode, plan, put_in_place, recover
+from .commit import TREE, Mode, abandon, clean_up, plan, put_in_place, recover
 from .digest import Hasher
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
@@ -104,10 +103,11 @@ class HashOnly:
 
 
 class StagingDir:
-    """Writes into a private directory beside *dest*; :meth:`commit` or :meth:`abort`.
+    """Writes into a private directory on DEST's filesystem; :meth:`commit` or :meth:`abort`.
 
-    The directory is locked (``flock``) while this process lives, so :func:`recover` never
-    removes the staging area of a running unpack.
+    The tree is staged at ``tree/`` in the unpack's box (:mod:`oxbak.commit`), which is
+    locked (``flock``) while this process lives, so :func:`recover` never removes the
+    staging area of a running unpack.
     """
 
     def __init__(self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool) -> None:
@@ -120,7 +120,9 @@ class StagingDir:
         try:
             import tempfile
 
-            self.root = tempfile.mkdtemp(prefix=self.plan.name(STAGE_PREFIX), dir=self.parent)
+            self.box = tempfile.mkdtemp(
+                prefix=self.plan.box_prefix(self.plan.stamp), dir=self.parent
+            )
         except OSError as exc:
             if exc.errno == errno.EROFS:
                 raise DestinationError(
@@ -129,15 +131,17 @@ class StagingDir:
             raise DestinationError(
                 f"cannot create a staging directory in {self.parent!r}: {exc.strerror}"
             ) from exc
+        self.root = os.path.join(self.box, TREE)
         self._root_b = os.fsencode(self.root)
         self._lock = -1
         self._unsynced = 0
         self._flusher: threading.Thread | None = None
         try:
-            self._lock = lock_dir(self.root)
+            self._lock = lock_dir(self.box)
+            os.mkdir(self.root, 0o700)
         except OSError as exc:
             self._release()
-            remove_tree(self.root)
+            abandon(self.plan, self.box)
             raise DestinationError(
                 f"cannot lock the staging directory in {self.parent!r}: {exc.strerror}"
             ) from exc
@@ -266,7 +270,7 @@ class StagingDir:
         if self._flusher is not None:
             self._flusher.join()
         syncfs(self.root)
-        leftovers = put_in_place(self.plan, self.root, same_owner=self.same_owner)
+        leftovers = put_in_place(self.plan, self.box, same_owner=self.same_owner)
         self.committed = True
         warnings: list[str] = []
         try:
@@ -277,12 +281,13 @@ class StagingDir:
                     f"{self.dest!r} is restored, but syncing its directory failed: {exc}"
                 )
             self._release()
-            for tree in leftovers:
-                remove_tree(tree)
+            clean_up(self.plan, leftovers)
         except KeyboardInterrupt:
             # The restore is done: an interrupt now only stops the clean-up.
             self._release()
             warnings.append(f"interrupted after {self.dest!r} was restored")
+        except OSError as exc:
+            warnings.append(f"{self.dest!r} is restored, but cleaning up failed: {exc}")
         left = [tree for tree in leftovers if os.path.lexists(tree)]
         if left:
             warnings.append(
@@ -322,7 +327,7 @@ class StagingDir:
 
     def abort(self) -> None:
         """Remove the staging directory and everything in it (nothing, once committed)."""
-        if not self.committed:
-            remove_tree(self.root)
         self._release()
+        if not self.committed:
+            abandon(self.plan, self.box)
 
