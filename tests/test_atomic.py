@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import glob
 import os
+import re
 import shutil
 import signal
 import stat
@@ -25,6 +26,9 @@ from typing import Any
 
 import pytest
 
+from mounts import tmpfs
+from oxbak.commit import is_mount_point
+from tools import require_tool
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -875,6 +879,81 @@ def test_pack_kill_slice(big_tree: Path, tiny_tree: Path, tmp_path: Path) -> Non
     assert figures["killed_running"] >= 1
 
 
+# --------------------------------------------------------------------------- kills aimed at system calls
+#
+# The file system changes only in system calls. A kill on entering the Nth call of one
+# kind (strace delivers SIGKILL there: ``-e inject=NAME:signal=KILL:when=N``) therefore
+# reaches the states a kill at any moment can leave, and it is aimed by a measured run's
+# own calls, not by the clock: every kill hits the running command however loaded the
+# machine is. The measured run lists the calls that change files, in order; each sweep
+# spreads its moments over the phases it finds in that list (extraction, commit, clean-up).
+
+_CHANGING = (
+    "rename,renameat,renameat2,mkdir,mkdirat,unlink,unlinkat,rmdir,openat,write,fsync,"
+    "fdatasync,syncfs,chmod,fchmod,fchmodat,chown,fchown,fchownat,lchown,utimensat,"
+    "link,linkat,symlink,symlinkat"
+)
+_CALL = re.compile(rb"^\d+\s+(\w+)\(")
+_BOX_RENAMED = re.compile(rb'rename\w*\((?:AT_FDCWD, )?"[^"]*/\.oxbak-stage-[^/"]*", ')
+
+
+@dataclass(frozen=True)
+class Call:
+    """The *nth* call named *name* of a measured run (its line of ``strace`` output)."""
+
+    name: str
+    nth: int
+    line: bytes
+
+
+def measured_calls(tmp: Path, *args: str | os.PathLike[str]) -> list[Call]:
+    """Run oxbak with *args* to the end under strace; its file-changing calls, in order."""
+    log = tmp / "strace.log"
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "--seccomp-bpf", "-o", str(log), "-e", f"trace={_CHANGING}"]
+        + [str(OXBAK)]
+        + [str(a) for a in args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert_ok(result)
+    counts: dict[str, int] = {}
+    calls = []
+    for line in log.read_bytes().splitlines():
+        match = _CALL.match(line)
+        if match:
+            name = match.group(1).decode()
+            counts[name] = counts.get(name, 0) + 1
+            calls.append(Call(name, counts[name], line))
+    log.unlink()
+    return calls
+
+
+def kill_at_call(call: Call, *args: str | os.PathLike[str]) -> bool:
+    """Run oxbak with *args*, SIGKILLed on entering *call*; whether the kill happened."""
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", f"trace={call.name}"]
+        + ["-e", f"inject={call.name}:signal=KILL:when={call.nth}", str(OXBAK)]
+        + [str(a) for a in args],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=_env(),
+        timeout=300,
+    )
+    return result.returncode in (-signal.SIGKILL, 128 + signal.SIGKILL)
+
+
+def spread(calls: list[Call], count: int) -> list[Call]:
+    """*count* of *calls*, evenly spaced, first and last included."""
+    if count <= 0 or not calls:
+        return []
+    if count == 1 or len(calls) <= count:
+        return calls[:: max(1, len(calls) // max(1, count))][:count]
+    return [calls[round(i * (len(calls) - 1) / (count - 1))] for i in range(count)]
+
+
 def _merge_expected(trees: Trees) -> Snapshot:
     """DEST after merging the new tree into the old one: the new tree, plus the old
     tree's entries the new one does not have."""
@@ -911,22 +990,13 @@ def _merge_check(snap: Snapshot, trees: Trees) -> dict[str, int]:
     return counts
 
 
-def _merging(dest: Path, proc: subprocess.Popen[bytes]) -> bool:
-    """The merge's commit has begun (its first rename brings `only-new` into DEST), or
-    *proc* ended."""
-    return os.path.lexists(dest / "only-new") or proc.poll() is not None
-
-
 def merge_kill_sweep(
-    trees: Trees,
-    area: Path,
-    *,
-    uniform: int,
-    in_commit: int,
-    after_staged_ms: tuple[float, ...],
-    calibrations: int = 3,
+    trees: Trees, area: Path, *, staging: int, in_commit: int, cleanup: int
 ) -> dict[str, Any]:
-    """Kill ``unpack --merge`` (the new tree into the old one) at many moments."""
+    """Kill ``unpack --merge`` (the new tree into the old one) at file-changing system
+    calls of a measured run: *staging* spread over the extraction, *in_commit* over the
+    merge's renames, *cleanup* over the removal of its box (see above: every kill hits
+    the running command, however loaded the machine)."""
     wall = time.monotonic()
     dest = area / "dest"
     expected = _merge_expected(trees)
@@ -939,58 +1009,29 @@ def merge_kill_sweep(
         assert oxbak_leftovers(area) == []
 
     assert_ok(oxbak("unpack", trees.old_archive, dest))
-    # Uninterrupted merges, each after a reset as in the sweep: how long they take (the
-    # slowest sets the sweep's span) and how long their renames last, from the first
-    # (`only-new`, at the root) to one in the last directory (`dir29/added.txt`).
-    durations, commits, renames = [], [], []
-    last = dest / "dir29" / "added.txt"
-    for _ in range(calibrations):
-        proc = spawn("unpack", "--merge", trees.new_archive, dest)
-        started = time.monotonic()
-        wait_until(functools.partial(_merging, dest, proc), poll=0.0002)
-        commits.append(time.monotonic() - started)
-        wait_until(lambda: os.path.lexists(last) or proc.poll() is not None, poll=0.0002)  # noqa: B023
-        renames.append(time.monotonic() - started - commits[-1])
-        proc.communicate()
-        durations.append(time.monotonic() - started)
-        assert proc.returncode == 0
-        assert snapshot(dest) == expected
-        reset()
-    duration = max(durations)
-    commit_at = sorted(commits)[len(commits) // 2]
-    commit_span = max(0.002, sorted(renames)[len(renames) // 2])
-
-    # Kills once the tree is staged and kills spread over the renames (counted from the
-    # first one, as seen in each run) first; then the uniform spread, over the slower of
-    # the calibration and the uninterrupted merges seen meanwhile.
-    events = [
-        Moment(f"staged+{ms:g}ms", event="staged", delay=ms / 1000) for ms in after_staged_ms
-    ] + [
-        Moment(
-            f"merging+{1000 * commit_span * k / max(1, in_commit - 1):.1f}ms",
-            event="merging",
-            delay=commit_span * k / max(1, in_commit - 1),
-        )
-        for k in range(in_commit)
+    calls = measured_calls(area, "unpack", "--merge", trees.new_archive, dest)
+    assert snapshot(dest) == expected
+    reset()
+    box = os.fsencode(str(area / ".oxbak-stage-"))
+    begun = next(i for i, c in enumerate(calls) if box in c.line)
+    # The merge's renames move entries from the box's tree into DEST.
+    merging = [
+        i
+        for i, c in enumerate(calls)
+        if c.name.startswith("rename") and b"/tree/" in c.line and box in c.line
     ]
+    first, last = merging[0], merging[-1]
+    moments = (
+        [("staging", c) for c in spread(calls[begun:first], staging)]
+        + [("commit", c) for c in spread(calls[first : last + 1], in_commit)]
+        + [("clean-up", c) for c in spread(calls[last + 1 :], cleanup)]
+    )
 
     phases = {"untouched": 0, "mixed": 0, "complete": 0}
-    alive_count = leftovers_seen = cleaned = lost = tried = 0
+    killed = leftovers_seen = cleaned = lost = 0
     mixed_new: list[int] = []
-    full_runs: list[float] = []
-
-    def attempt(moment: Moment) -> None:
-        nonlocal alive_count, leftovers_seen, cleaned, lost, tried
-        tried += 1
-        proc = spawn("unpack", "--merge", trees.new_archive, dest)
-        started = time.monotonic()
-        ready = {
-            "staged": _staged(area, "link"),
-            "merging": lambda: os.path.lexists(dest / "only-new"),
-            None: None,
-        }[moment.event]
-        alive, _ = _kill_at(proc, started, moment, ready)
-        alive_count += alive
+    for _, call in moments:
+        killed += kill_at_call(call, "unpack", "--merge", trees.new_archive, dest)
         snap = snapshot(dest)
         counts = _merge_check(snap, trees)
         lost += _lost_bytes(snap, {p: v for p, v in trees.old.items() if p not in trees.new})
@@ -1005,28 +1046,16 @@ def merge_kill_sweep(
         leftovers_seen += len(left)
         # The next merge cleans up, then brings in the full new version of every file and
         # leaves DEST's other files alone.
-        run_started = time.monotonic()
         assert_ok(oxbak("unpack", "--merge", trees.new_archive, dest))
-        full_runs.append(time.monotonic() - run_started)
         assert snapshot(dest) == expected
         assert oxbak_leftovers(area) == []
         cleaned += len(left)
         reset()
-
-    for moment in events:
-        attempt(moment)
-    if full_runs:
-        duration = max(duration, sorted(full_runs)[3 * len(full_runs) // 4])
-    for moment in _uniform(uniform, duration):
-        attempt(moment)
     assert lost == 0
     return {
-        "moments": tried,
-        "uniform": uniform,
-        "duration": duration,
-        "commit_at": commit_at,
-        "commit_span": commit_span,
-        "killed_running": alive_count,
+        "moments": len(moments),
+        "renames": len(merging),
+        "killed": killed,
         "phases": phases,
         "shared_files": shared,
         "mixed_new": sorted(mixed_new),
@@ -1044,10 +1073,9 @@ def _span(values: list[int]) -> str:
 def _merge_line(f: dict[str, Any]) -> str:
     p = f["phases"]
     return (
-        f"unpack --merge kill sweep: moments={f['moments']} (uniform {f['uniform']} over "
-        f"0-110% of {f['duration']:.2f} s, the rest in the commit, whose renames start at "
-        f"{f['commit_at']:.3f} s and last {1000 * f['commit_span']:.0f} ms) "
-        f"killed-while-running={f['killed_running']} states: all-old={p['untouched']} "
+        f"unpack --merge kill sweep at system calls: moments={f['moments']} (spread over "
+        f"the extraction, the {f['renames']} renames of the commit and the clean-up) "
+        f"killed={f['killed']} states: all-old={p['untouched']} "
         f"mixed-old/new-files={p['mixed']} all-new={p['complete']} torn=0 unexpected=0 "
         f"(mixed states held {_span(f['mixed_new'])} new versions of the "
         f"{f['shared_files']} files in both trees); leftovers cleaned="
@@ -1057,14 +1085,136 @@ def _merge_line(f: dict[str, Any]) -> str:
 
 @pytest.mark.torture
 def test_unpack_merge_kill_sweep(trees: Trees, area: Path) -> None:
-    figures = merge_kill_sweep(trees, area, uniform=24, in_commit=12, after_staged_ms=(0, 2))
+    require_tool("strace")
+    figures = merge_kill_sweep(trees, area, staging=10, in_commit=24, cleanup=4)
     _figures(_merge_line(figures))
-    assert figures["killed_running"] >= figures["moments"] // 2, figures
-    assert figures["phases"]["mixed"] >= 3, figures
+    assert figures["killed"] == figures["moments"], figures
+    assert figures["phases"]["mixed"] >= 20, figures
 
 
 def test_unpack_merge_kill_slice(trees: Trees, area: Path) -> None:
-    figures = merge_kill_sweep(
-        trees, area, uniform=2, in_commit=2, after_staged_ms=(), calibrations=1
+    require_tool("strace")
+    figures = merge_kill_sweep(trees, area, staging=0, in_commit=2, cleanup=0)
+    assert figures["killed"] == figures["moments"] == 2, figures
+    assert figures["phases"] == {"untouched": 1, "mixed": 1, "complete": 0}, figures
+
+
+def mount_kill_sweep(
+    trees: Trees, area: Path, mode: str, *, staging: int, commit: int | None, cleanup: int
+) -> dict[str, Any]:
+    """Kill ``unpack`` (``--replace``, or into an empty DEST) into a tmpfs mount point at
+    file-changing system calls; DEST must be left exactly as it was or exactly the new
+    tree once ``recover`` (or the next unpack) has run, and keep its inode throughout.
+
+    Per direction (old tree to new, and back), *staging* and *cleanup* kills are spread
+    over the calls before the commit's journal and after its box is renamed, and
+    *commit* over those between (None: every one of them).
+    """
+    wall = time.monotonic()
+    with tmpfs(area / "mnt") as dest:
+        inode = _inode(dest)
+        archive = {"old": trees.old_archive, "new": trees.new_archive}
+        snaps = {"old": trees.old, "new": trees.new}
+        flags = ["--replace"] if mode == "replace" else []
+
+        def prepare(start: str) -> Snapshot:
+            """DEST holds the *start* tree (or nothing, for a plain unpack)."""
+            if mode == "replace":
+                assert_ok(oxbak("unpack", "--replace", archive[start], dest))
+            else:
+                for name in os.listdir(dest):
+                    if (dest / name).is_dir() and not (dest / name).is_symlink():
+                        shutil.rmtree(dest / name)
+                    else:
+                        (dest / name).unlink()
+            return snapshot(dest)
+
+        moments: list[tuple[str, str, str, Call]] = []
+        for start, target in (("old", "new"), ("new", "old")):
+            prepare(start)
+            calls = measured_calls(area, "unpack", *flags, archive[target], dest)
+            assert snapshot(dest) == snaps[target]
+            begun = next(i for i, c in enumerate(calls) if b"/.oxbak-stage-" in c.line)
+            journal = next(i for i, c in enumerate(calls) if b"/journal.tmp" in c.line)
+            boxed = next(i for i, c in enumerate(calls) if _BOX_RENAMED.search(c.line))
+            window = calls[journal : boxed + 1]
+            moments += [
+                (start, target, "staging", c) for c in spread(calls[begun:journal], staging)
+            ]
+            moments += [
+                (start, target, "commit", c)
+                for c in (window if commit is None else spread(window, commit))
+            ]
+            moments += [(start, target, "clean-up", c) for c in spread(calls[boxed + 1 :], cleanup)]
+
+        tally: dict[str, dict[str, int]] = {}
+        killed = journaled_count = 0
+        for number, (start, target, phase, call) in enumerate(moments):
+            before = prepare(start)
+            killed += kill_at_call(call, "unpack", *flags, archive[target], dest)
+            # Still the mount point, the same directory: its users keep it.
+            assert is_mount_point(str(dest)) and _inode(dest) == inode, (phase, call)
+            journaled = bool(
+                glob.glob(os.path.join(glob.escape(str(dest)), ".oxbak-stage-*", "journal"))
+            )
+            journaled_count += journaled
+            if number % 2 or mode != "replace":
+                assert_ok(oxbak("recover", dest))
+                after = snapshot(dest)
+                if journaled or phase == "clean-up":
+                    assert after == snaps[target], f"recover did not complete it: {call}"
+                else:
+                    assert after == before, f"recover did not give back the old DEST: {call}"
+            else:
+                # The next unpack recovers first, then restores its own tree.
+                assert_ok(oxbak("unpack", "--replace", archive[start], dest))
+                after = snapshot(dest)
+                assert after == snaps[start], call
+            assert oxbak_leftovers(dest) == [] and oxbak_leftovers(area) == []
+            if number % 2 or mode != "replace":
+                outcome = "new" if after == snaps[target] else "old"
+            else:
+                outcome = "unpacked"
+            counts = tally.setdefault(phase, {"old": 0, "new": 0, "unpacked": 0})
+            counts[outcome] += 1
+    return {
+        "mode": mode,
+        "moments": len(moments),
+        "killed": killed,
+        "journaled": journaled_count,
+        "phases": tally,
+        "wall": time.monotonic() - wall,
+    }
+
+
+def _mount_line(f: dict[str, Any]) -> str:
+    phases = " ".join(
+        f"{phase} {c['old']} old, {c['new']} new, {c['unpacked']} by the next unpack;"
+        for phase, c in f["phases"].items()
     )
-    assert figures["killed_running"] >= 2
+    return (
+        f"unpack{' --replace' if f['mode'] == 'replace' else ''} into a mount point, kill "
+        f"sweep at system calls: moments={f['moments']} killed={f['killed']} "
+        f"journaled={f['journaled']} states after `oxbak recover`: "
+        f"{phases} mixed=0; wall {f['wall']:.1f} s"
+    )
+
+
+@pytest.mark.torture
+@pytest.mark.parametrize("mode", ["replace", "new"])
+def test_unpack_into_mount_point_kill_sweep(trees: Trees, area: Path, mode: str) -> None:
+    require_tool("strace")
+    if mode == "replace":
+        figures = mount_kill_sweep(trees, area, mode, staging=6, commit=30, cleanup=4)
+    else:
+        figures = mount_kill_sweep(trees, area, mode, staging=3, commit=10, cleanup=2)
+    _figures(_mount_line(figures))
+    assert figures["killed"] == figures["moments"], figures
+    assert figures["moments"] >= (50 if mode == "replace" else 20), figures
+
+
+def test_unpack_into_mount_point_kill_slice(trees: Trees, area: Path) -> None:
+    require_tool("strace")
+    figures = mount_kill_sweep(trees, area, "replace", staging=1, commit=3, cleanup=1)
+    assert figures["killed"] == figures["moments"] == 10, figures
+    assert figures["journaled"] >= 4, figures
