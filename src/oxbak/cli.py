@@ -321,6 +321,12 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="Leave out the contents of directories holding a CACHEDIR.TAG (but the tag).",
 )
 @click.option(
+    "--no-xattrs",
+    "no_xattrs",
+    is_flag=True,
+    help="Leave out extended attributes and ACLs (stored by default).",
+)
+@click.option(
     "--mode",
     "mode",
     default="0600",
@@ -341,6 +347,7 @@ def pack_cmd(
     force: bool,
     one_file_system: bool,
     exclude_caches: bool,
+    no_xattrs: bool,
     mode: int,
     as_json: bool,
 ) -> None:
@@ -377,6 +384,7 @@ def pack_cmd(
             mode=mode,
             one_file_system=one_file_system,
             exclude_caches=exclude_caches,
+            xattrs=not no_xattrs,
             progress=progress,
         )
     if to_stdout:
@@ -447,6 +455,13 @@ def pack_cmd(
     help="Leave out matching entries (repeatable), as `pack --exclude`.",
 )
 @_exclude_from
+@click.option(
+    "--no-xattrs",
+    "no_xattrs",
+    is_flag=True,
+    help="Do not restore extended attributes and ACLs (restored by default where DEST's "
+    "filesystem takes them).",
+)
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def unpack_cmd(
@@ -459,6 +474,7 @@ def unpack_cmd(
     only: tuple[str, ...],
     excludes: tuple[str, ...],
     excludes_from: tuple[str, ...],
+    no_xattrs: bool,
     threads: int,
     as_json: bool,
 ) -> None:
@@ -495,6 +511,7 @@ def unpack_cmd(
             only=only,
             excludes=excludes + excludes_from,
             threads=threads,
+            xattrs=not no_xattrs,
             progress=progress,
         )
     seconds = time.monotonic() - started

@@ -27,6 +27,7 @@ from . import format as fmt
 from .digest import Hasher, hexdigest
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
+from .xattrs import Applier, Xattrs
 
 if TYPE_CHECKING:
     import ctypes
@@ -64,8 +65,10 @@ _RANDOM = 1 + 8  # the "." and the random part tempfile adds
 class Destination(Protocol):
     """The sink of the unpack loop. Paths are relative to the tree root; ``b""`` is it."""
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
-        """Create a directory (its mode and mtime are applied at :meth:`finish`)."""
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
+        """Create a directory (its mode, mtime and attributes are applied at :meth:`finish`)."""
 
     def file(
         self,
@@ -75,13 +78,16 @@ class Destination(Protocol):
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Write a file from *chunks*; return the digest of what was written."""
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link *path* to the earlier file *target*."""
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Record a symlink; it is created at :meth:`finish`, after everything else."""
 
     def finish(self) -> None:
@@ -91,7 +97,9 @@ class Destination(Protocol):
 class HashOnly:
     """A destination that writes nothing and only hashes: the sink of ``verify``."""
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Nothing to create."""
 
     def file(
@@ -102,6 +110,7 @@ class HashOnly:
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Hash *chunks*."""
         hasher = Hasher()
@@ -112,7 +121,9 @@ class HashOnly:
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Nothing to create."""
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Nothing to create."""
 
     def finish(self) -> None:
@@ -301,10 +312,13 @@ class StagingDir:
     removes the staging area of a running unpack.
     """
 
-    def __init__(self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool) -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool, xattrs: bool = True
+    ) -> None:
         self.dest = os.path.abspath(os.fspath(dest))
         self.mode = mode
         self.same_owner = same_owner and os.geteuid() == 0
+        self.xattrs = Applier(xattrs)
         parent, base = os.path.split(self.dest)
         self.parent = parent
         if not os.path.isdir(parent):
@@ -335,8 +349,8 @@ class StagingDir:
             raise DestinationError(
                 f"cannot lock the staging directory in {parent!r}: {exc.strerror}"
             ) from exc
-        self._dirs: list[tuple[bytes, int, int, int, int]] = []
-        self._links: list[tuple[bytes, bytes, int, int, int]] = []
+        self._dirs: list[tuple[bytes, int, int, int, int, Xattrs]] = []
+        self._links: list[tuple[bytes, bytes, int, int, int, Xattrs]] = []
         self._umask = current_umask()
         self.committed = False
 
@@ -351,11 +365,16 @@ class StagingDir:
             )
         return path
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
-        """Create the directory privately; its mode and mtime are applied at the end."""
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
+        """Create the directory privately; its mode, mtime and attributes come at the end.
+
+        (A default ACL set now would be inherited by everything created in it.)
+        """
         if path:
             os.mkdir(self._path(path), 0o700)
-        self._dirs.append((path, mode, mtime_ns, uid, gid))
+        self._dirs.append((path, mode, mtime_ns, uid, gid, xattrs))
 
     def file(
         self,
@@ -365,11 +384,13 @@ class StagingDir:
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Create the file exclusively, write and hash *chunks*, set mode and mtime."""
         target = self._path(path)
         perm = mode & 0o1777  # setuid and setgid never survive a restore
-        fd = os.open(target, _WRITE_FLAGS, perm)
+        # Writable by its owner until its attributes are on (user.* needs it without root).
+        fd = os.open(target, _WRITE_FLAGS, perm | 0o200 if xattrs else perm)
         try:
             hasher = Hasher()
             offset = flushed = 0
@@ -384,9 +405,13 @@ class StagingDir:
                     start_writeback(fd, flushed, offset - flushed)
                     flushed = offset
             if self.same_owner:
-                os.fchown(fd, uid, gid)
-            if perm & self._umask or self.same_owner:
+                os.fchown(fd, uid, gid)  # before the attributes: it clears security.capability
+            if xattrs:
+                self.xattrs.plain(fd, path, xattrs)
+            if perm & self._umask or self.same_owner or xattrs:
                 os.fchmod(fd, perm)
+            if xattrs:
+                self.xattrs.acls(fd, path, xattrs)  # after chmod, which rewrites an ACL's mask
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
@@ -415,23 +440,31 @@ class StagingDir:
         """Link to an earlier file of this archive (the loop checked that it is one)."""
         os.link(self._path(target), self._path(path), follow_symlinks=False)
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Defer the symlink to :meth:`finish`."""
-        self._links.append((path, target, mtime_ns, uid, gid))
+        self._links.append((path, target, mtime_ns, uid, gid, xattrs))
 
     def finish(self) -> None:
-        """Create symlinks last, then set directory modes and times, deepest first."""
-        for path, target, mtime_ns, uid, gid in self._links:
+        """Create symlinks last, then set directory modes, attributes and times, deepest first."""
+        for path, target, mtime_ns, uid, gid, xattrs in self._links:
             where = self._path(path)
             os.symlink(target, where)
             if self.same_owner:
                 os.lchown(where, uid, gid)
+            if xattrs:
+                self.xattrs.plain(where, path, xattrs)  # Linux refuses user.* on a symlink
             os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        for path, mode, mtime_ns, uid, gid in reversed(self._dirs):
+        for path, mode, mtime_ns, uid, gid, xattrs in reversed(self._dirs):
             where = self._path(path)
             if self.same_owner:
                 os.lchown(where, uid, gid)
+            if xattrs:
+                self.xattrs.plain(where, path, xattrs)
             os.chmod(where, mode & 0o1777, follow_symlinks=False)
+            if xattrs:
+                self.xattrs.acls(where, path, xattrs)
             os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
     def ensure_room(self, nbytes: int, entries: int) -> None:

@@ -57,6 +57,7 @@ from .source import (
 )
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 from .toc import DIR, KIND_NAMES, MISSING, Record
+from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
 _PREFIX = fmt.TREE_PREFIX.encode() + b"/"
@@ -416,7 +417,9 @@ def _run(
             select.note(kind, header.size)
         if kind == "dir":
             if wanted:
-                dest.directory(rel, header.mode, header.mtime_ns, header.uid, header.gid)
+                dest.directory(
+                    rel, header.mode, header.mtime_ns, header.uid, header.gid, header.xattrs
+                )
             remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
             continue
         if kind == "file":
@@ -425,7 +428,13 @@ def _run(
                 digest = _NO_DIGEST
             else:
                 digest = sink.file(
-                    rel, header.mode, header.mtime_ns, header.uid, header.gid, read(header)
+                    rel,
+                    header.mode,
+                    header.mtime_ns,
+                    header.uid,
+                    header.gid,
+                    read(header),
+                    header.xattrs,
                 )
                 if record is not None and digest != record.digest:
                     problems.append(
@@ -454,7 +463,9 @@ def _run(
         else:
             if wanted:
                 seen.links[rel] = target
-                dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
+                dest.symlink(
+                    rel, target, header.mtime_ns, header.uid, header.gid, header.xattrs
+                )
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
     final, records = source.final()
@@ -615,6 +626,7 @@ def unpack(
     only: Sequence[str | bytes] = (),
     excludes: Sequence[str] = (),
     threads: int = 0,
+    xattrs: bool = True,
     progress: Progress | None = None,
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
@@ -634,6 +646,9 @@ def unpack(
         from a stream everything is read and checked, and only they are written.
     :param excludes: leave out entries matching these patterns (as ``pack --exclude``).
     :param threads: threads decompressing a seekable archive (0: one per CPU).
+    :param xattrs: restore extended attributes and POSIX ACLs where DEST's filesystem
+        takes them (``trusted.*`` and ``security.*`` only as root); what cannot be set is
+        named in warnings, and the restore goes on.
     :raises ArchiveError: the archive is damaged or unsafe (nothing was changed).
     :raises DestinationError: *dest* cannot take it (nothing was changed).
     """
@@ -648,7 +663,7 @@ def unpack(
         manifest = source.manifest
         if select is not None and isinstance(source, TocSource):
             select.pull_in_targets(source)
-        staging = StagingDir(dest, mode=mode, same_owner=same_owner)
+        staging = StagingDir(dest, mode=mode, same_owner=same_owner, xattrs=xattrs)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
@@ -672,7 +687,7 @@ def unpack(
                     )
             _check_links(seen.links, staging, allow_external_symlinks)
             staging.finish()
-            for warning in staging.commit():
+            for warning in staging.commit() + staging.xattrs.warnings():
                 logger.warning("%s", warning)
         except OSError as exc:
             staging.abort()
@@ -868,13 +883,16 @@ class _CatSink(HashOnly):
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         if path != self.path:
             return super().file(path, mode, mtime_ns, uid, gid, chunks)
         self.kind = "file"
         return self.held.feed(chunks)
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         if path == self.path:
             self.kind = "dir"
 
@@ -882,7 +900,9 @@ class _CatSink(HashOnly):
         if path == self.path:
             self.kind = "hardlink"
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         if path == self.path:
             self.kind = "symlink"
 

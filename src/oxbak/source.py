@@ -45,6 +45,7 @@ from .toc import (
     record_at,
     records_of,
 )
+from .xattrs import Xattrs
 
 __all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
 
@@ -283,6 +284,7 @@ def header_of(record: Record) -> Header:
         record.mtime_ns,
         link,
         record.offset,
+        record.xattrs if kind != "hardlink" else (),
     )
 
 
@@ -300,29 +302,37 @@ def same_member(found: Header, expected: Header) -> bool:
         and found.uid == expected.uid
         and found.gid == expected.gid
         and found.linkname == expected.linkname
+        and found.xattrs == expected.xattrs
     )
 
 
 def metadata_key(header: Header, target: bytes) -> bytes:
     """What a TOC record must agree on with its member besides path, type and size."""
-    return b"%d %d %d %d %d " % (
+    key = b"%d %d %d %d %d " % (
         header.mode & 0o7777,
         header.uid,
         header.gid,
         header.mtime_ns,
         header.offset,
     ) + target
+    return key + _xattrs_key(header.xattrs) if header.xattrs else key
 
 
 def record_key(record: Record) -> bytes:
     """:func:`metadata_key` of the member *record* describes."""
-    return b"%d %d %d %d %d " % (
+    key = b"%d %d %d %d %d " % (
         record.mode,
         record.uid,
         record.gid,
         record.mtime_ns,
         record.offset,
     ) + (record.target if record.kind in ("symlink", "hardlink") else b"")
+    return key + _xattrs_key(record.xattrs) if record.xattrs else key
+
+
+def _xattrs_key(xattrs: Xattrs) -> bytes:
+    # Length-prefixed, after a NUL no target holds: no two sets share a key.
+    return b"\0" + b"".join(b"%d %s%d %s" % (len(n), n, len(v), v) for n, v in xattrs)
 
 
 def _check_trailer(walker: FrameWalker, toc_offset: int, toc_size: int) -> None:

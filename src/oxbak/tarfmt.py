@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import adler32 as _adler32
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
 from .paths import shown
+from .xattrs import PAX_PREFIX, Xattrs, check, decode_name, pax_records
 
 __all__ = ["Header", "decode_pax", "encode_header", "known_pax_size", "padding", "parse_header"]
 
@@ -38,6 +40,7 @@ _MAX_SECONDS = 2**63  # what a 64-bit time_t holds
 _MAX_ID = 2**32 - 1  # uid_t and gid_t
 _IGNORED_PAX_KEYS = (b"atime", b"ctime", b"comment")
 _IGNORED_PAX_PREFIXES = (b"SCHILY.", b"LIBARCHIVE.")
+_REPEATED = b"\0repeated"  # no record's key holds a NUL: marks a repeated attribute
 
 _TYPE_NAMES = {
     b"3": "character device",
@@ -123,15 +126,26 @@ def _known_pax() -> dict[bytes, int]:
     return {_pax_block(n): n for n in range(1, 128)}
 
 
-def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid: int) -> bytes:
+def file_header(
+    name: bytes,
+    mode: int,
+    size: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    xattrs: Xattrs = (),
+    names: Callable[[int, int], tuple[str, str]] | None = None,
+) -> bytes:
     """:func:`encode_header` for a regular file, with a fast path for the common shape.
 
-    The common shape is an ASCII name of at most 100 bytes, a size under 8 GiB, small ids
-    and a non-negative mtime: one cached pax block carrying the exact mtime, then ustar.
+    The common shape is an ASCII name of at most 100 bytes, a size under 8 GiB, small ids,
+    a non-negative mtime and no extended attributes: one cached pax block carrying the
+    exact mtime, then ustar.
     """
     sec, frac = divmod(mtime_ns, 1_000_000_000)
     if (
-        len(name) > 100
+        xattrs
+        or len(name) > 100
         or not name.isascii()
         or size >= _MAX_OCTAL_11
         or not 0 <= sec < _MAX_OCTAL_11
@@ -139,7 +153,15 @@ def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid:
         or gid >= _MAX_OCTAL_7
     ):
         return encode_header(
-            name, typeflag=REGULAR, mode=mode, size=size, mtime_ns=mtime_ns, uid=uid, gid=gid
+            name,
+            typeflag=REGULAR,
+            mode=mode,
+            size=size,
+            mtime_ns=mtime_ns,
+            uid=uid,
+            gid=gid,
+            xattrs=xattrs,
+            names=names,
         )
     main = _ustar(name, mode & 0o7777, uid, gid, size, sec, REGULAR, b"")
     if not frac:
@@ -161,8 +183,14 @@ def encode_header(
     uid: int = 0,
     gid: int = 0,
     linkname: bytes = b"",
+    xattrs: Xattrs = (),
+    names: Callable[[int, int], tuple[str, str]] | None = None,
 ) -> bytes:
-    """The header block(s) of one member: a pax header first when ustar cannot hold it all."""
+    """The header block(s) of one member: a pax header first when ustar cannot hold it all.
+
+    *xattrs* go last, as ``SCHILY.`` records (:func:`oxbak.xattrs.pax_records`); *names*
+    gives the user and group names that an ACL's text form shows.
+    """
     records: list[bytes] = []
     long_name = len(name) > 100 or not name.isascii()
     long_link = len(linkname) > 100 or not linkname.isascii()
@@ -191,11 +219,18 @@ def encode_header(
     if gid >= _MAX_OCTAL_7:
         records.append(_pax_record(b"gid", b"%d" % gid))
         gid = 0
+    if xattrs:
+        room = fmt.MAX_PAX_BYTES - sum(map(len, records))
+        records += pax_records(xattrs, _pax_record, names or _no_names, room)
     main = _ustar(name, mode & 0o7777, uid, gid, size_field, sec, typeflag, linkname)
     if not records:
         return main
     data = b"".join(records)
     return _pax_block(len(data)) + data + bytes(padding(len(data))) + main
+
+
+def _no_names(uid: int, gid: int) -> tuple[str, str]:
+    return "", ""
 
 
 @dataclass(slots=True)
@@ -213,6 +248,8 @@ class Header:
     #: Where the member's first header block (its pax header, if any) starts in the tar
     #: stream, when the reader knows it.
     offset: int = 0
+    #: Extended attributes from ``SCHILY.xattr.*`` records, checked and sorted.
+    xattrs: Xattrs = ()
 
 
 def _octal(field: bytes, what: str, name: bytes) -> int:
@@ -348,7 +385,7 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
-        if data[pos:].strip(b"\0") == b"":
+        if data[pos] == 0 and data[pos:].strip(b"\0") == b"":
             break
         space = data.find(b" ", pos, pos + 24)
         if space < 0 or not data[pos:space].isdigit():
@@ -361,6 +398,10 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
         if not eq or not key:
             raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
         if key in (b"path", b"linkpath", b"size", b"mtime", b"uid", b"gid", b"hdrcharset"):
+            records[key] = value
+        elif key.startswith(PAX_PREFIX):
+            if key in records:
+                records[_REPEATED] = key  # refused with the member's name, which comes next
             records[key] = value
         elif key not in _IGNORED_PAX_KEYS and not key.startswith(_IGNORED_PAX_PREFIXES):
             raise UnsafeArchiveError(
@@ -394,6 +435,17 @@ def _apply_pax(header: Header, pax: dict[bytes, bytes]) -> None:
         header.gid = _pax_int(pax[b"gid"], "gid", name)
     if b"mtime" in pax:
         header.mtime_ns = _parse_pax_mtime(pax[b"mtime"], name)
+    if _REPEATED in pax:
+        raise CorruptArchiveError(
+            f"member {shown(name)!r}: its pax header repeats {shown(pax[_REPEATED][:80])!r}"
+        )
+    found = [
+        (decode_name(key[len(PAX_PREFIX) :]), value)
+        for key, value in pax.items()
+        if key.startswith(PAX_PREFIX)
+    ]
+    if found:
+        header.xattrs = check(found, name)
 
 
 def _parse_pax_mtime(value: bytes, name: bytes) -> int:

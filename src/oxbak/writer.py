@@ -90,6 +90,7 @@ def pack(
     mode: int = ARCHIVE_MODE,
     one_file_system: bool = False,
     exclude_caches: bool = False,
+    xattrs: bool = True,
     progress: Progress | None = None,
 ) -> PackResult:
     """Pack the directory *source* into one archive.
@@ -106,6 +107,8 @@ def pack(
     :param mode: permission bits of an archive written to a path (0600 by default).
     :param one_file_system: keep directories on other filesystems (mount points), empty.
     :param exclude_caches: of a directory holding a valid ``CACHEDIR.TAG``, keep the tag.
+    :param xattrs: store extended attributes and POSIX ACLs (``user.*``, ``trusted.*``,
+        ``security.*``; one that cannot be read is named in a warning).
     :param progress: called with (bytes done, bytes total) as files are read.
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
@@ -121,7 +124,11 @@ def pack(
         check_absent(output, force=force)  # before the scan: it may take a while
     rules = Excludes(excludes)
     scan = scan_tree(
-        source, rules, one_file_system=one_file_system, exclude_caches=exclude_caches
+        source,
+        rules,
+        one_file_system=one_file_system,
+        exclude_caches=exclude_caches,
+        xattrs=xattrs,
     )
     for pattern in rules.unused():
         logger.warning("exclude pattern %r matched nothing", pattern)
@@ -213,6 +220,7 @@ class _Packer:
             (CHANGED if changed else 0) | (MISSING if missing else 0),
             offset,
             _owner_names,
+            () if missing else entry.xattrs,
         )
 
     def store(self, entry: Entry) -> None:
@@ -242,6 +250,8 @@ class _Packer:
                 mtime_ns=entry.mtime_ns,
                 uid=entry.uid,
                 gid=entry.gid,
+                xattrs=entry.xattrs,
+                names=_owner_names,
             )
             digest = b""
         else:
@@ -257,6 +267,8 @@ class _Packer:
                 uid=entry.uid,
                 gid=entry.gid,
                 linkname=link,
+                xattrs=entry.xattrs,
+                names=_owner_names,
             )
             digest = digest_of(entry.target)
         self.writer.write(header)
@@ -326,7 +338,16 @@ class _Packer:
         offset = self.begin_member(size)
         writer = self.writer
         writer.write(
-            file_header(_TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid)
+            file_header(
+                _TREE + entry.path,
+                entry.mode,
+                size,
+                entry.mtime_ns,
+                entry.uid,
+                entry.gid,
+                entry.xattrs,
+                _owner_names,
+            )
         )
         if size <= fmt.FRAME_SPLIT:
             writer.write(data)
@@ -390,6 +411,8 @@ class _Packer:
                 mtime_ns=entry.mtime_ns,
                 uid=entry.uid,
                 gid=entry.gid,
+                xattrs=entry.xattrs,
+                names=_owner_names,
             )
         )
         hasher = Hasher()
