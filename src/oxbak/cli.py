@@ -29,6 +29,7 @@ from .paths import display
 if TYPE_CHECKING:
     from .destinations import Mode
     from .manifest import Manifest
+    from .owners import OwnerMode
     from .restore import EntryInfo
     from .toc import TocHeader
 
@@ -434,7 +435,21 @@ def pack_cmd(
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
 @click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
-@click.option("--same-owner", is_flag=True, help="Restore file ownership (only as root).")
+@click.option(
+    "--same-owner",
+    is_flag=True,
+    help="Restore ownership, by user and group name (the default as root).",
+)
+@click.option(
+    "--numeric-owner",
+    is_flag=True,
+    help="Restore ownership by the stored uid and gid, ignoring the names.",
+)
+@click.option(
+    "--no-same-owner",
+    is_flag=True,
+    help="Do not restore ownership: everything belongs to the current user.",
+)
 @click.option(
     "--allow-external-symlinks",
     is_flag=True,
@@ -470,6 +485,8 @@ def unpack_cmd(
     replace: bool,
     merge: bool,
     same_owner: bool,
+    numeric_owner: bool,
+    no_same_owner: bool,
     allow_external_symlinks: bool,
     only: tuple[str, ...],
     excludes: tuple[str, ...],
@@ -500,13 +517,17 @@ def unpack_cmd(
     if replace and merge:
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
+    if no_same_owner and (same_owner or numeric_owner):
+        raise click.UsageError("--no-same-owner cannot be combined with --same-owner or "
+                               "--numeric-owner")
+    owner: OwnerMode = "none" if no_same_owner else "numeric" if numeric_owner else "name"
     started = time.monotonic()
     with _progress("unpacking", True) as progress:
         result = unpack(
             archive,
             dest,
             mode=mode,
-            same_owner=same_owner,
+            owner=owner,
             allow_external_symlinks=allow_external_symlinks,
             only=only,
             excludes=excludes + excludes_from,

@@ -315,6 +315,7 @@ class StagingDir:
     def __init__(
         self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool, xattrs: bool = True
     ) -> None:
+        # same_owner: chown each entry to the ids the loop hands over (oxbak.owners).
         self.dest = os.path.abspath(os.fspath(dest))
         self.mode = mode
         self.same_owner = same_owner and os.geteuid() == 0

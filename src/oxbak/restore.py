@@ -37,6 +37,7 @@ from .errors import (
 )
 from .locations import Archive
 from .manifest import Index, Manifest, Totals, sections
+from .owners import OwnerMode, Owners
 from .paths import (
     check_path,
     display,
@@ -387,8 +388,13 @@ def _run(
     problems: list[str],
     progress: Progress | None,
     select: Selection | None = None,
+    owners: Owners | None = None,
 ) -> tuple[Manifest, _Seen, list[Record]]:
-    """The one loop. Raises on structural faults; appends content mismatches to *problems*."""
+    """The one loop. Raises on structural faults; appends content mismatches to *problems*.
+
+    *owners* maps each entry's owner to this machine's ids (unpack); without, the ids are
+    handed to *dest* as stored.
+    """
     manifest = source.manifest
     seen = _Seen()
     rules = _Rules(manifest, seen)
@@ -415,11 +421,12 @@ def _run(
             read(header)  # from a TOC: the member at the record's offset must be this one
         if wanted and select is not None:
             select.note(kind, header.size)
+        uid, gid = header.uid, header.gid
+        if owners is not None and wanted and kind != "hardlink":
+            uid, gid = owners.ids(rel, uid, gid, header.uname, header.gname)
         if kind == "dir":
             if wanted:
-                dest.directory(
-                    rel, header.mode, header.mtime_ns, header.uid, header.gid, header.xattrs
-                )
+                dest.directory(rel, header.mode, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
             continue
         if kind == "file":
@@ -431,8 +438,8 @@ def _run(
                     rel,
                     header.mode,
                     header.mtime_ns,
-                    header.uid,
-                    header.gid,
+                    uid,
+                    gid,
                     read(header),
                     header.xattrs,
                 )
@@ -463,9 +470,7 @@ def _run(
         else:
             if wanted:
                 seen.links[rel] = target
-                dest.symlink(
-                    rel, target, header.mtime_ns, header.uid, header.gid, header.xattrs
-                )
+                dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
     final, records = source.final()
@@ -528,7 +533,11 @@ def _check_index(
             )
         if kind != "dir" and digest != record.digest:
             problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
-        if record.meta and hash(record_key(record)) != meta:
+        if (
+            record.meta
+            and hash(record_key(record)) != meta
+            and hash(record_key(record, names=True)) != meta
+        ):
             problems.append(
                 f"table of contents disagrees with the member of {shown(rel)!r} (mode, owner, "
                 f"mtime, link target or offset)"
@@ -621,7 +630,8 @@ def unpack(
     dest: str | os.PathLike[str],
     *,
     mode: Mode = "new",
-    same_owner: bool = False,
+    owner: OwnerMode = "name",
+    same_owner: bool | None = None,
     allow_external_symlinks: bool = False,
     only: Sequence[str | bytes] = (),
     excludes: Sequence[str] = (),
@@ -640,6 +650,14 @@ def unpack(
       deleted only after the new one is durable.
     - ``"merge"``: the archive's entries replace same-named ones in *dest*, one rename each.
 
+    :param owner: whose the restored entries are, when running as root: ``"name"`` (the
+        default, as tar does) gives each the owner of its stored user and group names on
+        this machine, or its stored ids where a name is unknown or not stored;
+        ``"numeric"`` the stored ids; ``"none"`` leaves them to the current user. Anyone
+        but root cannot give files away: then nothing is changed, and one warning says
+        so if the archive's owners are not the current user.
+    :param same_owner: the older form: False is ``owner="none"``.
+
     :param only: restore just these paths (relative to the tree root; a directory with
         everything under it), with the directories leading to them and the targets of
         their hardlinks. From a seekable archive only the frames holding them are read;
@@ -654,6 +672,7 @@ def unpack(
     """
     if mode not in ("new", "replace", "merge"):
         raise OxbakError(f"unknown unpack mode {mode!r}")
+    owners = Owners("none" if same_owner is False else owner)
     select = None
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
@@ -663,11 +682,13 @@ def unpack(
         manifest = source.manifest
         if select is not None and isinstance(source, TocSource):
             select.pull_in_targets(source)
-        staging = StagingDir(dest, mode=mode, same_owner=same_owner, xattrs=xattrs)
+        staging = StagingDir(dest, mode=mode, same_owner=owners.chown, xattrs=xattrs)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
-            manifest, seen, flagged = _run(source, staging, problems, progress, select)
+            manifest, seen, flagged = _run(
+                source, staging, problems, progress, select, owners
+            )
             if problems:
                 raise IntegrityError(problems)
             if select is not None and select.missed():
@@ -687,7 +708,7 @@ def unpack(
                     )
             _check_links(seen.links, staging, allow_external_symlinks)
             staging.finish()
-            for warning in staging.commit() + staging.xattrs.warnings():
+            for warning in staging.commit() + staging.xattrs.warnings() + owners.warnings():
                 logger.warning("%s", warning)
         except OSError as exc:
             staging.abort()
@@ -787,6 +808,8 @@ def _list_stream(
             target,
             header.uid,
             header.gid,
+            header.uname,
+            header.gname,
         )
 
 

@@ -285,6 +285,8 @@ def header_of(record: Record) -> Header:
         link,
         record.offset,
         record.xattrs if kind != "hardlink" else (),
+        record.user,
+        record.group,
     )
 
 
@@ -303,6 +305,11 @@ def same_member(found: Header, expected: Header) -> bool:
         and found.gid == expected.gid
         and found.linkname == expected.linkname
         and found.xattrs == expected.xattrs
+        # Owner names: archives of earlier writers have none in their members.
+        and (
+            not (found.uname or found.gname)
+            or (found.uname, found.gname) == (expected.uname, expected.gname)
+        )
     )
 
 
@@ -315,11 +322,17 @@ def metadata_key(header: Header, target: bytes) -> bytes:
         header.mtime_ns,
         header.offset,
     ) + target
+    if header.uname or header.gname:
+        key += _names_key(header.uname, header.gname)
     return key + _xattrs_key(header.xattrs) if header.xattrs else key
 
 
-def record_key(record: Record) -> bytes:
-    """:func:`metadata_key` of the member *record* describes."""
+def record_key(record: Record, names: bool = False) -> bytes:
+    """:func:`metadata_key` of the member *record* describes.
+
+    With *names*, of a member that carries owner names (archives of earlier writers have
+    none: either key is the member's).
+    """
     key = b"%d %d %d %d %d " % (
         record.mode,
         record.uid,
@@ -327,7 +340,15 @@ def record_key(record: Record) -> bytes:
         record.mtime_ns,
         record.offset,
     ) + (record.target if record.kind in ("symlink", "hardlink") else b"")
+    if names:
+        key += _names_key(record.user, record.group)
     return key + _xattrs_key(record.xattrs) if record.xattrs else key
+
+
+def _names_key(user: str, group: str) -> bytes:
+    return b"\0\0" + user.encode("utf-8", "surrogateescape") + b"\0" + group.encode(
+        "utf-8", "surrogateescape"
+    )
 
 
 def _xattrs_key(xattrs: Xattrs) -> bytes:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import grp
 import logging
 import os
@@ -242,6 +243,7 @@ class _Packer:
 
     def add_simple(self, entry: Entry) -> None:
         offset = self.begin_member()
+        uname, gname = _header_names(entry.uid, entry.gid)
         if entry.kind == "dir":
             header = encode_header(
                 member_name(entry.path, is_dir=True),
@@ -252,6 +254,8 @@ class _Packer:
                 gid=entry.gid,
                 xattrs=entry.xattrs,
                 names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
             digest = b""
         else:
@@ -269,6 +273,8 @@ class _Packer:
                 linkname=link,
                 xattrs=entry.xattrs,
                 names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
             digest = digest_of(entry.target)
         self.writer.write(header)
@@ -347,6 +353,7 @@ class _Packer:
                 entry.gid,
                 entry.xattrs,
                 _owner_names,
+                *_header_names(entry.uid, entry.gid),
             )
         )
         if size <= fmt.FRAME_SPLIT:
@@ -402,6 +409,7 @@ class _Packer:
         entry.ctime_ns = st0.st_ctime_ns
         entry.mode = stat.S_IMODE(st0.st_mode)
         offset = self.begin_member(size)
+        uname, gname = _header_names(entry.uid, entry.gid)
         self.writer.write(
             encode_header(
                 member_name(entry.path),
@@ -413,6 +421,8 @@ class _Packer:
                 gid=entry.gid,
                 xattrs=entry.xattrs,
                 names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
         )
         hasher = Hasher()
@@ -462,6 +472,7 @@ def _why(exc: OSError | None) -> str:
     return str(exc.strerror or exc) if exc is not None else "unknown error"
 
 
+@functools.lru_cache(maxsize=1024)
 def _owner_names(uid: int, gid: int) -> tuple[str, str]:
     """The user and group names of *uid* and *gid* on this machine (``""``: none)."""
     try:
@@ -473,6 +484,20 @@ def _owner_names(uid: int, gid: int) -> tuple[str, str]:
     except (KeyError, OverflowError):
         group = ""
     return user, group
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_names(uid: int, gid: int) -> tuple[bytes, bytes]:
+    """The owner names for the ustar ``uname``/``gname`` fields: both, or neither.
+
+    A name that is not ASCII or longer than the field's 32 bytes (rare) leaves both out:
+    a reader then restores the ids, and the pair stays what the TOC's names say.
+    """
+    user, group = _owner_names(uid, gid)
+    both = user + group
+    if not both.isascii() or "\0" in both or len(user) > 32 or len(group) > 32:
+        return b"", b""
+    return user.encode(), group.encode()
 
 
 def _read_all(fd: int, limit: int) -> bytes:
