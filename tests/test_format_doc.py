@@ -57,3 +57,11 @@ def test_new_limits() -> None:
     assert _mib(rows["MAX_TOC_HEADER_BYTES"]) == fmt.MAX_TOC_HEADER_BYTES
     assert _mib(rows["MAX_TOC_BLOCK_BYTES"]) == fmt.MAX_TOC_BLOCK_BYTES
     assert int(rows["MAX_FRAMES"]) == fmt.MAX_FRAMES
+
+
+def test_xattr_limits() -> None:
+    rows = dict(re.findall(r"^\| `(MAX_[A-Z_]+)` \| ([^|]+?) \|$", DOC, re.M))
+    assert int(rows["MAX_XATTR_NAME_BYTES"]) == fmt.MAX_XATTR_NAME_BYTES
+    assert _mib(rows["MAX_XATTR_BYTES"]) == fmt.MAX_XATTR_BYTES
+    assert f"`MAX_XATTR_NAME_BYTES`\n  ({fmt.MAX_XATTR_NAME_BYTES})" in DOC
+    assert f"`MAX_XATTR_BYTES` ({fmt.MAX_XATTR_BYTES // 1024} KiB)" in DOC

@@ -8,12 +8,17 @@ import os
 import subprocess
 import tarfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 
 import oxbak
+from test_xattrs import ROOT, all_xattrs, fs, make_tree
+from toc_builders import V2, build_v2, digest
 from treeutil import Node, build, snapshot
+
+__all__ = ["fs"]  # a fixture, used by name
 
 pytestmark = pytest.mark.tools("tar", "zstd")
 
@@ -158,3 +163,149 @@ def _toc_offset(archive: Path, rel: bytes) -> int:
         record = source.find(rel)  # type: ignore[attr-defined]
         assert record is not None
         return int(record.offset)
+
+
+# ==================================================== extended attributes and ACLs
+
+
+@pytest.fixture
+def xattr_tree(fs: Path) -> tuple[Path, Path]:
+    """A tree with attributes and ACLs (test_xattrs.make_tree) and its archive."""
+    src = fs / "src"
+    src.mkdir()
+    make_tree(src)
+    archive = fs / "a.oxbak"
+    oxbak.pack(src, archive)
+    return src, archive
+
+
+def test_gnu_tar_restores_the_xattrs_and_acls_oxbak_stored(xattr_tree: tuple[Path, Path]) -> None:
+    src, archive = xattr_tree
+    out = archive.parent / "gnu"
+    out.mkdir()
+    proc = subprocess.run(
+        ["tar", "--zstd", "--xattrs", "--xattrs-include=*", "-xf", str(archive), "-C", str(out)],
+        capture_output=True,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr == b""
+    assert all_xattrs(out / "tree") == all_xattrs(src)
+
+
+@pytest.mark.tools("bsdtar")
+def test_bsdtar_restores_the_xattrs_and_acls_oxbak_stored(xattr_tree: tuple[Path, Path]) -> None:
+    src, archive = xattr_tree
+    out = archive.parent / "bsd"
+    out.mkdir()
+    proc = subprocess.run(["bsdtar", "-xf", str(archive), "-C", str(out)], capture_output=True)
+    assert proc.returncode == 0, proc.stderr
+    expected = all_xattrs(src)
+    # bsdtar takes a SCHILY.xattr key as the name without undoing GNU tar's escapes of
+    # '%' and '=' (it does for its own LIBARCHIVE.xattr records), the one difference.
+    attrs = expected["f.txt"][1]
+    attrs["user.bin%3D%25x"] = attrs.pop("user.bin=%x")
+    # Its ACLs come from the SCHILY.acl text records, the attributes from SCHILY.xattr.
+    assert all_xattrs(out / "tree") == expected
+
+
+def _members(tar: bytes) -> list[bytes]:
+    """A tar stream cut into members: each with its pax header, data and padding."""
+    out: list[bytes] = []
+    pos = start = 0
+    while tar[pos : pos + 512].strip(b"\0"):
+        size = int(tar[pos + 124 : pos + 136].strip(b"\0 ") or b"0", 8)
+        typeflag = tar[pos + 156 : pos + 157]
+        pos += 512 + size + -size % 512
+        if typeflag != b"x":
+            out.append(tar[start:pos])
+            start = pos
+    return out
+
+
+def _pax_records(data: bytes) -> dict[bytes, bytes]:
+    records: dict[bytes, bytes] = {}
+    while data:
+        length, _, rest = data.partition(b" ")
+        record, data = data[: int(length)], data[int(length) :]
+        key, _, value = record[len(length) + 1 : -1].partition(b"=")
+        records[key] = value
+    return records
+
+
+def _record_of(raw: bytes, offset: int) -> dict[str, Any]:
+    """The TOC record of one member GNU tar wrote (FORMAT.md §5), read from its bytes."""
+    pax: dict[bytes, bytes] = {}
+    if raw[156:157] == b"x":
+        size = int(raw[124:136].strip(b"\0 "), 8)
+        pax = _pax_records(raw[512 : 512 + size])
+        raw = raw[512 + size + -size % 512 :]
+    name = raw[:100].rstrip(b"\0")
+    kind = {b"0": "file", b"5": "dir", b"2": "symlink"}[raw[156:157]]
+    size = int(raw[124:136].strip(b"\0 "), 8)
+    data = raw[512 : 512 + size]
+    target = raw[157:257].rstrip(b"\0")
+    sec, _, frac = pax[b"mtime"].partition(b".")
+    xattrs = sorted(
+        (k[len(b"SCHILY.xattr.") :].replace(b"%3D", b"=").replace(b"%25", b"%"), v)
+        for k, v in pax.items()
+        if k.startswith(b"SCHILY.xattr.")
+    )
+    return {
+        "path": name[len(b"tree/") :].rstrip(b"/"),
+        "kind": kind,
+        "mode": int(raw[100:108].strip(b"\0 "), 8),
+        "uid": 0, "gid": 0, "user": "root", "group": "root",
+        "size": size,
+        "mtime": int(sec) * 10**9 + int(frac.ljust(9, b"0")),
+        "ctime": 0, "ino": 0,
+        "target": target,
+        "digest": digest(data if kind == "file" else target) if kind != "dir" else bytes(32),
+        "flags": 0,
+        "offset": offset,
+        "xattrs": xattrs,
+    }  # fmt: skip
+
+
+def test_oxbak_restores_the_xattrs_and_acls_gnu_tar_stored(fs: Path) -> None:
+    """GNU tar's members, with its records for attributes and ACLs, in an oxbak archive.
+
+    oxbak reads only its own layout (manifest first, TOC last), so GNU tar's tree members
+    are laid out in it by tests/toc_builders.py, each verbatim, with a TOC describing them.
+    """
+    if not ROOT:
+        pytest.skip("the tree has trusted.* attributes only root can set")
+    work = fs / "work"
+    (work / "tree").mkdir(parents=True)
+    make_tree(work / "tree")
+    tar = subprocess.run(
+        ["tar", "--xattrs", "--xattrs-include=*", "--format=pax", "--sort=name", "-C",
+         str(work), "-cf", "-", "tree"],
+        capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    raws = _members(tar)
+
+    assert len(raws) == 7  # tree/, d/, d/plain.txt, d/sub/, f.txt, link, ro.txt
+
+    def manifest(m: dict[str, Any], v2: V2) -> dict[str, Any]:
+        m["totals"] = {"files": 3, "hardlinks": 0, "directories": 3, "symlinks": 1,
+                       "bytes": 5 + 17 + 10}  # fmt: skip
+        return m
+
+    def records(_: list[dict[str, Any]], v2: V2) -> list[dict[str, Any]]:
+        out, at = [], v2.manifest_size
+        for raw in raws:
+            out.append(_record_of(raw, at))
+            at += len(raw)
+        return out
+
+    def columns(value: tuple[int, dict[str, Any]], v2: V2) -> tuple[int, dict[str, Any]]:
+        number, cols = value
+        found = {i: r["xattrs"] for i, r in enumerate(v2.records) if r["xattrs"]}
+        return number, {**cols, "xattrs": found}
+
+    v2 = build_v2([], members=lambda _, v2: list(raws), manifest=manifest, records=records,
+                  columns=columns)  # fmt: skip
+    (fs / "gnu.oxbak").write_bytes(v2.data)
+    assert oxbak.verify(fs / "gnu.oxbak").ok, oxbak.verify(fs / "gnu.oxbak").problems
+    oxbak.unpack(fs / "gnu.oxbak", fs / "dest")
+    assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")

@@ -29,6 +29,7 @@ from .paths import display
 if TYPE_CHECKING:
     from .commit import Mode
     from .manifest import Manifest
+    from .owners import OwnerMode
     from .restore import EntryInfo
     from .toc import TocHeader
 
@@ -321,6 +322,12 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="Leave out the contents of directories holding a CACHEDIR.TAG (but the tag).",
 )
 @click.option(
+    "--no-xattrs",
+    "no_xattrs",
+    is_flag=True,
+    help="Leave out extended attributes and ACLs (stored by default).",
+)
+@click.option(
     "--mode",
     "mode",
     default="0600",
@@ -341,6 +348,7 @@ def pack_cmd(
     force: bool,
     one_file_system: bool,
     exclude_caches: bool,
+    no_xattrs: bool,
     mode: int,
     as_json: bool,
 ) -> None:
@@ -377,6 +385,7 @@ def pack_cmd(
             mode=mode,
             one_file_system=one_file_system,
             exclude_caches=exclude_caches,
+            xattrs=not no_xattrs,
             progress=progress,
         )
     if to_stdout:
@@ -426,7 +435,21 @@ def pack_cmd(
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
 @click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
-@click.option("--same-owner", is_flag=True, help="Restore file ownership (only as root).")
+@click.option(
+    "--same-owner",
+    is_flag=True,
+    help="Restore ownership, by user and group name (the default as root).",
+)
+@click.option(
+    "--numeric-owner",
+    is_flag=True,
+    help="Restore ownership by the stored uid and gid, ignoring the names.",
+)
+@click.option(
+    "--no-same-owner",
+    is_flag=True,
+    help="Do not restore ownership: everything belongs to the current user.",
+)
 @click.option(
     "--allow-external-symlinks",
     is_flag=True,
@@ -447,6 +470,13 @@ def pack_cmd(
     help="Leave out matching entries (repeatable), as `pack --exclude`.",
 )
 @_exclude_from
+@click.option(
+    "--no-xattrs",
+    "no_xattrs",
+    is_flag=True,
+    help="Do not restore extended attributes and ACLs (restored by default where DEST's "
+    "filesystem takes them).",
+)
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 def unpack_cmd(
@@ -455,10 +485,13 @@ def unpack_cmd(
     replace: bool,
     merge: bool,
     same_owner: bool,
+    numeric_owner: bool,
+    no_same_owner: bool,
     allow_external_symlinks: bool,
     only: tuple[str, ...],
     excludes: tuple[str, ...],
     excludes_from: tuple[str, ...],
+    no_xattrs: bool,
     threads: int,
     as_json: bool,
 ) -> None:
@@ -484,17 +517,22 @@ def unpack_cmd(
     if replace and merge:
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
+    if no_same_owner and (same_owner or numeric_owner):
+        raise click.UsageError("--no-same-owner cannot be combined with --same-owner or "
+                               "--numeric-owner")
+    owner: OwnerMode = "none" if no_same_owner else "numeric" if numeric_owner else "name"
     started = time.monotonic()
     with _progress("unpacking", True) as progress:
         result = unpack(
             archive,
             dest,
             mode=mode,
-            same_owner=same_owner,
+            owner=owner,
             allow_external_symlinks=allow_external_symlinks,
             only=only,
             excludes=excludes + excludes_from,
             threads=threads,
+            xattrs=not no_xattrs,
             progress=progress,
         )
     seconds = time.monotonic() - started

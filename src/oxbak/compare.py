@@ -24,9 +24,11 @@ What is compared, entry by entry:
   mtime and content belong to that first path, a file on both sides, and are compared
   there, so a hardlink differs only by what it is linked to.
 
-Not compared: ownership (uid, gid, owner names): an archive unpacked without
-``--same-owner`` belongs to whoever unpacked it, so owners would differ everywhere; nor
-ctime, inode numbers, access times. Sockets, FIFOs and devices in the directory are left
+Not compared: ownership (uid, gid, owner names): an archive unpacked by another user than
+root belongs to whoever unpacked it, so owners would differ everywhere; extended
+attributes and ACLs (the archive's may be partly unrestorable where it is unpacked: a
+filesystem without them, ``trusted.*`` without root); nor ctime, inode numbers, access
+times. Sockets, FIFOs and devices in the directory are left
 out, as ``pack`` leaves them out.
 
 Where the archive's digests come from. A seekable version-2 archive read from a file has
@@ -63,6 +65,7 @@ from .restore import Selection, _run, list_entries
 from .scan import Entry, scan_tree
 from .source import ArchiveSource, TocSource, open_source
 from .staging import HashOnly
+from .xattrs import Xattrs
 
 __all__ = ["Change", "Stat", "Status", "diff"]
 
@@ -160,7 +163,7 @@ def diff(
         missing = _missing_paths(source, select)
     if start is not None and not isinstance(archive, (str, os.PathLike)):
         archive.seek(start)  # list_entries reads this file object again from there
-    join = _Join(root, scan_tree(directory, excludes), content, missing)
+    join = _Join(root, scan_tree(directory, excludes, xattrs=False), content, missing)
     push = join.push
     for e in list_entries(archive):
         if select is None or select(e.path):
@@ -350,7 +353,9 @@ class _Sink(HashOnly):
         self.join = join
         self.changes: list[Change] = []
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Join a directory."""
         self.changes += self.join.push(path, "dir", mode, 0, mtime_ns, b"", b"")
 
@@ -362,6 +367,7 @@ class _Sink(HashOnly):
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Hash a file's chunks, join it, return its digest."""
         hasher = Hasher()
@@ -377,7 +383,9 @@ class _Sink(HashOnly):
         """Join a hardlink (its inode's mode and mtime are compared at its target)."""
         self.changes += self.join.push(path, "hardlink", 0, 0, 0, target, b"")
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Join a symlink (its mode is not compared)."""
         self.changes += self.join.push(path, "symlink", 0o777, 0, mtime_ns, target, b"")
 
@@ -391,7 +399,7 @@ def _streamed(
 ) -> Iterator[Change]:
     """The changes against an archive read front to back, once it has been checked."""
     root = os.fsencode(directory)
-    join = _Join(root, scan_tree(directory, excludes), content, frozenset())
+    join = _Join(root, scan_tree(directory, excludes, xattrs=False), content, frozenset())
     sink = _Sink(join)
     problems: list[str] = []
     _, _, flagged = _run(source, sink, problems, None, select)

@@ -64,6 +64,11 @@ MAX_TOC_HEADER_BYTES: Final = 16 * 1024 * 1024
 MAX_TOC_BLOCK_BYTES: Final = 16 * 1024 * 1024
 MAX_PATH_BYTES: Final = 4096
 MAX_NAME_BYTES: Final = 255
+#: Extended attributes of one entry: a name is at most this long (Linux's XATTR_NAME_MAX)…
+MAX_XATTR_NAME_BYTES: Final = 255
+#: … and its ``SCHILY.xattr.*`` pax records take at most this many bytes, so that with a
+#: path and a link target of 4 KiB each they always fit one pax header (MAX_PAX_BYTES).
+MAX_XATTR_BYTES: Final = 48 * 1024
 
 #: Files up to this size are read whole, checked and retried until consistent.
 SMALL_FILE_MAX: Final = 8 * 1024 * 1024

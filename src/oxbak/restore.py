@@ -37,6 +37,7 @@ from .errors import (
 )
 from .locations import Archive
 from .manifest import Index, Manifest, Totals, sections
+from .owners import OwnerMode, Owners
 from .paths import (
     check_path,
     display,
@@ -58,6 +59,7 @@ from .source import (
 from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 from .toc import DIR, KIND_NAMES, MISSING, Record
+from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
 _PREFIX = fmt.TREE_PREFIX.encode() + b"/"
@@ -387,8 +389,13 @@ def _run(
     problems: list[str],
     progress: Progress | None,
     select: Selection | None = None,
+    owners: Owners | None = None,
 ) -> tuple[Manifest, _Seen, list[Record]]:
-    """The one loop. Raises on structural faults; appends content mismatches to *problems*."""
+    """The one loop. Raises on structural faults; appends content mismatches to *problems*.
+
+    *owners* maps each entry's owner to this machine's ids (unpack); without, the ids are
+    handed to *dest* as stored.
+    """
     manifest = source.manifest
     seen = _Seen()
     rules = _Rules(manifest, seen)
@@ -415,9 +422,12 @@ def _run(
             read(header)  # from a TOC: the member at the record's offset must be this one
         if wanted and select is not None:
             select.note(kind, header.size)
+        uid, gid = header.uid, header.gid
+        if owners is not None and wanted and kind != "hardlink":
+            uid, gid = owners.ids(rel, uid, gid, header.uname, header.gname)
         if kind == "dir":
             if wanted:
-                dest.directory(rel, header.mode, header.mtime_ns, header.uid, header.gid)
+                dest.directory(rel, header.mode, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
             continue
         if kind == "file":
@@ -426,7 +436,13 @@ def _run(
                 digest = _NO_DIGEST
             else:
                 digest = sink.file(
-                    rel, header.mode, header.mtime_ns, header.uid, header.gid, read(header)
+                    rel,
+                    header.mode,
+                    header.mtime_ns,
+                    uid,
+                    gid,
+                    read(header),
+                    header.xattrs,
                 )
                 if record is not None and digest != record.digest:
                     problems.append(
@@ -455,7 +471,7 @@ def _run(
         else:
             if wanted:
                 seen.links[rel] = target
-                dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
+                dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
     final, records = source.final()
@@ -518,7 +534,11 @@ def _check_index(
             )
         if kind != "dir" and digest != record.digest:
             problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
-        if record.meta and hash(record_key(record)) != meta:
+        if (
+            record.meta
+            and hash(record_key(record)) != meta
+            and hash(record_key(record, names=True)) != meta
+        ):
             problems.append(
                 f"table of contents disagrees with the member of {shown(rel)!r} (mode, owner, "
                 f"mtime, link target or offset)"
@@ -611,11 +631,13 @@ def unpack(
     dest: str | os.PathLike[str],
     *,
     mode: Mode = "new",
-    same_owner: bool = False,
+    owner: OwnerMode = "name",
+    same_owner: bool | None = None,
     allow_external_symlinks: bool = False,
     only: Sequence[str | bytes] = (),
     excludes: Sequence[str] = (),
     threads: int = 0,
+    xattrs: bool = True,
     progress: Progress | None = None,
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
@@ -629,17 +651,29 @@ def unpack(
       deleted only after the new one is durable.
     - ``"merge"``: the archive's entries replace same-named ones in *dest*, one rename each.
 
+    :param owner: whose the restored entries are, when running as root: ``"name"`` (the
+        default, as tar does) gives each the owner of its stored user and group names on
+        this machine, or its stored ids where a name is unknown or not stored;
+        ``"numeric"`` the stored ids; ``"none"`` leaves them to the current user. Anyone
+        but root cannot give files away: then nothing is changed, and one warning says
+        so if the archive's owners are not the current user.
+    :param same_owner: the older form: False is ``owner="none"``.
+
     :param only: restore just these paths (relative to the tree root; a directory with
         everything under it), with the directories leading to them and the targets of
         their hardlinks. From a seekable archive only the frames holding them are read;
         from a stream everything is read and checked, and only they are written.
     :param excludes: leave out entries matching these patterns (as ``pack --exclude``).
     :param threads: threads decompressing a seekable archive (0: one per CPU).
+    :param xattrs: restore extended attributes and POSIX ACLs where DEST's filesystem
+        takes them (``trusted.*`` and ``security.*`` only as root); what cannot be set is
+        named in warnings, and the restore goes on.
     :raises ArchiveError: the archive is damaged or unsafe (nothing was changed).
     :raises DestinationError: *dest* cannot take it (nothing was changed).
     """
     if mode not in ("new", "replace", "merge"):
         raise OxbakError(f"unknown unpack mode {mode!r}")
+    owners = Owners("none" if same_owner is False else owner)
     select = None
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
@@ -649,11 +683,13 @@ def unpack(
         manifest = source.manifest
         if select is not None and isinstance(source, TocSource):
             select.pull_in_targets(source)
-        staging = StagingDir(dest, mode=mode, same_owner=same_owner)
+        staging = StagingDir(dest, mode=mode, same_owner=owners.chown, xattrs=xattrs)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
-            manifest, seen, flagged = _run(source, staging, problems, progress, select)
+            manifest, seen, flagged = _run(
+                source, staging, problems, progress, select, owners
+            )
             if problems:
                 raise IntegrityError(problems)
             if select is not None and select.missed():
@@ -673,7 +709,7 @@ def unpack(
                     )
             _check_links(seen.links, staging, allow_external_symlinks)
             staging.finish()
-            for warning in staging.commit():
+            for warning in staging.commit() + staging.xattrs.warnings() + owners.warnings():
                 logger.warning("%s", warning)
         except OSError as exc:
             staging.abort()
@@ -773,6 +809,8 @@ def _list_stream(
             target,
             header.uid,
             header.gid,
+            header.uname,
+            header.gname,
         )
 
 
@@ -869,13 +907,16 @@ class _CatSink(HashOnly):
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         if path != self.path:
             return super().file(path, mode, mtime_ns, uid, gid, chunks)
         self.kind = "file"
         return self.held.feed(chunks)
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         if path == self.path:
             self.kind = "dir"
 
@@ -883,7 +924,9 @@ class _CatSink(HashOnly):
         if path == self.path:
             self.kind = "hardlink"
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         if path == self.path:
             self.kind = "symlink"
 

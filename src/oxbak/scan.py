@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import stat
 from array import array
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+from . import format as fmt
 from .errors import SourceError
 from .format import EntryType
 from .manifest import Totals
 from .paths import display, sort_key
 from .patterns import Excludes
+from .xattrs import Xattrs, encoded_size
+from .xattrs import read as read_xattrs
 
 __all__ = ["Entry", "Scan", "scan_tree"]
+
+logger = logging.getLogger("oxbak")
 
 
 @dataclass(slots=True)
@@ -31,6 +37,7 @@ class Entry:
     uid: int
     gid: int
     target: bytes = b""  # symlink target, or a hardlink's first path
+    xattrs: Xattrs = ()  # extended attributes (none for a hardlink: its file has them)
 
 
 _KIND_NAMES: tuple[EntryType, ...] = ("file", "dir", "symlink", "hardlink")
@@ -60,26 +67,33 @@ class Scan:
         self.uids = array("I")
         self.gids = array("I")
         self.targets: list[bytes] = []
+        #: Extended attributes by entry number: most entries have none.
+        self.xattrs: dict[int, Xattrs] = {}
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def __iter__(self) -> Iterator[Entry]:
         names = _KIND_NAMES
-        for path, kind, mode, size, mtime, ctime, ino, uid, gid, target in zip(
-            self.paths,
-            self.kinds,
-            self.modes,
-            self.sizes,
-            self.mtimes,
-            self.ctimes,
-            self.inos,
-            self.uids,
-            self.gids,
-            self.targets,
-            strict=True,
+        xattrs = self.xattrs.get
+        for n, (path, kind, mode, size, mtime, ctime, ino, uid, gid, target) in enumerate(
+            zip(
+                self.paths,
+                self.kinds,
+                self.modes,
+                self.sizes,
+                self.mtimes,
+                self.ctimes,
+                self.inos,
+                self.uids,
+                self.gids,
+                self.targets,
+                strict=True,
+            )
         ):
-            yield Entry(path, names[kind], mode, size, mtime, ctime, ino, uid, gid, target)
+            yield Entry(
+                path, names[kind], mode, size, mtime, ctime, ino, uid, gid, target, xattrs(n, ())
+            )
 
     def add(self, path: bytes, kind: int, st: os.stat_result, target: bytes = b"") -> None:
         """Append one entry (its size counts only for a file)."""
@@ -99,6 +113,38 @@ class Scan:
         self.uids.append(st.st_uid)
         self.gids.append(st.st_gid)
         self.targets.append(target)
+
+    def read_xattrs(self, path: bytes) -> None:
+        """Read the extended attributes of the entry just added, at *path* on disk.
+
+        One that cannot be read, or takes more than the format allows, is named in a
+        warning, and the entry is packed without them: the pack goes on.
+        """
+        rel = self.paths[-1]
+        try:
+            found, left_out = read_xattrs(path)
+        except OSError as exc:
+            logger.warning(
+                "cannot read the extended attributes of %r (%s); packed without them",
+                display(rel) if rel else ".",
+                exc.strerror or exc,
+            )
+            return
+        for name in left_out:
+            logger.warning(
+                "extended attribute %r of %r not stored: oxbak stores user.*, trusted.*, "
+                "security.* and POSIX ACLs only",
+                display(name),
+                display(rel) if rel else ".",
+            )
+        if found and encoded_size(found) > fmt.MAX_XATTR_BYTES:
+            logger.warning(
+                "the extended attributes of %r take more than %d bytes; packed without them",
+                display(rel) if rel else ".",
+                fmt.MAX_XATTR_BYTES,
+            )
+        elif found:
+            self.xattrs[len(self.paths) - 1] = found
 
     def totals(self) -> Totals:
         """What the scan found, counted as the manifest counts it."""
@@ -142,6 +188,7 @@ def scan_tree(
     *,
     one_file_system: bool = False,
     exclude_caches: bool = False,
+    xattrs: bool = True,
 ) -> Scan:
     """Walk *root* depth-first with siblings sorted by name bytes (the archive's order).
 
@@ -151,7 +198,8 @@ def scan_tree(
     With *one_file_system*, a directory on another filesystem (a mount point under
     *root*) is kept, empty, and not entered, as ``tar --one-file-system`` does. With
     *exclude_caches*, a directory holding a valid ``CACHEDIR.TAG`` keeps only that file,
-    as ``tar --exclude-caches`` does (https://bford.info/cachedir/).
+    as ``tar --exclude-caches`` does (https://bford.info/cachedir/). With *xattrs*, the
+    extended attributes (ACLs included) of every file, directory and symlink are read too.
 
     :raises SourceError: if *root* is not a readable directory, or a subdirectory cannot
         be listed.
@@ -166,6 +214,8 @@ def scan_tree(
         raise SourceError(f"cannot pack {display(root_b)!r}: not a directory")
     result = Scan(root_b)
     result.add(b"", _DIR, st)
+    if xattrs:
+        result.read_xattrs(root_b)
     root_dev = st.st_dev
     add = result.add
     skipped = result.skipped
@@ -197,8 +247,12 @@ def scan_tree(
                         add(child, _HARDLINK, st, first)
                         continue
                 add(child, _FILE, st)
+                if xattrs:
+                    result.read_xattrs(root_b + b"/" + child)
             elif kind == _DIR:
                 add(child, _DIR, st)
+                if xattrs:
+                    result.read_xattrs(root_b + b"/" + child)
                 if one_file_system and st.st_dev != root_dev:
                     continue  # a mount point: kept, not entered
                 names_of = _sorted_names(root_b, child)
@@ -214,6 +268,8 @@ def scan_tree(
                         f"cannot read symlink {display(child)!r}: {exc.strerror}"
                     ) from exc
                 add(child, _SYMLINK, st, target)
+                if xattrs:
+                    result.read_xattrs(root_b + b"/" + child)
             else:
                 skipped.append(child)
         else:

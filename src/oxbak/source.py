@@ -45,6 +45,7 @@ from .toc import (
     record_at,
     records_of,
 )
+from .xattrs import Xattrs
 
 __all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
 
@@ -283,6 +284,9 @@ def header_of(record: Record) -> Header:
         record.mtime_ns,
         link,
         record.offset,
+        record.xattrs if kind != "hardlink" else (),
+        record.user,
+        record.group,
     )
 
 
@@ -300,29 +304,56 @@ def same_member(found: Header, expected: Header) -> bool:
         and found.uid == expected.uid
         and found.gid == expected.gid
         and found.linkname == expected.linkname
+        and found.xattrs == expected.xattrs
+        # Owner names: archives of earlier writers have none in their members.
+        and (
+            not (found.uname or found.gname)
+            or (found.uname, found.gname) == (expected.uname, expected.gname)
+        )
     )
 
 
 def metadata_key(header: Header, target: bytes) -> bytes:
     """What a TOC record must agree on with its member besides path, type and size."""
-    return b"%d %d %d %d %d " % (
+    key = b"%d %d %d %d %d " % (
         header.mode & 0o7777,
         header.uid,
         header.gid,
         header.mtime_ns,
         header.offset,
     ) + target
+    if header.uname or header.gname:
+        key += _names_key(header.uname, header.gname)
+    return key + _xattrs_key(header.xattrs) if header.xattrs else key
 
 
-def record_key(record: Record) -> bytes:
-    """:func:`metadata_key` of the member *record* describes."""
-    return b"%d %d %d %d %d " % (
+def record_key(record: Record, names: bool = False) -> bytes:
+    """:func:`metadata_key` of the member *record* describes.
+
+    With *names*, of a member that carries owner names (archives of earlier writers have
+    none: either key is the member's).
+    """
+    key = b"%d %d %d %d %d " % (
         record.mode,
         record.uid,
         record.gid,
         record.mtime_ns,
         record.offset,
     ) + (record.target if record.kind in ("symlink", "hardlink") else b"")
+    if names:
+        key += _names_key(record.user, record.group)
+    return key + _xattrs_key(record.xattrs) if record.xattrs else key
+
+
+def _names_key(user: str, group: str) -> bytes:
+    return b"\0\0" + user.encode("utf-8", "surrogateescape") + b"\0" + group.encode(
+        "utf-8", "surrogateescape"
+    )
+
+
+def _xattrs_key(xattrs: Xattrs) -> bytes:
+    # Length-prefixed, after a NUL no target holds: no two sets share a key.
+    return b"\0" + b"".join(b"%d %s%d %s" % (len(n), n, len(v), v) for n, v in xattrs)
 
 
 def _check_trailer(walker: FrameWalker, toc_offset: int, toc_size: int) -> None:

@@ -36,6 +36,7 @@ from .commit import TREE, Mode, abandon, clean_up, plan, put_in_place, recover
 from .digest import Hasher
 from .errors import DestinationError, LimitExceededError
 from .paths import display, shown
+from .xattrs import Applier, Xattrs
 
 __all__ = ["Destination", "HashOnly", "Mode", "StagingDir"]
 
@@ -47,8 +48,10 @@ _WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEX
 class Destination(Protocol):
     """The sink of the unpack loop. Paths are relative to the tree root; ``b""`` is it."""
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
-        """Create a directory (its mode and mtime are applied at :meth:`finish`)."""
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
+        """Create a directory (its mode, mtime and attributes are applied at :meth:`finish`)."""
 
     def file(
         self,
@@ -58,13 +61,16 @@ class Destination(Protocol):
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Write a file from *chunks*; return the digest of what was written."""
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link *path* to the earlier file *target*."""
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Record a symlink; it is created at :meth:`finish`, after everything else."""
 
     def finish(self) -> None:
@@ -74,7 +80,9 @@ class Destination(Protocol):
 class HashOnly:
     """A destination that writes nothing and only hashes: the sink of ``verify``."""
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Nothing to create."""
 
     def file(
@@ -85,6 +93,7 @@ class HashOnly:
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Hash *chunks*."""
         hasher = Hasher()
@@ -95,7 +104,9 @@ class HashOnly:
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Nothing to create."""
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Nothing to create."""
 
     def finish(self) -> None:
@@ -110,12 +121,16 @@ class StagingDir:
     staging area of a running unpack.
     """
 
-    def __init__(self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool) -> None:
+    def __init__(
+        self, dest: str | os.PathLike[str], *, mode: Mode, same_owner: bool, xattrs: bool = True
+    ) -> None:
+        # same_owner: chown each entry to the ids the loop hands over (oxbak.owners).
         recover(dest)
         self.plan = plan(dest, mode)
         self.dest = self.plan.dest
         self.mode = mode
         self.same_owner = same_owner and os.geteuid() == 0
+        self.xattrs = Applier(xattrs)
         self.parent = self.plan.workdir
         try:
             import tempfile
@@ -145,8 +160,8 @@ class StagingDir:
             raise DestinationError(
                 f"cannot lock the staging directory in {self.parent!r}: {exc.strerror}"
             ) from exc
-        self._dirs: list[tuple[bytes, int, int, int, int]] = []
-        self._links: list[tuple[bytes, bytes, int, int, int]] = []
+        self._dirs: list[tuple[bytes, int, int, int, int, Xattrs]] = []
+        self._links: list[tuple[bytes, bytes, int, int, int, Xattrs]] = []
         self._umask = current_umask()
         self.committed = False
 
@@ -161,11 +176,16 @@ class StagingDir:
             )
         return path
 
-    def directory(self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int) -> None:
-        """Create the directory privately; its mode and mtime are applied at the end."""
+    def directory(
+        self, path: bytes, mode: int, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
+        """Create the directory privately; its mode, mtime and attributes come at the end.
+
+        (A default ACL set now would be inherited by everything created in it.)
+        """
         if path:
             os.mkdir(self._path(path), 0o700)
-        self._dirs.append((path, mode, mtime_ns, uid, gid))
+        self._dirs.append((path, mode, mtime_ns, uid, gid, xattrs))
 
     def file(
         self,
@@ -175,11 +195,13 @@ class StagingDir:
         uid: int,
         gid: int,
         chunks: Iterable[memoryview],
+        xattrs: Xattrs = (),
     ) -> bytes:
         """Create the file exclusively, write and hash *chunks*, set mode and mtime."""
         target = self._path(path)
         perm = mode & 0o1777  # setuid and setgid never survive a restore
-        fd = os.open(target, _WRITE_FLAGS, perm)
+        # Writable by its owner until its attributes are on (user.* needs it without root).
+        fd = os.open(target, _WRITE_FLAGS, perm | 0o200 if xattrs else perm)
         try:
             hasher = Hasher()
             offset = flushed = 0
@@ -194,9 +216,13 @@ class StagingDir:
                     start_writeback(fd, flushed, offset - flushed)
                     flushed = offset
             if self.same_owner:
-                os.fchown(fd, uid, gid)
-            if perm & self._umask or self.same_owner:
+                os.fchown(fd, uid, gid)  # before the attributes: it clears security.capability
+            if xattrs:
+                self.xattrs.plain(fd, path, xattrs)
+            if perm & self._umask or self.same_owner or xattrs:
                 os.fchmod(fd, perm)
+            if xattrs:
+                self.xattrs.acls(fd, path, xattrs)  # after chmod, which rewrites an ACL's mask
             os.utime(fd, ns=(mtime_ns, mtime_ns))
         finally:
             os.close(fd)
@@ -225,23 +251,31 @@ class StagingDir:
         """Link to an earlier file of this archive (the loop checked that it is one)."""
         os.link(self._path(target), self._path(path), follow_symlinks=False)
 
-    def symlink(self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int) -> None:
+    def symlink(
+        self, path: bytes, target: bytes, mtime_ns: int, uid: int, gid: int, xattrs: Xattrs = ()
+    ) -> None:
         """Defer the symlink to :meth:`finish`."""
-        self._links.append((path, target, mtime_ns, uid, gid))
+        self._links.append((path, target, mtime_ns, uid, gid, xattrs))
 
     def finish(self) -> None:
-        """Create symlinks last, then set directory modes and times, deepest first."""
-        for path, target, mtime_ns, uid, gid in self._links:
+        """Create symlinks last, then set directory modes, attributes and times, deepest first."""
+        for path, target, mtime_ns, uid, gid, xattrs in self._links:
             where = self._path(path)
             os.symlink(target, where)
             if self.same_owner:
                 os.lchown(where, uid, gid)
+            if xattrs:
+                self.xattrs.plain(where, path, xattrs)  # Linux refuses user.* on a symlink
             os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
-        for path, mode, mtime_ns, uid, gid in reversed(self._dirs):
+        for path, mode, mtime_ns, uid, gid, xattrs in reversed(self._dirs):
             where = self._path(path)
             if self.same_owner:
                 os.lchown(where, uid, gid)
+            if xattrs:
+                self.xattrs.plain(where, path, xattrs)
             os.chmod(where, mode & 0o1777, follow_symlinks=False)
+            if xattrs:
+                self.xattrs.acls(where, path, xattrs)
             os.utime(where, ns=(mtime_ns, mtime_ns), follow_symlinks=False)
 
     def ensure_room(self, nbytes: int, entries: int) -> None:

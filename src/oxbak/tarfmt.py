@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from zlib import adler32 as _adler32
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
 from .paths import shown
+from .xattrs import PAX_PREFIX, Xattrs, check, decode_name, pax_records
 
 __all__ = ["Header", "decode_pax", "encode_header", "known_pax_size", "padding", "parse_header"]
 
@@ -36,8 +38,12 @@ _MAX_OCTAL_11 = 8**11
 _MAX_OCTAL_7 = 8**7
 _MAX_SECONDS = 2**63  # what a 64-bit time_t holds
 _MAX_ID = 2**32 - 1  # uid_t and gid_t
+_KNOWN_PAX_KEYS = frozenset(
+    (b"path", b"linkpath", b"size", b"mtime", b"uid", b"gid", b"uname", b"gname", b"hdrcharset")
+)
 _IGNORED_PAX_KEYS = (b"atime", b"ctime", b"comment")
 _IGNORED_PAX_PREFIXES = (b"SCHILY.", b"LIBARCHIVE.")
+_REPEATED = b"\0repeated"  # no record's key holds a NUL: marks a repeated attribute
 
 _TYPE_NAMES = {
     b"3": "character device",
@@ -76,10 +82,20 @@ def _pax_mtime(mtime_ns: int) -> bytes:
     return text.encode()
 
 
-# Everything after the link name is the same in every header oxbak writes: the ustar
-# magic, empty uname/gname (machine-dependent, never stored), zero device numbers.
-_TAIL = b"ustar\x0000" + bytes(64) + b"0000000\x000000000\x00" + bytes(155 + 12)
-_TAIL_SUM = sum(_TAIL) + 8 * 0x20  # plus the checksum field, counted as spaces
+# Everything after the link name: the ustar magic, the owner names, zero device numbers.
+# A tree has few owners, so each pair's tail and its byte sum are built once.
+@functools.lru_cache(maxsize=256)
+def _tail(uname: bytes, gname: bytes) -> tuple[bytes, int]:
+    tail = (
+        b"ustar\x0000"
+        + uname.ljust(32, b"\0")
+        + gname.ljust(32, b"\0")
+        + b"0000000\x000000000\x00"
+        + bytes(155 + 12)
+    )
+    return tail, sum(tail) + 8 * 0x20  # plus the checksum field, counted as spaces
+
+
 _NUL_TO_SPACE = bytes.maketrans(b"\0", b" ")
 _FIELDS = b"%07o\0%07o\0%07o\0%011o\0%011o\0"
 
@@ -93,16 +109,19 @@ def _ustar(
     mtime: int,
     typeflag: bytes,
     linkname: bytes,
+    uname: bytes = b"",
+    gname: bytes = b"",
 ) -> bytes:
     fields = _FIELDS % (mode, uid, gid, size, mtime)
-    checksum = sum(name) + sum(fields) + typeflag[0] + sum(linkname) + _TAIL_SUM
+    tail, tail_sum = _tail(uname, gname)
+    checksum = sum(name) + sum(fields) + typeflag[0] + sum(linkname) + tail_sum
     return b"%s%s%06o\0 %s%s%s" % (
         name.ljust(100, b"\0"),
         fields,
         checksum,
         typeflag,
         linkname.ljust(100, b"\0"),
-        _TAIL,
+        tail,
     )
 
 
@@ -123,15 +142,28 @@ def _known_pax() -> dict[bytes, int]:
     return {_pax_block(n): n for n in range(1, 128)}
 
 
-def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid: int) -> bytes:
+def file_header(
+    name: bytes,
+    mode: int,
+    size: int,
+    mtime_ns: int,
+    uid: int,
+    gid: int,
+    xattrs: Xattrs = (),
+    names: Callable[[int, int], tuple[str, str]] | None = None,
+    uname: bytes = b"",
+    gname: bytes = b"",
+) -> bytes:
     """:func:`encode_header` for a regular file, with a fast path for the common shape.
 
-    The common shape is an ASCII name of at most 100 bytes, a size under 8 GiB, small ids
-    and a non-negative mtime: one cached pax block carrying the exact mtime, then ustar.
+    The common shape is an ASCII name of at most 100 bytes, a size under 8 GiB, small ids,
+    a non-negative mtime and no extended attributes: one cached pax block carrying the
+    exact mtime, then ustar.
     """
     sec, frac = divmod(mtime_ns, 1_000_000_000)
     if (
-        len(name) > 100
+        xattrs
+        or len(name) > 100
         or not name.isascii()
         or size >= _MAX_OCTAL_11
         or not 0 <= sec < _MAX_OCTAL_11
@@ -139,9 +171,19 @@ def file_header(name: bytes, mode: int, size: int, mtime_ns: int, uid: int, gid:
         or gid >= _MAX_OCTAL_7
     ):
         return encode_header(
-            name, typeflag=REGULAR, mode=mode, size=size, mtime_ns=mtime_ns, uid=uid, gid=gid
+            name,
+            typeflag=REGULAR,
+            mode=mode,
+            size=size,
+            mtime_ns=mtime_ns,
+            uid=uid,
+            gid=gid,
+            xattrs=xattrs,
+            names=names,
+            uname=uname,
+            gname=gname,
         )
-    main = _ustar(name, mode & 0o7777, uid, gid, size, sec, REGULAR, b"")
+    main = _ustar(name, mode & 0o7777, uid, gid, size, sec, REGULAR, b"", uname, gname)
     if not frac:
         return main
     # What _pax_record(b"mtime", ...) gives, built directly: with 0 <= sec < 8**11 the body
@@ -161,8 +203,18 @@ def encode_header(
     uid: int = 0,
     gid: int = 0,
     linkname: bytes = b"",
+    xattrs: Xattrs = (),
+    names: Callable[[int, int], tuple[str, str]] | None = None,
+    uname: bytes = b"",
+    gname: bytes = b"",
 ) -> bytes:
-    """The header block(s) of one member: a pax header first when ustar cannot hold it all."""
+    """The header block(s) of one member: a pax header first when ustar cannot hold it all.
+
+    *uname* and *gname* go into the ustar fields as given (at most 32 bytes each).
+
+    *xattrs* go last, as ``SCHILY.`` records (:func:`oxbak.xattrs.pax_records`); *names*
+    gives the user and group names that an ACL's text form shows.
+    """
     records: list[bytes] = []
     long_name = len(name) > 100 or not name.isascii()
     long_link = len(linkname) > 100 or not linkname.isascii()
@@ -191,11 +243,20 @@ def encode_header(
     if gid >= _MAX_OCTAL_7:
         records.append(_pax_record(b"gid", b"%d" % gid))
         gid = 0
-    main = _ustar(name, mode & 0o7777, uid, gid, size_field, sec, typeflag, linkname)
+    if xattrs:
+        room = fmt.MAX_PAX_BYTES - sum(map(len, records))
+        records += pax_records(xattrs, _pax_record, names or _no_names, room)
+    main = _ustar(
+        name, mode & 0o7777, uid, gid, size_field, sec, typeflag, linkname, uname, gname
+    )
     if not records:
         return main
     data = b"".join(records)
     return _pax_block(len(data)) + data + bytes(padding(len(data))) + main
+
+
+def _no_names(uid: int, gid: int) -> tuple[str, str]:
+    return "", ""
 
 
 @dataclass(slots=True)
@@ -213,6 +274,11 @@ class Header:
     #: Where the member's first header block (its pax header, if any) starts in the tar
     #: stream, when the reader knows it.
     offset: int = 0
+    #: Extended attributes from ``SCHILY.xattr.*`` records, checked and sorted.
+    xattrs: Xattrs = ()
+    #: The owner's names, as the packing machine knew them ("": not stored).
+    uname: str = ""
+    gname: str = ""
 
 
 def _octal(field: bytes, what: str, name: bytes) -> int:
@@ -322,6 +388,9 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
         mtime * 1_000_000_000,
         b"" if block[157:158] == b"\0" else block[157:257].split(b"\0", 1)[0],
     )
+    if block[265] or block[297]:
+        header.uname = _owner_name(block[265:297])
+        header.gname = _owner_name(block[297:329])
     if pax:
         _apply_pax(header, pax)
     if typeflag not in _ALLOWED_TYPES:
@@ -336,6 +405,10 @@ def parse_header(block: bytes, pax: dict[bytes, bytes] | None) -> Header:
     return header
 
 
+def _owner_name(field: bytes) -> str:
+    return field.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+
+
 def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
     """Parse the records of a pax extended header.
 
@@ -348,7 +421,7 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
     records: dict[bytes, bytes] = {}
     pos = 0
     while pos < len(data):
-        if data[pos:].strip(b"\0") == b"":
+        if data[pos] == 0 and data[pos:].strip(b"\0") == b"":
             break
         space = data.find(b" ", pos, pos + 24)
         if space < 0 or not data[pos:space].isdigit():
@@ -360,7 +433,11 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
         key, eq, value = data[space + 1 : end - 1].partition(b"=")
         if not eq or not key:
             raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
-        if key in (b"path", b"linkpath", b"size", b"mtime", b"uid", b"gid", b"hdrcharset"):
+        if key in _KNOWN_PAX_KEYS:
+            records[key] = value
+        elif key.startswith(PAX_PREFIX):
+            if key in records:
+                records[_REPEATED] = key  # refused with the member's name, which comes next
             records[key] = value
         elif key not in _IGNORED_PAX_KEYS and not key.startswith(_IGNORED_PAX_PREFIXES):
             raise UnsafeArchiveError(
@@ -394,6 +471,21 @@ def _apply_pax(header: Header, pax: dict[bytes, bytes]) -> None:
         header.gid = _pax_int(pax[b"gid"], "gid", name)
     if b"mtime" in pax:
         header.mtime_ns = _parse_pax_mtime(pax[b"mtime"], name)
+    if b"uname" in pax:
+        header.uname = _owner_name(pax[b"uname"])
+    if b"gname" in pax:
+        header.gname = _owner_name(pax[b"gname"])
+    if _REPEATED in pax:
+        raise CorruptArchiveError(
+            f"member {shown(name)!r}: its pax header repeats {shown(pax[_REPEATED][:80])!r}"
+        )
+    found = [
+        (decode_name(key[len(PAX_PREFIX) :]), value)
+        for key, value in pax.items()
+        if key.startswith(PAX_PREFIX)
+    ]
+    if found:
+        header.xattrs = check(found, name)
 
 
 def _parse_pax_mtime(value: bytes, name: bytes) -> int:

@@ -25,6 +25,7 @@ from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError
 from .manifest import Index
 from .paths import shown
+from .xattrs import Xattrs, check
 
 __all__ = [
     "BlockRef",
@@ -52,6 +53,7 @@ _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 _MAX_ID = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_I64 = 2**63
+_COLUMNS = 15  # of a block without extended attributes
 
 
 class Footer(msgspec.Struct, kw_only=True):
@@ -87,7 +89,9 @@ class TocBlock(msgspec.Struct, array_like=True):
 
     ``ctimes``, ``inodes`` and ``offsets`` hold each value as its difference from the
     previous record's (the first as is): they mostly grow in small steps, which zstd
-    compresses far better than the values themselves.
+    compresses far better than the values themselves. ``xattrs``, by record number, is
+    left out of a block where no record has any: such a block is encoded as before it
+    existed, and readers that predate it ignore it where it is.
     """
 
     paths: list[bytes]
@@ -105,6 +109,7 @@ class TocBlock(msgspec.Struct, array_like=True):
     digests: bytes
     flags: bytes
     offsets: list[int]
+    xattrs: dict[int, Xattrs] = {}
 
 
 class Record(NamedTuple):
@@ -114,7 +119,8 @@ class Record(NamedTuple):
     symlink's target or a hardlink's target path. ``digest`` is 32 bytes (zeros for a
     directory). ``offset`` is where the member's first header block starts in the tar
     stream (0 for a missing file, and for version-1 records, which carry none).
-    Version-1 records carry no metadata: ``meta`` is false for them. (A named tuple: a
+    Version-1 records carry no metadata: ``meta`` is false for them. ``xattrs`` are the
+    entry's extended attributes, sorted by name. (A named tuple: a
     restore of a subset goes through every record of the TOC, and it is the cheapest.)
     """
 
@@ -135,6 +141,7 @@ class Record(NamedTuple):
     target: bytes = b""
     offset: int = 0
     meta: bool = True
+    xattrs: Xattrs = ()
 
 
 _footer_decoder = msgspec.json.Decoder(Footer)
@@ -280,6 +287,16 @@ def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
         raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
     if block.kinds.translate(None, _KIND_BYTES) or block.flags.translate(None, _FLAG_BYTES):
         raise CorruptArchiveError(f"table of contents block {number}: unknown type or flags")
+    if block.xattrs:
+        checked: dict[int, Xattrs] = {}
+        for i, found in block.xattrs.items():
+            if not 0 <= i < n:
+                raise CorruptArchiveError(
+                    f"table of contents block {number}: extended attributes of record {i}, "
+                    f"which it does not hold"
+                )
+            checked[i] = check(list(found), block.paths[i])
+        block.xattrs = checked
     if MISSING in block.flags or (CHANGED | MISSING) in block.flags:
         for path, code, flags in zip(block.paths, block.kinds, block.flags, strict=True):
             if flags & MISSING and code != FILE[0]:
@@ -314,6 +331,8 @@ def record_at(block: TocBlock, i: int) -> Record:
         block.inodes[i],
         block.targets[i],
         block.offsets[i],
+        True,
+        block.xattrs.get(i, ()),
     )
 
 
@@ -354,6 +373,7 @@ class TocBuilder:
         self._digests = bytearray()
         self._flags = bytearray()
         self._offsets: list[int] = []
+        self._xattrs: dict[int, Xattrs] = {}
         self._name_bytes = 0
 
     def add(
@@ -372,6 +392,7 @@ class TocBuilder:
         flags: int,
         offset: int,
         names: Callable[[int, int], tuple[str, str]],
+        xattrs: Xattrs = (),
         /,
     ) -> None:
         """Add one record (in archive order); *names* gives a uid's and a gid's names.
@@ -394,6 +415,10 @@ class TocBuilder:
         self._flags.append(flags)
         self._offsets.append(offset)
         self._name_bytes += len(path) + len(target)
+        if xattrs:
+            # Counted with the names, so a block stays far below MAX_TOC_BLOCK_BYTES.
+            self._xattrs[len(self._paths) - 1] = xattrs
+            self._name_bytes += sum(len(n) + len(v) for n, v in xattrs)
         if (
             len(self._paths) >= fmt.TOC_BLOCK_ENTRIES
             or self._name_bytes >= fmt.TOC_BLOCK_NAME_BYTES
@@ -420,8 +445,13 @@ class TocBuilder:
             digests=bytes(self._digests),
             flags=bytes(self._flags),
             offsets=_differences(self._offsets),
+            xattrs=self._xattrs,
         )
-        data = _msgpack.encode(block)
+        if self._xattrs:
+            data = _msgpack.encode(block)
+        else:
+            # Without the empty 16th column: the bytes of a block from before it existed.
+            data = _msgpack.encode(msgspec.structs.astuple(block)[:_COLUMNS])
         self._spool.write(data)
         self.refs.append(BlockRef(self._paths[0], self._at, len(data), len(self._paths)))
         self._at += len(data)

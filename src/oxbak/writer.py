@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import errno
+import functools
 import grp
 import logging
 import os
@@ -90,6 +91,7 @@ def pack(
     mode: int = ARCHIVE_MODE,
     one_file_system: bool = False,
     exclude_caches: bool = False,
+    xattrs: bool = True,
     progress: Progress | None = None,
 ) -> PackResult:
     """Pack the directory *source* into one archive.
@@ -106,6 +108,8 @@ def pack(
     :param mode: permission bits of an archive written to a path (0600 by default).
     :param one_file_system: keep directories on other filesystems (mount points), empty.
     :param exclude_caches: of a directory holding a valid ``CACHEDIR.TAG``, keep the tag.
+    :param xattrs: store extended attributes and POSIX ACLs (``user.*``, ``trusted.*``,
+        ``security.*``; one that cannot be read is named in a warning).
     :param progress: called with (bytes done, bytes total) as files are read.
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
@@ -121,7 +125,11 @@ def pack(
         check_absent(output, force=force)  # before the scan: it may take a while
     rules = Excludes(excludes)
     scan = scan_tree(
-        source, rules, one_file_system=one_file_system, exclude_caches=exclude_caches
+        source,
+        rules,
+        one_file_system=one_file_system,
+        exclude_caches=exclude_caches,
+        xattrs=xattrs,
     )
     for pattern in rules.unused():
         logger.warning("exclude pattern %r matched nothing", pattern)
@@ -213,6 +221,7 @@ class _Packer:
             (CHANGED if changed else 0) | (MISSING if missing else 0),
             offset,
             _owner_names,
+            () if missing else entry.xattrs,
         )
 
     def store(self, entry: Entry) -> None:
@@ -234,6 +243,7 @@ class _Packer:
 
     def add_simple(self, entry: Entry) -> None:
         offset = self.begin_member()
+        uname, gname = _header_names(entry.uid, entry.gid)
         if entry.kind == "dir":
             header = encode_header(
                 member_name(entry.path, is_dir=True),
@@ -242,6 +252,10 @@ class _Packer:
                 mtime_ns=entry.mtime_ns,
                 uid=entry.uid,
                 gid=entry.gid,
+                xattrs=entry.xattrs,
+                names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
             digest = b""
         else:
@@ -257,6 +271,10 @@ class _Packer:
                 uid=entry.uid,
                 gid=entry.gid,
                 linkname=link,
+                xattrs=entry.xattrs,
+                names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
             digest = digest_of(entry.target)
         self.writer.write(header)
@@ -326,7 +344,17 @@ class _Packer:
         offset = self.begin_member(size)
         writer = self.writer
         writer.write(
-            file_header(_TREE + entry.path, entry.mode, size, entry.mtime_ns, entry.uid, entry.gid)
+            file_header(
+                _TREE + entry.path,
+                entry.mode,
+                size,
+                entry.mtime_ns,
+                entry.uid,
+                entry.gid,
+                entry.xattrs,
+                _owner_names,
+                *_header_names(entry.uid, entry.gid),
+            )
         )
         if size <= fmt.FRAME_SPLIT:
             writer.write(data)
@@ -381,6 +409,7 @@ class _Packer:
         entry.ctime_ns = st0.st_ctime_ns
         entry.mode = stat.S_IMODE(st0.st_mode)
         offset = self.begin_member(size)
+        uname, gname = _header_names(entry.uid, entry.gid)
         self.writer.write(
             encode_header(
                 member_name(entry.path),
@@ -390,6 +419,10 @@ class _Packer:
                 mtime_ns=entry.mtime_ns,
                 uid=entry.uid,
                 gid=entry.gid,
+                xattrs=entry.xattrs,
+                names=_owner_names,
+                uname=uname,
+                gname=gname,
             )
         )
         hasher = Hasher()
@@ -439,6 +472,7 @@ def _why(exc: OSError | None) -> str:
     return str(exc.strerror or exc) if exc is not None else "unknown error"
 
 
+@functools.lru_cache(maxsize=1024)
 def _owner_names(uid: int, gid: int) -> tuple[str, str]:
     """The user and group names of *uid* and *gid* on this machine (``""``: none)."""
     try:
@@ -450,6 +484,20 @@ def _owner_names(uid: int, gid: int) -> tuple[str, str]:
     except (KeyError, OverflowError):
         group = ""
     return user, group
+
+
+@functools.lru_cache(maxsize=1024)
+def _header_names(uid: int, gid: int) -> tuple[bytes, bytes]:
+    """The owner names for the ustar ``uname``/``gname`` fields: both, or neither.
+
+    A name that is not ASCII or longer than the field's 32 bytes (rare) leaves both out:
+    a reader then restores the ids, and the pair stays what the TOC's names say.
+    """
+    user, group = _owner_names(uid, gid)
+    both = user + group
+    if not both.isascii() or "\0" in both or len(user) > 32 or len(group) > 32:
+        return b"", b""
+    return user.encode(), group.encode()
 
 
 def _read_all(fd: int, limit: int) -> bytes:
