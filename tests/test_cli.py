@@ -410,6 +410,58 @@ def test_pack_finishes_when_a_file_cannot_be_read(tmp_path: Path, command: Path)
     assert not (tmp_path / "dest" / "sub" / "secret.txt").exists()
 
 
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        (0o000, "could not be listed (Permission denied)"),
+        # Listed, but no entry in it can be stat'ed (no search permission).
+        (0o644, "could not be read in full ('sub/locked/inside.txt': Permission denied)"),
+    ],
+    ids=["mode-000", "no-search"],
+)
+def test_pack_finishes_when_a_directory_cannot_be_read(
+    tmp_path: Path, command: Path, mode: int, why: str
+) -> None:
+    src = tmp_path / "src"
+    locked = src / "sub" / "locked"
+    locked.mkdir(parents=True)
+    (src / "ok.txt").write_bytes(b"ok\n")
+    (locked / "inside.txt").write_bytes(b"secret\n")
+    (src / "sub" / "z.txt").write_bytes(b"after\n")
+    locked.chmod(mode)
+    out = tmp_path / "a.oxbak"
+    prefix = _without_read_override()
+    argv = [str(OXBAK), "pack", str(src), "-o", str(out)]
+    cmd = [*prefix, " ".join(shlex.quote(a) for a in argv)] if prefix else argv
+    result = subprocess.run(cmd, capture_output=True, env=_env(), timeout=60)
+    err = text(result.stderr)
+    assert result.returncode == 3, err  # written, partial: not an abort
+    assert "Traceback" not in err
+    assert f"oxbak: warning: directory 'sub/locked' {why}" in err
+    assert "PARTIAL" in err
+    # The directory is in the archive (its own metadata), flagged as missing its contents.
+    info = info_json(out)
+    assert info["partial"] is True and info["status"] == {"changed": 0, "missing": 1}
+    listed = {
+        row["path"]: row
+        for row in map(json.loads, text(oxbak("list", "--json", out).stdout).splitlines())
+    }
+    assert set(listed) == {".", "ok.txt", "sub", "sub/locked", "sub/z.txt"}
+    assert listed["sub/locked"]["type"] == "dir" and listed["sub/locked"]["mode"] == f"{mode:04o}"
+    report = oxbak("verify", "--json", out)
+    assert report.returncode == 3, report.stderr  # intact, but partial
+    data = json.loads(report.stdout)
+    assert data["ok"] is True and data["missing"] == ["sub/locked/"]
+    restored = oxbak("unpack", out, tmp_path / "dest")
+    assert_ok(restored)
+    assert "PARTIAL" in text(restored.stderr) and "sub/locked/" in text(restored.stderr)
+    dest = tmp_path / "dest"
+    assert (dest / "ok.txt").read_bytes() == b"ok\n"
+    assert (dest / "sub" / "z.txt").read_bytes() == b"after\n"
+    assert os.listdir(dest / "sub" / "locked") == []  # restored empty, with its mode
+    assert stat.S_IMODE(os.lstat(dest / "sub" / "locked").st_mode) == mode
+
+
 def test_pack_exclude_caches_and_one_file_system(tmp_path: Path, command: Path) -> None:
     src = tmp_path / "src"
     (src / "cache").mkdir(parents=True)

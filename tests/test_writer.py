@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ import oxbak
 from oxbak import format as fmt
 from oxbak.scan import scan_tree
 from oxbak.writer import _write
+from pipelike import Unseekable
 from treeutil import Node, build, snapshot
 
 
@@ -118,6 +121,80 @@ def test_vanished_file_makes_the_archive_partial(tmp_path: Path) -> None:
     out.seek(0)
     report = oxbak.verify(out)
     assert report.ok and report.partial and report.missing == ["seeds/a.json"]
+
+
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        (errno.EACCES, "could not be listed (Permission denied)"),
+        (errno.EIO, "could not be listed (Input/output error)"),
+        (errno.ENOENT, "vanished before it could be listed"),
+    ],
+    ids=["EACCES", "EIO", "ENOENT"],
+)
+def test_unreadable_directory_makes_the_archive_partial(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: int,
+    why: str,
+) -> None:
+    """Like an unreadable file: not an exception, but a partial archive naming it."""
+    src = _tree(tmp_path)
+    real_listdir = os.listdir
+
+    def listdir(path: Any) -> Any:
+        if os.fsencode(path).endswith(b"/memory"):
+            raise OSError(error, os.strerror(error), path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    out = tmp_path / "o.oxbak"
+    with caplog.at_level(logging.WARNING, logger="oxbak"):
+        result = oxbak.pack(src, out)
+    monkeypatch.undo()
+    assert result.partial and result.missing == ["memory/"] and result.changed == []
+    assert f"directory 'memory' {why}; archived without what could not be read" in caplog.text
+    # memory itself is stored (its lstat is known), memory/facts was never seen.
+    assert (result.totals.directories, result.totals.files) == (4, 3)
+    toc = oxbak.read_info(out).toc
+    assert toc is not None and toc.partial and (toc.changed, toc.missing) == (0, 1)
+    assert toc.entries == 7 and toc.totals == result.totals  # every record, memory too
+    data = out.read_bytes()
+    for archive in (out, Unseekable(data)):  # through the TOC, and as a stream
+        report = oxbak.verify(archive)
+        assert report.ok and report.partial and report.missing == ["memory/"], report.problems
+    listed = [(e.name, e.type) for e in oxbak.list_entries(out)]
+    assert ("memory", "dir") in listed and not any(n.startswith("memory/") for n, _ in listed)
+    restored = oxbak.unpack(out, tmp_path / "dest")
+    assert restored.partial and restored.missing == ["memory/"]
+    assert os.listdir(tmp_path / "dest" / "memory") == []
+    assert sorted(os.listdir(tmp_path / "dest" / "seeds")) == ["a.json", "b.tmp"]
+    oxbak.unpack(out, tmp_path / "only", only=["memory"])  # read through the TOC
+    assert os.listdir(tmp_path / "only") == ["memory"]
+    assert os.listdir(tmp_path / "only" / "memory") == []
+
+
+def test_unreadable_entry_makes_its_directory_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry that cannot be stat'ed: its kind is unknown, so its directory is flagged."""
+    src = _tree(tmp_path)
+    real_lstat = os.lstat
+
+    def lstat(path: Any) -> os.stat_result:
+        if os.fsencode(path).endswith(b"/seeds/b.tmp"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return real_lstat(path)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    result = oxbak.pack(src, tmp_path / "o.oxbak")
+    monkeypatch.undo()
+    assert result.missing == ["seeds/"] and result.totals.files == 3
+    report = oxbak.verify(tmp_path / "o.oxbak")
+    assert report.ok and report.missing == ["seeds/"]
+    oxbak.unpack(tmp_path / "o.oxbak", tmp_path / "dest")
+    assert os.listdir(tmp_path / "dest" / "seeds") == ["a.json"]  # what could be read
 
 
 BIG = fmt.SMALL_FILE_MAX + 4 * 1024 * 1024

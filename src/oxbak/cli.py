@@ -346,8 +346,8 @@ def pack_cmd(
 ) -> None:
     """Pack directory SRC into one archive.
 
-    Exit status 3 means the archive was written but some file changed while it was read
-    (see the warnings, and `oxbak verify`).
+    Exit status 3 means the archive was written but some file changed while it was read,
+    or some file or directory could not be read (see the warnings, and `oxbak verify`).
 
     \b
     Examples:

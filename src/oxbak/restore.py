@@ -84,7 +84,11 @@ _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 
 @dataclass
 class VerifyResult:
-    """What :func:`verify` found. ``ok`` is true when ``problems`` is empty."""
+    """What :func:`verify` found. ``ok`` is true when ``problems`` is empty.
+
+    ``changed`` and ``missing`` name what could not be captured when it was packed; a
+    directory in ``missing`` ends with ``/``: its contents could not be read in full.
+    """
 
     manifest: Manifest | None
     problems: list[str] = field(default_factory=list)
@@ -102,7 +106,7 @@ class VerifyResult:
 
 @dataclass
 class UnpackResult:
-    """What :func:`unpack` restored."""
+    """What :func:`unpack` restored (``changed`` and ``missing`` as in :class:`VerifyResult`)."""
 
     dest: str
     manifest: Manifest
@@ -497,8 +501,8 @@ def _check_index(
             )
         if record.changed or record.missing:
             flagged.append(record)
-        if record.missing:
-            continue
+        if record.absent:
+            continue  # a missing file has no member (a missing directory has one)
         got = next(stored, None)
         path = record.path
         if got is None:
@@ -566,7 +570,12 @@ def _fmt_totals(t: Totals) -> str:
 
 def _flag_lists(flagged: list[Record]) -> tuple[list[str], list[str]]:
     changed = [display(r.path) for r in flagged if r.changed]
-    missing = [display(r.path) for r in flagged if r.missing]
+    # A directory whose contents could not be read is named as such, with a "/".
+    missing = [
+        display(r.path or b".") + "/" if r.kind == "dir" else display(r.path)
+        for r in flagged
+        if r.missing
+    ]
     return changed, missing
 
 
@@ -804,8 +813,8 @@ def _list_toc(
         for i, (path, code, flags, size, target, mode, mtime, uid, gid, ctime, ino) in enumerate(
             columns
         ):
-            if flags & MISSING:
-                continue  # scanned, but never stored: no member, nothing to list
+            if flags & MISSING and code != DIR_CODE:
+                continue  # a file scanned, but never stored: no member, nothing to list
             kind = names[code]
             admit(path, kind, size, target)
             if select is not None and not (select(path) and select.covers(path)):

@@ -67,7 +67,11 @@ class PackResult:
 
     @property
     def partial(self) -> bool:
-        """True when some file could not be captured consistently (exit code 3)."""
+        """True when some entry could not be captured consistently (exit code 3).
+
+        In ``missing``, a directory whose contents could not be read in full is named
+        with a trailing ``/``: it is in the archive, without what could not be read.
+        """
         return bool(self.changed or self.missing)
 
 
@@ -121,7 +125,11 @@ def pack(
         check_absent(output, force=force)  # before the scan: it may take a while
     rules = Excludes(excludes)
     scan = scan_tree(
-        source, rules, one_file_system=one_file_system, exclude_caches=exclude_caches
+        source,
+        rules,
+        one_file_system=one_file_system,
+        exclude_caches=exclude_caches,
+        partial=True,
     )
     for pattern in rules.unused():
         logger.warning("exclude pattern %r matched nothing", pattern)
@@ -140,7 +148,13 @@ def pack(
 class _Packer:
     """The state of one pack: the frame writer, the TOC, what went wrong."""
 
-    def __init__(self, root: bytes, writer: FrameWriter, budget: int) -> None:
+    def __init__(
+        self,
+        root: bytes,
+        writer: FrameWriter,
+        budget: int,
+        unreadable: Mapping[bytes, str] | None = None,
+    ) -> None:
         self.root = root
         self.prefix = root + b"/"
         self.writer = writer
@@ -149,7 +163,8 @@ class _Packer:
         self.totals = Totals()  # of what is stored, as stored
         self.per_dir: dict[bytes, int] = {}
         self.changed: list[bytes] = []
-        self.missing: list[bytes] = []
+        self.missing: list[bytes] = []  # directories end with "/"
+        self.unreadable = unreadable or {}  # directories the scan could not read in full
         self.bytes_in = 0
         # The manifest is written first and never rewritten, so the stream must stay
         # within the bytes it declares: budget is what the rest of the scan may still use.
@@ -261,7 +276,20 @@ class _Packer:
             digest = digest_of(entry.target)
         self.writer.write(header)
         self.store(entry)
-        self.record(entry, digest, offset)
+        unread = self.unreadable.get(entry.path) if entry.kind == "dir" else None
+        self.record(entry, digest, offset, missing=unread is not None)
+        if unread is not None:
+            self._lose_contents(entry, unread)
+
+    def _lose_contents(self, entry: Entry, why: str) -> None:
+        """Name a directory whose contents could not be read in full, and say why.
+
+        Its own metadata was read (lstat), so its member is stored, and its TOC record is
+        flagged missing: restored, it is empty of what could not be read (FORMAT.md §5).
+        """
+        name = display(entry.path) if entry.path else "."
+        logger.warning("directory %r %s; archived without what could not be read", name, why)
+        self.missing.append(entry.path + b"/" if entry.path else b"./")
 
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
         try:
@@ -500,7 +528,7 @@ def _write(
     try:
         writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
         writer.cut()
-        packer = _Packer(scan.root, writer, totals.bytes)
+        packer = _Packer(scan.root, writer, totals.bytes, scan.unreadable)
         with packer.spool:  # closed on every path, errors included
             scanned_rest = totals.bytes
             report_at = 0
@@ -542,7 +570,8 @@ def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
         format=fmt.TOC_FORMAT_NAME,
         version=fmt.TOC_VERSION,
         digest=fmt.DIGEST_NAME,
-        entries=final.entries + len(packer.missing),
+        # Missing files have a record but no member; missing directories have both.
+        entries=sum(ref.entries for ref in toc.refs),
         partial=bool(packer.changed or packer.missing),
         changed=len(packer.changed),
         missing=len(packer.missing),
