@@ -197,6 +197,74 @@ def test_unreadable_entry_makes_its_directory_partial(
     assert os.listdir(tmp_path / "dest" / "seeds") == ["a.json"]  # what could be read
 
 
+class CountingSink(io.RawIOBase):
+    """A write-only stream that counts the bytes written to it (the archive's bytes)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data))
+        self.written += n
+        return n
+
+
+def test_pack_progress_follows_the_compression_not_the_reading(tmp_path: Path) -> None:
+    """Progress counts file bytes once their frames are compressed and written.
+
+    With 4 threads, up to 8 frames (32 MiB here) are read but still being compressed; a
+    count taken at read time would run that far ahead of the archive's bytes.
+    """
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 40 << 20
+    (src / "random.bin").write_bytes(os.urandom(size))  # incompressible: out >= in
+    (src / "small.txt").write_bytes(b"small\n")
+    sink = CountingSink()
+    calls: list[tuple[int, int, int]] = []
+    oxbak.pack(
+        src,
+        sink,
+        level=1,
+        threads=4,
+        progress=lambda done, total: calls.append((done, total, sink.written)),
+    )
+    total = size + 6
+    for done, _, written in calls[:-1]:
+        assert written >= done, f"progress {done} reported with {written} bytes written"
+    assert calls[-1][:2] == (total, total)  # the end is reported, and is 100 %
+    assert all(t == total for _, t, _ in calls)
+    dones = [d for d, _, _ in calls]
+    assert dones == sorted(dones) and len(set(dones)) >= 10  # steps within the large file
+
+
+@pytest.mark.parametrize("run", ["verify", "unpack"])
+def test_progress_goes_through_a_large_file_and_ends_at_its_total(
+    tmp_path: Path, run: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(20 << 20))
+    (src / "gone.txt").write_bytes(b"x" * 1000)
+    scan = scan_tree(src)
+    (src / "gone.txt").unlink()  # the manifest counts its bytes; the archive does not hold them
+    out = io.BytesIO()
+    _write(scan, out, 1, 1, {}, None)
+    archive = tmp_path / "a.oxbak"
+    archive.write_bytes(out.getvalue())
+    calls: list[tuple[int, int]] = []
+    if run == "verify":
+        assert oxbak.verify(archive, progress=lambda d, t: calls.append((d, t))).ok
+    else:
+        oxbak.unpack(archive, tmp_path / "dest", progress=lambda d, t: calls.append((d, t)))
+    inside = [d for d, t in calls if 0 < d < 20 << 20]
+    assert len(inside) >= 10, calls  # reported as the file goes, not only at its end
+    assert calls[-1] == (20 << 20, 20 << 20)  # all the work: 100 %, not 20 MiB of 20 MiB + 1000
+
+
 BIG = fmt.SMALL_FILE_MAX + 4 * 1024 * 1024
 
 

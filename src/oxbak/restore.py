@@ -428,8 +428,13 @@ def _run(
             if sink is None:
                 digest = _NO_DIGEST
             else:
+                chunks = read(header)
+                if progress is not None and header.size >= fmt.FRAME_TARGET:
+                    # The file's bytes are counted (in totals) already: its own progress
+                    # is shown as it goes, not only once it is done.
+                    chunks = _counted(chunks, totals.bytes - header.size, max_bytes, progress)
                 digest = sink.file(
-                    rel, header.mode, header.mtime_ns, header.uid, header.gid, read(header)
+                    rel, header.mode, header.mtime_ns, header.uid, header.gid, chunks
                 )
                 if record is not None and digest != record.digest:
                     problems.append(
@@ -461,6 +466,8 @@ def _run(
                 dest.symlink(rel, target, header.mtime_ns, header.uid, header.gid)
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
+    if progress is not None:
+        progress(totals.bytes, totals.bytes)  # the manifest's bytes are a bound; this is all
     final, records = source.final()
     # Records beyond what the manifest accounts for (stored entries, plus files it says
     # could not be captured) would only cost memory: the index is bounded by it too.
@@ -473,6 +480,16 @@ def _run(
     source.finish()
     _check_totals(manifest, final, seen, problems)
     return manifest, seen, flagged
+
+
+def _counted(
+    chunks: Iterable[memoryview], done: int, total: int, progress: Progress
+) -> Iterator[memoryview]:
+    """*chunks*, reporting ``progress(done, total)`` as each has been consumed."""
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done, total)
 
 
 def _hardlink_target(name: bytes, linkname: bytes) -> bytes:

@@ -110,7 +110,9 @@ def pack(
     :param mode: permission bits of an archive written to a path (0600 by default).
     :param one_file_system: keep directories on other filesystems (mount points), empty.
     :param exclude_caches: of a directory holding a valid ``CACHEDIR.TAG``, keep the tag.
-    :param progress: called with (bytes done, bytes total) as files are read.
+    :param progress: called with (bytes done, bytes total) as the files' bytes are
+        compressed and written, not as they are read (reading runs ahead); the total is
+        what the scan found, and the last call is (total, total).
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
     """
@@ -179,13 +181,13 @@ class _Packer:
         if writer.frame_bytes >= fmt.FRAME_TARGET or (
             size >= fmt.FRAME_TARGET and writer.frame_bytes
         ):
-            writer.cut()
+            writer.cut(self.bytes_in)
         return writer.position
 
     def end_member(self, size: int) -> None:
         """A large member ends its last frame too: small entries never share its frames."""
         if size >= fmt.FRAME_TARGET:
-            self.writer.cut()
+            self.writer.cut(self.bytes_in)
 
     def write_data(self, data: bytes | memoryview, done: int, size: int) -> None:
         """Write member data whose first byte is byte *done* of the member's *size* bytes.
@@ -202,7 +204,7 @@ class _Packer:
             done += len(piece)
             view = view[len(piece) :]
             if done % fmt.FRAME_SPLIT == 0 and done < size:
-                writer.cut()
+                writer.cut(self.bytes_in + done)  # progress: part of a large file
 
     def record(
         self,
@@ -362,8 +364,8 @@ class _Packer:
             self.write_data(data, 0, size)
         if size % 512:
             writer.write(_ZEROS[: 512 - size % 512])
+        self.bytes_in += size  # before the cut: its frame completes this file
         self.end_member(size)
-        self.bytes_in += size
         self.store(entry)
         self.record(entry, digest_of(data), offset, changed=not consistent)
         if not consistent:
@@ -438,8 +440,8 @@ class _Packer:
             self.write_data(chunk, done, size)
             done += len(chunk)
         self.writer.write(bytes(padding(size)))
+        self.bytes_in += size  # before the cut: its frame completes this file
         self.end_member(size)
-        self.bytes_in += size
         self.store(entry)
         try:
             st1 = os.fstat(fd)
@@ -524,21 +526,20 @@ def _write(
     )
     manifest_data = encode_manifest(manifest)
     mtime_ns = _created_ns(manifest.created_at)
-    writer = FrameWriter(out, level=level, threads=threads)
+    total = totals.bytes
+    # Progress is counted where frames leave the compressor, in file bytes read into them.
+    on_written = None if progress is None else lambda done: progress(done, total)
+    writer = FrameWriter(out, level=level, threads=threads, progress=on_written)
     try:
         writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
         writer.cut()
         packer = _Packer(scan.root, writer, totals.bytes, scan.unreadable)
         with packer.spool:  # closed on every path, errors included
             scanned_rest = totals.bytes
-            report_at = 0
             for entry in scan:
                 if entry.kind == "file":
                     scanned_rest -= entry.size
                     packer.add_file(entry, scanned_rest)
-                    if progress is not None and packer.bytes_in >= report_at:
-                        progress(packer.bytes_in, totals.bytes)
-                        report_at = packer.bytes_in + _CHUNK
                 else:
                     packer.add_simple(entry)
             header = _write_toc(packer, mtime_ns)
@@ -546,7 +547,7 @@ def _write(
         writer.close(wait=False)
         raise
     if progress is not None:
-        progress(packer.bytes_in, totals.bytes)
+        progress(total, total)  # done, whatever vanished on the way
     return PackResult(
         output="",
         manifest=manifest,
