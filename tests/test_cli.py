@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import fcntl
 import grp
 import json
 import os
@@ -20,8 +21,10 @@ import shlex
 import shutil
 import socket
 import stat
+import struct
 import subprocess
 import sys
+import termios
 import threading
 import time
 from collections.abc import Mapping
@@ -408,6 +411,58 @@ def test_pack_finishes_when_a_file_cannot_be_read(tmp_path: Path, command: Path)
     assert_ok(oxbak("unpack", out, tmp_path / "dest"))
     assert (tmp_path / "dest" / "ok.txt").read_bytes() == b"ok\n"
     assert not (tmp_path / "dest" / "sub" / "secret.txt").exists()
+
+
+@pytest.mark.parametrize(
+    ("mode", "why"),
+    [
+        (0o000, "could not be listed (Permission denied)"),
+        # Listed, but no entry in it can be stat'ed (no search permission).
+        (0o644, "could not be read in full ('sub/locked/inside.txt': Permission denied)"),
+    ],
+    ids=["mode-000", "no-search"],
+)
+def test_pack_finishes_when_a_directory_cannot_be_read(
+    tmp_path: Path, command: Path, mode: int, why: str
+) -> None:
+    src = tmp_path / "src"
+    locked = src / "sub" / "locked"
+    locked.mkdir(parents=True)
+    (src / "ok.txt").write_bytes(b"ok\n")
+    (locked / "inside.txt").write_bytes(b"secret\n")
+    (src / "sub" / "z.txt").write_bytes(b"after\n")
+    locked.chmod(mode)
+    out = tmp_path / "a.oxbak"
+    prefix = _without_read_override()
+    argv = [str(OXBAK), "pack", str(src), "-o", str(out)]
+    cmd = [*prefix, " ".join(shlex.quote(a) for a in argv)] if prefix else argv
+    result = subprocess.run(cmd, capture_output=True, env=_env(), timeout=60)
+    err = text(result.stderr)
+    assert result.returncode == 3, err  # written, partial: not an abort
+    assert "Traceback" not in err
+    assert f"oxbak: warning: directory 'sub/locked' {why}" in err
+    assert "PARTIAL" in err
+    # The directory is in the archive (its own metadata), flagged as missing its contents.
+    info = info_json(out)
+    assert info["partial"] is True and info["status"] == {"changed": 0, "missing": 1}
+    listed = {
+        row["path"]: row
+        for row in map(json.loads, text(oxbak("list", "--json", out).stdout).splitlines())
+    }
+    assert set(listed) == {".", "ok.txt", "sub", "sub/locked", "sub/z.txt"}
+    assert listed["sub/locked"]["type"] == "dir" and listed["sub/locked"]["mode"] == f"{mode:04o}"
+    report = oxbak("verify", "--json", out)
+    assert report.returncode == 3, report.stderr  # intact, but partial
+    data = json.loads(report.stdout)
+    assert data["ok"] is True and data["missing"] == ["sub/locked/"]
+    restored = oxbak("unpack", out, tmp_path / "dest")
+    assert_ok(restored)
+    assert "PARTIAL" in text(restored.stderr) and "sub/locked/" in text(restored.stderr)
+    dest = tmp_path / "dest"
+    assert (dest / "ok.txt").read_bytes() == b"ok\n"
+    assert (dest / "sub" / "z.txt").read_bytes() == b"after\n"
+    assert os.listdir(dest / "sub" / "locked") == []  # restored empty, with its mode
+    assert stat.S_IMODE(os.lstat(dest / "sub" / "locked").st_mode) == mode
 
 
 def test_pack_exclude_caches_and_one_file_system(tmp_path: Path, command: Path) -> None:
@@ -1170,6 +1225,152 @@ def test_streamed_archive_is_reproducible_too(src: Path) -> None:
     assert_ok(one)
     assert_ok(two)
     assert one.stdout == two.stdout
+
+
+# --------------------------------------------------------------------------- progress, --quiet
+
+
+def on_terminal(
+    argv: list[str], *, columns: int = 120
+) -> tuple[int, bytes, str]:
+    """Run *argv* with stderr on a pseudo-terminal *columns* wide (stdout a pipe).
+
+    Returns the exit status, stdout, and every byte the terminal received, as text.
+    """
+    controller, terminal = pty.openpty()
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, columns, 0, 0))
+    received: list[bytes] = []
+
+    def drain() -> None:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the last writer closed the terminal
+                return
+            if not chunk:
+                return
+            received.append(chunk)
+
+    try:
+        with subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=terminal, env=_env()
+        ) as proc:
+            os.close(terminal)
+            terminal = -1
+            reader = threading.Thread(target=drain)
+            reader.start()
+            stdout, _ = proc.communicate(timeout=60)
+            reader.join(timeout=60)
+        status = proc.returncode
+    finally:
+        if terminal >= 0:
+            os.close(terminal)
+        os.close(controller)
+    return status, stdout, b"".join(received).decode()
+
+
+def screen(raw: str) -> list[str]:
+    """The lines a terminal shows after receiving *raw*.
+
+    ``\r`` returns to the start of the line, ``ESC [ K`` erases from there to its end,
+    ``\n`` starts the next line; other characters overwrite what is under the cursor.
+    """
+    lines: list[str] = []
+    line: list[str] = []
+    col = 0
+    at = 0
+    while at < len(raw):
+        if raw.startswith("\x1b[K", at):
+            del line[col:]
+            at += 3
+            continue
+        char = raw[at]
+        at += 1
+        if char == "\r":
+            col = 0
+        elif char == "\n":
+            lines.append("".join(line))
+            line, col = [], 0
+        else:
+            line[col : col + 1] = [char]
+            col += 1
+    if line:
+        lines.append("".join(line))
+    return lines
+
+
+def _bar(label: str) -> re.Pattern[str]:
+    """A progress line of *label*: bar, percentage, bytes done/total, rate and ETA (known
+    or not yet)."""
+    return re.compile(
+        rf"{label} \[[#.]+\] +\d+%  [\d.]+/[\d.]+ [KMGT]?B  (?:[\d.]+|--) [KMGT]?B/s  "
+        rf"ETA (?:\d+:\d\d|--:--)"
+    )
+
+
+#: A rate and an ETA that are known.
+_RATE_AND_ETA = re.compile(r"  [\d.]+ [KMGT]?B/s  ETA \d+:\d\d")
+
+
+def test_progress_bar_shows_rate_and_eta_and_messages_start_their_own_line(
+    tmp_path: Path, command: Path
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "a-big.bin").write_bytes(os.urandom(24 << 20))
+    secret = src / "zz-secret.txt"  # read after a-big.bin: its warning comes mid-run
+    secret.write_bytes(b"secret\n")
+    secret.chmod(0)
+    out = tmp_path / "a.oxbak"
+    argv = [str(OXBAK), "pack", str(src), "-o", str(out), "--level", "1"]
+    prefix = _without_read_override()
+    status, _, raw = on_terminal(
+        [*prefix, " ".join(shlex.quote(a) for a in argv)] if prefix else argv
+    )
+    assert status == 3, raw
+    assert _bar("packing").search(raw) and _RATE_AND_ETA.search(raw), raw
+    assert " 100%  " in raw  # the bar reached the end of the work
+    warning = "oxbak: warning: file 'zz-secret.txt' could not be read"
+    assert _bar("packing").search(raw[: raw.index(warning)]), "the bar was up before it"
+    # The bar is erased before each message and at the end: what stays on the terminal
+    # is the messages, each on a line of its own, nothing glued before them.
+    lines = [line for line in screen(raw) if line]
+    assert any(line.startswith(warning) for line in lines), lines
+    assert all(line.startswith(("oxbak: ", "packed ")) for line in lines), lines
+    assert lines[-2].startswith("packed 2 entries"), lines
+
+    for cmd, label in (("verify", "verifying"), ("unpack", "unpacking")):
+        more = [str(tmp_path / "dest")] if cmd == "unpack" else []
+        status, _, raw = on_terminal([str(OXBAK), cmd, str(out), *more])
+        assert status == (3 if cmd == "verify" else 0), raw
+        assert _bar(label).search(raw) and _RATE_AND_ETA.search(raw), raw
+        assert " 100%  " in raw, raw
+        lines = [line for line in screen(raw) if line]
+        assert all(line.startswith(("oxbak: ", "ok: ", "restored ")) for line in lines), lines
+
+
+def test_quiet_shows_no_bar_and_no_notes_but_warnings(tmp_path: Path, command: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "data.bin").write_bytes(os.urandom(4 << 20))
+    out = tmp_path / "a.oxbak"
+    pack = [str(OXBAK), "pack", str(src), "-o", str(out), "--exclude", "no-such-*"]
+    status, _, raw = on_terminal(pack)
+    assert status == 0 and "packing [" in raw and "packed " in raw, raw  # without -q
+    out.unlink()
+    status, _, raw = on_terminal([*pack, "-q"])
+    assert status == 0, raw
+    assert raw == "oxbak: warning: exclude pattern 'no-such-*' matched nothing\r\n"
+    status, _, raw = on_terminal([str(OXBAK), "verify", "--quiet", str(out)])
+    assert (status, raw) == (0, "")
+    status, _, raw = on_terminal([str(OXBAK), "unpack", "-q", str(out), str(tmp_path / "d")])
+    assert (status, raw) == (0, "")
+    assert (tmp_path / "d" / "data.bin").read_bytes() == (src / "data.bin").read_bytes()
+    status, _, raw = on_terminal([str(OXBAK), "recover", "-q", str(tmp_path / "d")])
+    assert (status, raw) == (0, "")
+    # Warnings and errors are not informational: they still show.
+    status, _, raw = on_terminal([str(OXBAK), "verify", "-q", str(tmp_path / "nope.oxbak")])
+    assert status == 1 and raw.startswith("oxbak: error: ") and raw.count("\n") == 1, raw
 
 
 # --------------------------------------------------------------------------- debug

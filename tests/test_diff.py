@@ -21,6 +21,7 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from click.testing import CliRunner
@@ -372,6 +373,34 @@ def test_missing_file_in_the_archive(tmp_path: Path, piped: bool) -> None:
         (src / "docs" / "readme").write_bytes(b"read me\n")
     (change,) = changes()
     assert (change.status, change.path, change.missing) == ("added", b"docs/readme", True)
+
+
+@pytest.mark.parametrize("piped", [False, True])
+def test_directory_the_archive_could_not_read(
+    tmp_path: Path, piped: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = tmp_path / "src"
+    build(str(src), TREE)
+    real_listdir = os.listdir
+
+    def listdir(path: Any) -> Any:
+        if os.fsencode(path).endswith(b"/docs/sub"):
+            raise PermissionError(13, "Permission denied", path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    archive = tmp_path / "partial.oxbak"
+    assert oxbak.pack(src, archive).missing == ["docs/sub/"]
+    monkeypatch.undo()
+    if piped:
+        with _pipe(archive.read_bytes()) as fh:
+            changes = list(diff(fh, src))
+    else:
+        changes = list(diff(archive, src))
+    # docs/sub is in both; what it holds only in the directory, which pack could not read.
+    assert [(c.status, c.path, c.missing) for c in changes] == [
+        ("added", b"docs/sub/deep.bin", True)
+    ]
 
 
 def test_missing_directory_is_a_source_error(packed: tuple[Path, Path], tmp_path: Path) -> None:

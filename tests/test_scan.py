@@ -241,3 +241,27 @@ def test_one_file_system_keeps_mount_points_empty(tmp_path: Path) -> None:
         assert paths == [b"", b"a.json", b"mnt"]
     finally:
         subprocess.run(["umount", str(src / "mnt")], check=True)
+
+
+def test_an_unreadable_directory_fails_a_scan_unless_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    src = _tree(tmp_path)
+    real_listdir = os.listdir
+
+    denied = [b"/b"]
+
+    def listdir(path: bytes) -> list[bytes]:
+        if path.endswith(tuple(denied)):
+            raise PermissionError(13, "Permission denied", path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    with pytest.raises(SourceError, match=r"^cannot list directory 'b': Permission denied$"):
+        scan_tree(src)  # diff's scan: a directory it cannot read is an error
+    scan = scan_tree(src, partial=True)  # pack's: kept, named, the rest scanned
+    assert scan.unreadable == {b"b": "could not be listed (Permission denied)"}
+    assert [e.path for e in scan] == [b"", b"a", b"a/link", b"ab", b"b", b"empty", b"twin"]
+    denied.append(b"/src")  # the root is not kept empty: there would be nothing to pack
+    with pytest.raises(SourceError, match=r"^cannot list directory '\.': Permission denied$"):
+        scan_tree(src, partial=True)

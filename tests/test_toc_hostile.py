@@ -552,8 +552,25 @@ DIGEST_CASES = [
 ]
 
 FLAG_CASES = [
-    # a directory flagged missing
-    case("flags-missing-dir", arc(records=lie(b"bin", flags=MISSING)), toc_only=True),
+    # a directory flagged missing (its contents could not be read in full), with its
+    # member, counted in the totals: an honest partial archive (FORMAT.md §5.2)
+    case("flags-missing-dir", arc(records=lie(b"bin", flags=MISSING)), what="harmless"),
+    # a directory flagged missing as if it had no member (offset 0); its member is there
+    case("flags-missing-dir-offset-zero", arc(records=lie(b"bin", flags=MISSING, offset=0))),
+    # a missing directory the stream does not hold at all
+    case(
+        "flags-missing-dir-no-member",
+        arc(
+            records=lambda rs, _: [
+                *rs[:2],
+                {**missing_record(b"a.txt.gone"), "kind": "dir", "mode": 0o755},
+                *rs[2:],
+            ],
+            manifest=loose(directories=1),
+        ),
+    ),
+    # a symlink flagged missing: only files and directories can be
+    case("flags-missing-symlink", arc(records=lie(b"docs/to-readme", flags=MISSING)), toc_only=True),
     # an unknown flag bit
     case("flags-unknown-bit", arc(records=lie(b"a.txt", flags=4)), toc_only=True),
     # a.txt flagged changed, the header says nothing changed and not partial

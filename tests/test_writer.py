@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -10,6 +11,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,6 +19,7 @@ import oxbak
 from oxbak import format as fmt
 from oxbak.scan import scan_tree
 from oxbak.writer import _write
+from pipelike import Unseekable
 from treeutil import Node, build, snapshot
 
 
@@ -118,6 +121,148 @@ def test_vanished_file_makes_the_archive_partial(tmp_path: Path) -> None:
     out.seek(0)
     report = oxbak.verify(out)
     assert report.ok and report.partial and report.missing == ["seeds/a.json"]
+
+
+@pytest.mark.parametrize(
+    ("error", "why"),
+    [
+        (errno.EACCES, "could not be listed (Permission denied)"),
+        (errno.EIO, "could not be listed (Input/output error)"),
+        (errno.ENOENT, "vanished before it could be listed"),
+    ],
+    ids=["EACCES", "EIO", "ENOENT"],
+)
+def test_unreadable_directory_makes_the_archive_partial(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    error: int,
+    why: str,
+) -> None:
+    """Like an unreadable file: not an exception, but a partial archive naming it."""
+    src = _tree(tmp_path)
+    real_listdir = os.listdir
+
+    def listdir(path: Any) -> Any:
+        if os.fsencode(path).endswith(b"/memory"):
+            raise OSError(error, os.strerror(error), path)
+        return real_listdir(path)
+
+    monkeypatch.setattr(os, "listdir", listdir)
+    out = tmp_path / "o.oxbak"
+    with caplog.at_level(logging.WARNING, logger="oxbak"):
+        result = oxbak.pack(src, out)
+    monkeypatch.undo()
+    assert result.partial and result.missing == ["memory/"] and result.changed == []
+    assert f"directory 'memory' {why}; archived without what could not be read" in caplog.text
+    # memory itself is stored (its lstat is known), memory/facts was never seen.
+    assert (result.totals.directories, result.totals.files) == (4, 3)
+    toc = oxbak.read_info(out).toc
+    assert toc is not None and toc.partial and (toc.changed, toc.missing) == (0, 1)
+    assert toc.entries == 7 and toc.totals == result.totals  # every record, memory too
+    data = out.read_bytes()
+    for archive in (out, Unseekable(data)):  # through the TOC, and as a stream
+        report = oxbak.verify(archive)
+        assert report.ok and report.partial and report.missing == ["memory/"], report.problems
+    listed = [(e.name, e.type) for e in oxbak.list_entries(out)]
+    assert ("memory", "dir") in listed and not any(n.startswith("memory/") for n, _ in listed)
+    restored = oxbak.unpack(out, tmp_path / "dest")
+    assert restored.partial and restored.missing == ["memory/"]
+    assert os.listdir(tmp_path / "dest" / "memory") == []
+    assert sorted(os.listdir(tmp_path / "dest" / "seeds")) == ["a.json", "b.tmp"]
+    oxbak.unpack(out, tmp_path / "only", only=["memory"])  # read through the TOC
+    assert os.listdir(tmp_path / "only") == ["memory"]
+    assert os.listdir(tmp_path / "only" / "memory") == []
+
+
+def test_unreadable_entry_makes_its_directory_partial(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An entry that cannot be stat'ed: its kind is unknown, so its directory is flagged."""
+    src = _tree(tmp_path)
+    real_lstat = os.lstat
+
+    def lstat(path: Any) -> os.stat_result:
+        if os.fsencode(path).endswith(b"/seeds/b.tmp"):
+            raise OSError(errno.EIO, os.strerror(errno.EIO), path)
+        return real_lstat(path)
+
+    monkeypatch.setattr(os, "lstat", lstat)
+    result = oxbak.pack(src, tmp_path / "o.oxbak")
+    monkeypatch.undo()
+    assert result.missing == ["seeds/"] and result.totals.files == 3
+    report = oxbak.verify(tmp_path / "o.oxbak")
+    assert report.ok and report.missing == ["seeds/"]
+    oxbak.unpack(tmp_path / "o.oxbak", tmp_path / "dest")
+    assert os.listdir(tmp_path / "dest" / "seeds") == ["a.json"]  # what could be read
+
+
+class CountingSink(io.RawIOBase):
+    """A write-only stream that counts the bytes written to it (the archive's bytes)."""
+
+    def __init__(self) -> None:
+        self.written = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        n = len(memoryview(data))
+        self.written += n
+        return n
+
+
+def test_pack_progress_follows_the_compression_not_the_reading(tmp_path: Path) -> None:
+    """Progress counts file bytes once their frames are compressed and written.
+
+    With 4 threads, up to 8 frames (32 MiB here) are read but still being compressed; a
+    count taken at read time would run that far ahead of the archive's bytes.
+    """
+    src = tmp_path / "src"
+    src.mkdir()
+    size = 40 << 20
+    (src / "random.bin").write_bytes(os.urandom(size))  # incompressible: out >= in
+    (src / "small.txt").write_bytes(b"small\n")
+    sink = CountingSink()
+    calls: list[tuple[int, int, int]] = []
+    oxbak.pack(
+        src,
+        sink,
+        level=1,
+        threads=4,
+        progress=lambda done, total: calls.append((done, total, sink.written)),
+    )
+    total = size + 6
+    for done, _, written in calls[:-1]:
+        assert written >= done, f"progress {done} reported with {written} bytes written"
+    assert calls[-1][:2] == (total, total)  # the end is reported, and is 100 %
+    assert all(t == total for _, t, _ in calls)
+    dones = [d for d, _, _ in calls]
+    assert dones == sorted(dones) and len(set(dones)) >= 10  # steps within the large file
+
+
+@pytest.mark.parametrize("run", ["verify", "unpack"])
+def test_progress_goes_through_a_large_file_and_ends_at_its_total(
+    tmp_path: Path, run: str
+) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "big.bin").write_bytes(os.urandom(20 << 20))
+    (src / "gone.txt").write_bytes(b"x" * 1000)
+    scan = scan_tree(src)
+    (src / "gone.txt").unlink()  # the manifest counts its bytes; the archive does not hold them
+    out = io.BytesIO()
+    _write(scan, out, 1, 1, {}, None)
+    archive = tmp_path / "a.oxbak"
+    archive.write_bytes(out.getvalue())
+    calls: list[tuple[int, int]] = []
+    if run == "verify":
+        assert oxbak.verify(archive, progress=lambda d, t: calls.append((d, t))).ok
+    else:
+        oxbak.unpack(archive, tmp_path / "dest", progress=lambda d, t: calls.append((d, t)))
+    inside = [d for d, t in calls if 0 < d < 20 << 20]
+    assert len(inside) >= 10, calls  # reported as the file goes, not only at its end
+    assert calls[-1] == (20 << 20, 20 << 20)  # all the work: 100 %, not 20 MiB of 20 MiB + 1000
 
 
 BIG = fmt.SMALL_FILE_MAX + 4 * 1024 * 1024

@@ -297,8 +297,8 @@ def toc_header_of(records: Sequence[dict[str, Any]], refs: list[list[Any]]) -> d
     totals = {"files": 0, "hardlinks": 0, "directories": 0, "symlinks": 0, "bytes": 0}
     plural = {"file": "files", "dir": "directories", "symlink": "symlinks", "hardlink": "hardlinks"}
     for r in records:
-        if r["flags"] & MISSING:
-            continue
+        if r["flags"] & MISSING and r["kind"] != "dir":
+            continue  # a missing file has no member (a missing directory has one)
         if r["kind"] in plural:
             totals[plural[r["kind"]]] += 1
         if r["kind"] == "file":

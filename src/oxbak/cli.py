@@ -1,8 +1,9 @@
 """The ``oxbak`` command: parse arguments, make one library call, render the result.
 
-This is the only module that prints. Errors are translated here, once: an ``OxbakError``
-becomes one ``oxbak: error: …`` line on stderr and its ``exit_code``; a traceback is shown
-only with ``--debug`` or ``OXBAK_DEBUG=1``.
+This is the only module that prints (with its progress line, :mod:`oxbak._progress`), and
+every line it writes to stderr goes through :func:`_say`. Errors are translated here,
+once: an ``OxbakError`` becomes one ``oxbak: error: …`` line on stderr and its
+``exit_code``; a traceback is shown only with ``--debug`` or ``OXBAK_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from .errors import ArchiveError, OutputExistsError, OxbakError
 from .paths import display
 
 if TYPE_CHECKING:
+    from ._progress import ProgressLine
     from .commit import Mode
     from .manifest import Manifest
     from .owners import OwnerMode
@@ -46,15 +48,33 @@ def _debug() -> bool:
     return os.environ.get("OXBAK_DEBUG", "") not in ("", "0")
 
 
+#: The progress line on the terminal while a command runs, if any (see :func:`_say`).
+_line: ProgressLine | None = None
+
+
+def _say(message: str) -> None:
+    """Write *message* as a line on stderr: every message the command line writes.
+
+    A progress line may be on the terminal: it is erased first and drawn again after, so
+    a message always starts a line of its own, never glued onto the bar.
+    """
+    line = _line
+    if line is None:
+        click.echo(message, err=True)
+        return
+    with line.hidden():
+        click.echo(message, err=True)
+
+
 def _traceback_on_request() -> None:
     if _debug():
         import traceback  # only here: every command's start-up would pay for it
 
-        traceback.print_exc()
+        _say(traceback.format_exc().rstrip("\n"))
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    click.echo(f"oxbak: error: {message}", err=True)
+    _say(f"oxbak: error: {message}")
     sys.exit(code)
 
 
@@ -95,7 +115,7 @@ class _Group(click.Group):
         except KeyboardInterrupt as exc:
             # The library has removed its temp file or staging directory by now. Exit at
             # once: zstd's worker threads would otherwise finish their jobs first.
-            click.echo("oxbak: error: interrupted", err=True)
+            _say("oxbak: error: interrupted")
             sys.stderr.flush()
             os._exit(143 if isinstance(exc, _Terminated) else 130)
         except BrokenPipeError:
@@ -120,32 +140,21 @@ def _on_sigterm(signum: int, frame: object) -> NoReturn:
 
 
 @contextmanager
-def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A one-line progress display on stderr, only when stderr is a terminal."""
-    if not enabled or not sys.stderr.isatty():
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int, int], None] | None]:
+    """The progress line on stderr, only when it is a terminal (and not *quiet*)."""
+    global _line
+    if quiet or not sys.stderr.isatty():
         yield None
         return
-    last = [0.0]
+    from ._progress import ProgressLine
 
-    def show(done: int, total: int) -> None:
-        now = time.monotonic()
-        if now - last[0] < 0.1 and done < total:
-            return
-        last[0] = now
-        pct = 100 * done // total if total else 100
-        width = 30
-        fill = width * pct // 100
-        sys.stderr.write(
-            f"\r{label} [{'#' * fill}{'.' * (width - fill)}] {pct:3d}% "
-            f"{done / 1e6:,.1f}/{total / 1e6:,.1f} MB"
-        )
-        sys.stderr.flush()
-
+    line = ProgressLine(label, sys.stderr)
+    _line = line
     try:
-        yield show
+        yield line.update
     finally:
-        sys.stderr.write("\r\x1b[K")
-        sys.stderr.flush()
+        _line = None
+        line.close()
 
 
 def _size(n: int) -> str:
@@ -195,19 +204,22 @@ def _large_buffers_from_the_heap() -> None:
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # glibc's malloc.h
 
 
-def _show_library_warnings() -> None:
-    """Route the library's ``oxbak`` logger to stderr as ``oxbak: warning: …`` lines."""
+def _show_library_warnings(quiet: bool = False) -> None:
+    """Route the library's ``oxbak`` logger to stderr as ``oxbak: warning: …`` lines.
+
+    Notes (informational records) too, unless *quiet*.
+    """
     import logging
 
     class StderrHandler(logging.Handler):
         def emit(self, record: logging.LogRecord) -> None:
             level = "warning" if record.levelno >= logging.WARNING else "note"
-            click.echo(f"oxbak: {level}: {record.getMessage()}", err=True)
+            _say(f"oxbak: {level}: {record.getMessage()}")
 
     logger = logging.getLogger("oxbak")
     if not any(type(h).__name__ == "StderrHandler" for h in logger.handlers):
         logger.addHandler(StderrHandler())
-    logger.setLevel(logging.INFO)
+    logger.setLevel(logging.WARNING if quiet else logging.INFO)
     logger.propagate = False
 
 
@@ -256,6 +268,15 @@ _decompression_threads = click.option(
     type=click.IntRange(0),
     default=0,
     help="Decompression threads for a seekable archive (default 0: one per CPU).",
+)
+
+
+#: -q for the commands that show progress or notes: errors and warnings only.
+_quiet = click.option(
+    "-q",
+    "--quiet",
+    is_flag=True,
+    help="No progress bar and no informational lines; warnings and errors still show.",
 )
 
 
@@ -337,6 +358,7 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     help="Permission bits of the archive file (not of a stream).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@_quiet
 def pack_cmd(
     src: str,
     out: str | None,
@@ -351,11 +373,12 @@ def pack_cmd(
     no_xattrs: bool,
     mode: int,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Pack directory SRC into one archive.
 
-    Exit status 3 means the archive was written but some file changed while it was read
-    (see the warnings, and `oxbak verify`).
+    Exit status 3 means the archive was written but some file changed while it was read,
+    or some file or directory could not be read (see the warnings, and `oxbak verify`).
 
     \b
     Examples:
@@ -364,7 +387,7 @@ def pack_cmd(
     """
     from .writer import pack
 
-    _show_library_warnings()
+    _show_library_warnings(quiet)
     to_stdout = out == "-"
     if to_stdout and as_json:
         raise click.UsageError("--json cannot be combined with -o - (stdout holds the archive)")
@@ -373,7 +396,7 @@ def pack_cmd(
             "refusing to write an archive to a terminal; redirect stdout or use -o FILE"
         )
     target = out  # "-" is standard output in the library too
-    with _progress("packing", True) as progress:
+    with _progress("packing", quiet) as progress:
         result = pack(
             src,
             target,
@@ -410,22 +433,20 @@ def pack_cmd(
                 }
             )
         )
-    else:
+    elif not quiet:
         ratio = f"{result.bytes_in / result.bytes_out:.2f}x" if result.bytes_out else "n/a"
         out_part = f" -> {_size(result.bytes_out)}, ratio {ratio}" if result.bytes_out else ""
-        click.echo(
+        _say(
             f"packed {result.entries:,} entries ({t.files:,} files, "
             f"{t.directories:,} dirs, {t.symlinks:,} symlinks, "
             f"{t.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
             f"{result.seconds:.2f} s -> {result.output}"
-            + (f" ({result.excluded:,} excluded)" if result.excluded else ""),
-            err=True,
+            + (f" ({result.excluded:,} excluded)" if result.excluded else "")
         )
     if result.partial:
-        click.echo(
+        _say(
             f"oxbak: warning: archive is PARTIAL: {len(result.changed)} file(s) changed and "
-            f"{len(result.missing)} vanished or could not be read while packing",
-            err=True,
+            f"{len(result.missing)} vanished or could not be read while packing"
         )
         sys.exit(EXIT_PARTIAL)
 
@@ -479,6 +500,7 @@ def pack_cmd(
 )
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@_quiet
 def unpack_cmd(
     archive: str,
     dest: str,
@@ -494,6 +516,7 @@ def unpack_cmd(
     no_xattrs: bool,
     threads: int,
     as_json: bool,
+    quiet: bool,
 ) -> None:
     """Restore ARCHIVE ('-': stdin) into DEST, verified before anything is committed.
 
@@ -512,7 +535,7 @@ def unpack_cmd(
     """
     from .restore import unpack
 
-    _show_library_warnings()
+    _show_library_warnings(quiet)
     _large_buffers_from_the_heap()
     if replace and merge:
         raise click.UsageError("--replace and --merge cannot be combined")
@@ -522,7 +545,7 @@ def unpack_cmd(
                                "--numeric-owner")
     owner: OwnerMode = "none" if no_same_owner else "numeric" if numeric_owner else "name"
     started = time.monotonic()
-    with _progress("unpacking", True) as progress:
+    with _progress("unpacking", quiet) as progress:
         result = unpack(
             archive,
             dest,
@@ -550,18 +573,16 @@ def unpack_cmd(
                 }
             )
         )
-    else:
-        click.echo(
+    elif not quiet:
+        _say(
             f"restored {result.entries:,} entries ({_size(result.bytes)}) "
-            f"into {result.dest} in {seconds:.2f} s",
-            err=True,
+            f"into {result.dest} in {seconds:.2f} s"
         )
     if result.partial:
-        click.echo(
+        _say(
             f"oxbak: warning: the archive is PARTIAL: {len(result.changed)} file(s) changed "
             f"and {len(result.missing)} vanished or could not be read while it was packed: "
-            + ", ".join(result.changed + result.missing)[:500],
-            err=True,
+            + ", ".join(result.changed + result.missing)[:500]
         )
 
 
@@ -882,7 +903,8 @@ def diff_cmd(
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @_decompression_threads
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
+@_quiet
+def verify_cmd(archive: str, threads: int, as_json: bool, quiet: bool) -> None:
     """Check ARCHIVE completely without writing anything.
 
     Exit status 0 if intact, 1 if not, 3 if intact but partial (some file could not be
@@ -894,9 +916,9 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
     """
     from .restore import verify
 
-    _show_library_warnings()
+    _show_library_warnings(quiet)
     _large_buffers_from_the_heap()
-    with _progress("verifying", True) as progress:
+    with _progress("verifying", quiet) as progress:
         report = verify(archive, progress=progress, threads=threads)
     if as_json:
         click.echo(
@@ -913,29 +935,24 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
             )
         )
     elif report.ok:
-        click.echo(
-            f"ok: {report.entries:,} entries, {_size(report.bytes)}, every digest matches", err=True
-        )
+        if not quiet:
+            _say(f"ok: {report.entries:,} entries, {_size(report.bytes)}, every digest matches")
         if report.partial:
-            click.echo(
+            _say(
                 f"oxbak: warning: the archive is PARTIAL: changed while packed: "
                 f"{', '.join(report.changed) or '-'}; vanished or unreadable: "
-                f"{', '.join(report.missing) or '-'}",
-                err=True,
+                f"{', '.join(report.missing) or '-'}"
             )
     elif report.manifest is None:
         # Not even a manifest: random bytes, a plain .tar.zst, or damage at the very start.
-        click.echo(
+        _say(
             f"oxbak: error: {archive} is not an oxbak archive, or is damaged at its start: "
-            f"{report.problems[0]}",
-            err=True,
+            f"{report.problems[0]}"
         )
     else:
         for problem in report.problems:
-            click.echo(f"oxbak: problem: {problem}", err=True)
-        click.echo(
-            f"oxbak: error: {archive} is damaged: {len(report.problems)} problem(s)", err=True
-        )
+            _say(f"oxbak: problem: {problem}")
+        _say(f"oxbak: error: {archive} is damaged: {len(report.problems)} problem(s)")
     if not report.ok:
         sys.exit(1)
     if report.partial:
@@ -944,7 +961,8 @@ def verify_cmd(archive: str, threads: int, as_json: bool) -> None:
 
 @cli.command("recover")
 @click.argument("dest", type=click.Path(path_type=str))
-def recover_cmd(dest: str) -> None:
+@_quiet
+def recover_cmd(dest: str, quiet: bool) -> None:
     """Clean up after an unpack into DEST that was killed.
 
     Removes abandoned staging directories; puts DEST's old tree back if a killed swap left
@@ -957,10 +975,12 @@ def recover_cmd(dest: str) -> None:
     from .commit import recover
 
     actions = recover(dest)
+    if quiet:
+        return
     for action in actions:
-        click.echo(action, err=True)
+        _say(action)
     if not actions:
-        click.echo("nothing to recover", err=True)
+        _say("nothing to recover")
 
 
 def _debug_anywhere(args: list[str]) -> list[str]:
@@ -987,10 +1007,9 @@ def main() -> NoReturn:
         except click.exceptions.NoArgsIsHelpError as exc:
             # `oxbak` alone: a short usage, not the whole help reported as an error.
             where = exc.ctx.command_path if exc.ctx is not None else "oxbak"
-            click.echo(
+            _say(
                 f"usage: {where} COMMAND [ARGS]...  (commands: {', '.join(cli.commands)}; "
-                f"'{where} --help' for more)",
-                err=True,
+                f"'{where} --help' for more)"
             )
             _exit(exc.exit_code)
         except click.UsageError as exc:
@@ -1006,7 +1025,7 @@ def main() -> NoReturn:
         if exc.code is None or isinstance(exc.code, int):
             status = exc.code or 0
         else:
-            click.echo(exc.code, err=True)
+            _say(str(exc.code))
             status = 1
     _exit(status)
 

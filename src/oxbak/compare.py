@@ -43,7 +43,9 @@ always read and checked whole, and the directory's files are read only with ``co
 
 Files the archive's table of contents lists as *missing* (scanned, but gone before
 ``pack`` could read them) are not in the archive: one present in the directory is
-``added``, with ``missing`` set; one absent from the directory is no difference.
+``added``, with ``missing`` set; one absent from the directory is no difference. A
+directory listed as missing is in the archive, but not its contents (``pack`` could not
+read them): what the directory holds is ``added`` with ``missing`` set too.
 """
 
 from __future__ import annotations
@@ -100,7 +102,8 @@ class Change:
     the directory (None when ``removed``). ``fields`` names what differs, for
     ``modified``: a subset of ``type``, ``mode``, ``size``, ``mtime``, ``target``,
     ``content``, in that order. ``missing`` marks an ``added`` path that the archive lists
-    as missing: it vanished while the archive was packed.
+    as missing, or that lies in a directory it lists as missing: it vanished or could not
+    be read while the archive was packed.
     """
 
     status: Status
@@ -194,13 +197,32 @@ def _position(archive: Archive) -> int | None:
 def _missing_paths(source: TocSource, select: Selection | None) -> frozenset[bytes]:
     """The paths the TOC lists as missing (read only when its header counts some).
 
-    ``list_entries`` leaves them out (they have no member), so they are read here.
+    ``list_entries`` does not say which are (it leaves out files that have no member), so
+    they are read here.
     """
     if not source.header.missing:
         return frozenset()
     return frozenset(
         r.path for r in source.records() if r.missing and (select is None or select(r.path))
     )
+
+
+def _was_missing(path: bytes, missing: frozenset[bytes]) -> bool:
+    """Whether *path* is missing from the archive.
+
+    It is when the archive lists it as missing, or lists a directory above it as missing
+    (one whose contents could not be read when it was packed).
+    """
+    if not missing:
+        return False
+    if path in missing or b"" in missing:
+        return True
+    at = path.rfind(b"/")
+    while at > 0:
+        if path[:at] in missing:
+            return True
+        at = path.rfind(b"/", 0, at)
+    return False
 
 
 def _stat(kind: str, mode: int, size: int, mtime_ns: int, target: bytes) -> Stat:
@@ -234,7 +256,8 @@ class _Join:
         self._advance()
 
     def _added(self, entry: Entry) -> Change:
-        return Change("added", entry.path, None, _disk_stat(entry), (), entry.path in self.missing)
+        missing = _was_missing(entry.path, self.missing)
+        return Change("added", entry.path, None, _disk_stat(entry), (), missing)
 
     def push(
         self,
@@ -407,8 +430,8 @@ def _streamed(
         raise IntegrityError(problems)
     sink.changes += join.rest()
     # Which files are missing is known only now, from the index at the archive's end.
-    missing = {r.path for r in flagged if r.missing}
+    missing = frozenset(r.path for r in flagged if r.missing)
     for change in sink.changes:
-        if change.status == "added" and change.path in missing:
+        if change.status == "added" and _was_missing(change.path, missing):
             change = dataclasses.replace(change, missing=True)
         yield change

@@ -25,7 +25,7 @@ import queue
 import struct
 import threading
 from array import array
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import zstandard
@@ -113,9 +113,20 @@ class FrameWriter:
     on its own, in a pool of *threads* threads when there is more than one (libzstd runs
     without the GIL), and writes the frames in order. Every frame is compressed alone with
     the same parameters, so the bytes do not depend on *threads*.
+
+    *progress* is called with the *done* count given to :meth:`cut` once that frame has
+    been compressed and written: that is the work that takes the time, and the caller's
+    writes run ahead of it by up to ``2 * threads`` frames.
     """
 
-    def __init__(self, out: Output, *, level: int, threads: int) -> None:
+    def __init__(
+        self,
+        out: Output,
+        *,
+        level: int,
+        threads: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
         self._sink = _WriteAll(out)
         self._level = level
         # The frame being filled, as the pieces written (joined once, at the cut): no
@@ -124,7 +135,8 @@ class FrameWriter:
         self._size = 0
         self._offset = 0  # decompressed bytes in the frames already cut
         self._sizes: list[tuple[int, int]] = []  # (compressed, decompressed) per frame
-        self._pending: collections.deque[tuple[Future[bytes], int]] = collections.deque()
+        # (the frame being compressed, its size, the caller's done count when it was cut)
+        self._pending: collections.deque[tuple[Future[bytes], int, int]] = collections.deque()
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
         if threads > 1:
@@ -132,6 +144,8 @@ class FrameWriter:
 
             self._pool = ThreadPoolExecutor(threads, "oxbak-zstd")
         self._depth = 2 * threads
+        self._progress = progress
+        self._done = 0
         self.bytes_out = 0
 
     @property
@@ -149,8 +163,14 @@ class FrameWriter:
         self._parts.append(bytes(data) if isinstance(data, bytearray) else data)
         self._size += len(data)
 
-    def cut(self) -> None:
-        """End the current frame here (nothing happens if it is empty)."""
+    def cut(self, done: int | None = None) -> None:
+        """End the current frame here (nothing happens if it is empty).
+
+        *done* is the caller's count of the work complete once this frame is written (for
+        a pack, the file bytes read into it and the frames before); None keeps the last.
+        """
+        if done is not None:
+            self._done = done
         if not self._size:
             return
         data = b"".join(self._parts)
@@ -159,8 +179,9 @@ class FrameWriter:
         self._offset += len(data)
         if self._pool is None:
             self._emit(self._compress(data), len(data))
+            self._report(self._done)
             return
-        self._pending.append((self._pool.submit(self._compress, data), len(data)))
+        self._pending.append((self._pool.submit(self._compress, data), len(data), self._done))
         while len(self._pending) > self._depth:
             self._drain_one()
 
@@ -177,8 +198,13 @@ class FrameWriter:
             raise OutputError(f"zstd compression failed: {exc}") from exc
 
     def _drain_one(self) -> None:
-        future, size = self._pending.popleft()
+        future, size, done = self._pending.popleft()
         self._emit(future.result(), size)
+        self._report(done)
+
+    def _report(self, done: int) -> None:
+        if self._progress is not None:
+            self._progress(done)
 
     def _emit(self, frame: bytes, size: int) -> None:
         with _writing():

@@ -87,7 +87,11 @@ _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 
 @dataclass
 class VerifyResult:
-    """What :func:`verify` found. ``ok`` is true when ``problems`` is empty."""
+    """What :func:`verify` found. ``ok`` is true when ``problems`` is empty.
+
+    ``changed`` and ``missing`` name what could not be captured when it was packed; a
+    directory in ``missing`` ends with ``/``: its contents could not be read in full.
+    """
 
     manifest: Manifest | None
     problems: list[str] = field(default_factory=list)
@@ -105,7 +109,7 @@ class VerifyResult:
 
 @dataclass
 class UnpackResult:
-    """What :func:`unpack` restored."""
+    """What :func:`unpack` restored (``changed`` and ``missing`` as in :class:`VerifyResult`)."""
 
     dest: str
     manifest: Manifest
@@ -435,13 +439,18 @@ def _run(
             if sink is None:
                 digest = _NO_DIGEST
             else:
+                chunks = read(header)
+                if progress is not None and header.size >= fmt.FRAME_TARGET:
+                    # The file's bytes are counted (in totals) already: its own progress
+                    # is shown as it goes, not only once it is done.
+                    chunks = _counted(chunks, totals.bytes - header.size, max_bytes, progress)
                 digest = sink.file(
                     rel,
                     header.mode,
                     header.mtime_ns,
                     uid,
                     gid,
-                    read(header),
+                    chunks,
                     header.xattrs,
                 )
                 if record is not None and digest != record.digest:
@@ -474,6 +483,8 @@ def _run(
                 dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
+    if progress is not None:
+        progress(totals.bytes, totals.bytes)  # the manifest's bytes are a bound; this is all
     final, records = source.final()
     # Records beyond what the manifest accounts for (stored entries, plus files it says
     # could not be captured) would only cost memory: the index is bounded by it too.
@@ -486,6 +497,16 @@ def _run(
     source.finish()
     _check_totals(manifest, final, seen, problems)
     return manifest, seen, flagged
+
+
+def _counted(
+    chunks: Iterable[memoryview], done: int, total: int, progress: Progress
+) -> Iterator[memoryview]:
+    """*chunks*, reporting ``progress(done, total)`` as each has been consumed."""
+    for chunk in chunks:
+        yield chunk
+        done += len(chunk)
+        progress(done, total)
 
 
 def _hardlink_target(name: bytes, linkname: bytes) -> bytes:
@@ -514,8 +535,8 @@ def _check_index(
             )
         if record.changed or record.missing:
             flagged.append(record)
-        if record.missing:
-            continue
+        if record.absent:
+            continue  # a missing file has no member (a missing directory has one)
         got = next(stored, None)
         path = record.path
         if got is None:
@@ -587,7 +608,12 @@ def _fmt_totals(t: Totals) -> str:
 
 def _flag_lists(flagged: list[Record]) -> tuple[list[str], list[str]]:
     changed = [display(r.path) for r in flagged if r.changed]
-    missing = [display(r.path) for r in flagged if r.missing]
+    # A directory whose contents could not be read is named as such, with a "/".
+    missing = [
+        display(r.path or b".") + "/" if r.kind == "dir" else display(r.path)
+        for r in flagged
+        if r.missing
+    ]
     return changed, missing
 
 
@@ -843,8 +869,8 @@ def _list_toc(
         for i, (path, code, flags, size, target, mode, mtime, uid, gid, ctime, ino) in enumerate(
             columns
         ):
-            if flags & MISSING:
-                continue  # scanned, but never stored: no member, nothing to list
+            if flags & MISSING and code != DIR_CODE:
+                continue  # a file scanned, but never stored: no member, nothing to list
             kind = names[code]
             admit(path, kind, size, target)
             if select is not None and not (select(path) and select.covers(path)):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import stat
@@ -55,6 +56,9 @@ class Scan:
     def __init__(self, root: bytes) -> None:
         self.root = root
         self.skipped: list[bytes] = []
+        #: Directories whose contents could not be read in full (``partial`` scans):
+        #: path -> what went wrong, e.g. ``could not be listed (Permission denied)``.
+        self.unreadable: dict[bytes, str] = {}
         self.paths: list[bytes] = []
         self.kinds = bytearray()
         self.modes = array("I")
@@ -189,6 +193,7 @@ def scan_tree(
     one_file_system: bool = False,
     exclude_caches: bool = False,
     xattrs: bool = True,
+    partial: bool = False,
 ) -> Scan:
     """Walk *root* depth-first with siblings sorted by name bytes (the archive's order).
 
@@ -201,8 +206,13 @@ def scan_tree(
     as ``tar --exclude-caches`` does (https://bford.info/cachedir/). With *xattrs*, the
     extended attributes (ACLs included) of every file, directory and symlink are read too.
 
-    :raises SourceError: if *root* is not a readable directory, or a subdirectory cannot
-        be listed.
+    With *partial* (``pack``), a subdirectory that cannot be listed, or holds an entry
+    that cannot be stat'ed, is kept with what could be read and named in ``unreadable``,
+    as restic does, instead of failing the scan: one unreadable directory should not cost
+    the whole archive. *root* itself must be listable either way.
+
+    :raises SourceError: if *root* is not a readable directory, or (without *partial*) a
+        subdirectory cannot be listed.
     """
     root_b = os.fsencode(root)
     rules = excludes if isinstance(excludes, Excludes) else Excludes(excludes)
@@ -220,6 +230,7 @@ def scan_tree(
     add = result.add
     skipped = result.skipped
     first_of_inode: dict[tuple[int, int], bytes] = {}
+    unreadable = result.unreadable if partial else None
     # Depth-first with an explicit stack (no recursion limit): each level holds a
     # directory's sorted names and where it is in them, nothing more. A child is stat'ed
     # when it is reached, so a directory of a million files never holds a million stats.
@@ -235,7 +246,13 @@ def scan_tree(
             except FileNotFoundError:
                 continue  # vanished between listing and lstat: it was never part of the scan
             except OSError as exc:
-                raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
+                if unreadable is None:
+                    raise SourceError(f"cannot stat {display(child)!r}: {exc.strerror}") from exc
+                # Its kind is unknown, so it cannot be recorded itself: its directory is.
+                unreadable.setdefault(
+                    rel, f"could not be read in full ({display(child)!r}: {exc.strerror})"
+                )
+                continue
             kind = _KINDS.get(stat.S_IFMT(st.st_mode))
             if rules and rules.excluded(child, kind == _DIR):
                 continue
@@ -255,7 +272,7 @@ def scan_tree(
                     result.read_xattrs(root_b + b"/" + child)
                 if one_file_system and st.st_dev != root_dev:
                     continue  # a mount point: kept, not entered
-                names_of = _sorted_names(root_b, child)
+                names_of = _sorted_names(root_b, child, unreadable)
                 if exclude_caches and _is_cache(root_b + b"/" + child):
                     names_of = iter([_CACHE_TAG])
                 stack.append((child, names_of))
@@ -296,11 +313,25 @@ def _is_cache(directory: bytes) -> bool:
         os.close(fd)
 
 
-def _sorted_names(root: bytes, rel: bytes) -> Iterator[bytes]:
-    """The names in directory *rel*, sorted by their bytes (the archive's order)."""
+def _sorted_names(
+    root: bytes, rel: bytes, unreadable: dict[bytes, str] | None = None
+) -> Iterator[bytes]:
+    """The names in directory *rel*, sorted by their bytes (the archive's order).
+
+    With *unreadable*, a directory that cannot be listed has no names, and why is noted
+    there under *rel*.
+    """
     try:
         return iter(sorted(os.listdir(root + b"/" + rel if rel else root)))
     except OSError as exc:
+        if unreadable is not None and rel:
+            gone = exc.errno in (errno.ENOENT, errno.ENOTDIR)
+            unreadable[rel] = (
+                "vanished before it could be listed"
+                if gone
+                else f"could not be listed ({exc.strerror})"
+            )
+            return iter(())
         raise SourceError(
             f"cannot list directory {display(rel or b'.')!r}: {exc.strerror}"
         ) from exc

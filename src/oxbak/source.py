@@ -209,15 +209,14 @@ class TocSource:
 
     # -- the source ------------------------------------------------------------------------
     def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
-        """Every stored entry, from the TOC; missing files are kept for :meth:`final`."""
+        """Every stored entry, from the TOC; flagged records are kept for :meth:`final`."""
         previous = 0
         limit = self.toc_offset
         for record in self.records():
-            if record.missing:
+            if record.changed or record.missing:
                 self._flagged.append(record)
-                continue
-            if record.changed:
-                self._flagged.append(record)
+                if record.absent:
+                    continue  # a missing file: no member (a missing directory has one)
             if not previous < record.offset < limit or record.offset % fmt.BLOCK_SIZE:
                 raise CorruptArchiveError(
                     f"table of contents places {shown(record.path)!r} at offset "

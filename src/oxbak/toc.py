@@ -119,6 +119,8 @@ class Record(NamedTuple):
     symlink's target or a hardlink's target path. ``digest`` is 32 bytes (zeros for a
     directory). ``offset`` is where the member's first header block starts in the tar
     stream (0 for a missing file, and for version-1 records, which carry none).
+    ``missing`` on a file: it has no member; on a directory: its member is there, but not
+    all of what it held (:attr:`absent`).
     Version-1 records carry no metadata: ``meta`` is false for them. ``xattrs`` are the
     entry's extended attributes, sorted by name. (A named tuple: a
     restore of a subset goes through every record of the TOC, and it is the cheapest.)
@@ -142,6 +144,11 @@ class Record(NamedTuple):
     offset: int = 0
     meta: bool = True
     xattrs: Xattrs = ()
+
+    @property
+    def absent(self) -> bool:
+        """Whether the record has no member: a file that was missing when packed."""
+        return self.missing and self.kind != "dir"
 
 
 _footer_decoder = msgspec.json.Decoder(Footer)
@@ -299,7 +306,9 @@ def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
         block.xattrs = checked
     if MISSING in block.flags or (CHANGED | MISSING) in block.flags:
         for path, code, flags in zip(block.paths, block.kinds, block.flags, strict=True):
-            if flags & MISSING and code != FILE[0]:
+            # A missing file has no member; a missing directory has one, but not all of
+            # its contents (it could not be read in full). Nothing else can be missing.
+            if flags & MISSING and code != FILE[0] and code != DIR[0]:
                 raise CorruptArchiveError(
                     f"table of contents: {shown(path)!r} is a missing {KIND_NAMES[code]}"
                 )

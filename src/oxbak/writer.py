@@ -68,7 +68,11 @@ class PackResult:
 
     @property
     def partial(self) -> bool:
-        """True when some file could not be captured consistently (exit code 3)."""
+        """True when some entry could not be captured consistently (exit code 3).
+
+        In ``missing``, a directory whose contents could not be read in full is named
+        with a trailing ``/``: it is in the archive, without what could not be read.
+        """
         return bool(self.changed or self.missing)
 
 
@@ -110,7 +114,9 @@ def pack(
     :param exclude_caches: of a directory holding a valid ``CACHEDIR.TAG``, keep the tag.
     :param xattrs: store extended attributes and POSIX ACLs (``user.*``, ``trusted.*``,
         ``security.*``; one that cannot be read is named in a warning).
-    :param progress: called with (bytes done, bytes total) as files are read.
+    :param progress: called with (bytes done, bytes total) as the files' bytes are
+        compressed and written, not as they are read (reading runs ahead); the total is
+        what the scan found, and the last call is (total, total).
     :raises SourceError: *source* cannot be read.
     :raises OutputExistsError: *output* exists and *force* is false.
     """
@@ -130,6 +136,7 @@ def pack(
         one_file_system=one_file_system,
         exclude_caches=exclude_caches,
         xattrs=xattrs,
+        partial=True,
     )
     for pattern in rules.unused():
         logger.warning("exclude pattern %r matched nothing", pattern)
@@ -148,7 +155,13 @@ def pack(
 class _Packer:
     """The state of one pack: the frame writer, the TOC, what went wrong."""
 
-    def __init__(self, root: bytes, writer: FrameWriter, budget: int) -> None:
+    def __init__(
+        self,
+        root: bytes,
+        writer: FrameWriter,
+        budget: int,
+        unreadable: Mapping[bytes, str] | None = None,
+    ) -> None:
         self.root = root
         self.prefix = root + b"/"
         self.writer = writer
@@ -157,7 +170,8 @@ class _Packer:
         self.totals = Totals()  # of what is stored, as stored
         self.per_dir: dict[bytes, int] = {}
         self.changed: list[bytes] = []
-        self.missing: list[bytes] = []
+        self.missing: list[bytes] = []  # directories end with "/"
+        self.unreadable = unreadable or {}  # directories the scan could not read in full
         self.bytes_in = 0
         # The manifest is written first and never rewritten, so the stream must stay
         # within the bytes it declares: budget is what the rest of the scan may still use.
@@ -172,13 +186,13 @@ class _Packer:
         if writer.frame_bytes >= fmt.FRAME_TARGET or (
             size >= fmt.FRAME_TARGET and writer.frame_bytes
         ):
-            writer.cut()
+            writer.cut(self.bytes_in)
         return writer.position
 
     def end_member(self, size: int) -> None:
         """A large member ends its last frame too: small entries never share its frames."""
         if size >= fmt.FRAME_TARGET:
-            self.writer.cut()
+            self.writer.cut(self.bytes_in)
 
     def write_data(self, data: bytes | memoryview, done: int, size: int) -> None:
         """Write member data whose first byte is byte *done* of the member's *size* bytes.
@@ -195,7 +209,7 @@ class _Packer:
             done += len(piece)
             view = view[len(piece) :]
             if done % fmt.FRAME_SPLIT == 0 and done < size:
-                writer.cut()
+                writer.cut(self.bytes_in + done)  # progress: part of a large file
 
     def record(
         self,
@@ -279,7 +293,20 @@ class _Packer:
             digest = digest_of(entry.target)
         self.writer.write(header)
         self.store(entry)
-        self.record(entry, digest, offset)
+        unread = self.unreadable.get(entry.path) if entry.kind == "dir" else None
+        self.record(entry, digest, offset, missing=unread is not None)
+        if unread is not None:
+            self._lose_contents(entry, unread)
+
+    def _lose_contents(self, entry: Entry, why: str) -> None:
+        """Name a directory whose contents could not be read in full, and say why.
+
+        Its own metadata was read (lstat), so its member is stored, and its TOC record is
+        flagged missing: restored, it is empty of what could not be read (FORMAT.md §5).
+        """
+        name = display(entry.path) if entry.path else "."
+        logger.warning("directory %r %s; archived without what could not be read", name, why)
+        self.missing.append(entry.path + b"/" if entry.path else b"./")
 
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
         try:
@@ -362,8 +389,8 @@ class _Packer:
             self.write_data(data, 0, size)
         if size % 512:
             writer.write(_ZEROS[: 512 - size % 512])
+        self.bytes_in += size  # before the cut: its frame completes this file
         self.end_member(size)
-        self.bytes_in += size
         self.store(entry)
         self.record(entry, digest_of(data), offset, changed=not consistent)
         if not consistent:
@@ -443,8 +470,8 @@ class _Packer:
             self.write_data(chunk, done, size)
             done += len(chunk)
         self.writer.write(bytes(padding(size)))
+        self.bytes_in += size  # before the cut: its frame completes this file
         self.end_member(size)
-        self.bytes_in += size
         self.store(entry)
         try:
             st1 = os.fstat(fd)
@@ -544,21 +571,20 @@ def _write(
     )
     manifest_data = encode_manifest(manifest)
     mtime_ns = _created_ns(manifest.created_at)
-    writer = FrameWriter(out, level=level, threads=threads)
+    total = totals.bytes
+    # Progress is counted where frames leave the compressor, in file bytes read into them.
+    on_written = None if progress is None else lambda done: progress(done, total)
+    writer = FrameWriter(out, level=level, threads=threads, progress=on_written)
     try:
         writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
         writer.cut()
-        packer = _Packer(scan.root, writer, totals.bytes)
+        packer = _Packer(scan.root, writer, totals.bytes, scan.unreadable)
         with packer.spool:  # closed on every path, errors included
             scanned_rest = totals.bytes
-            report_at = 0
             for entry in scan:
                 if entry.kind == "file":
                     scanned_rest -= entry.size
                     packer.add_file(entry, scanned_rest)
-                    if progress is not None and packer.bytes_in >= report_at:
-                        progress(packer.bytes_in, totals.bytes)
-                        report_at = packer.bytes_in + _CHUNK
                 else:
                     packer.add_simple(entry)
             header = _write_toc(packer, mtime_ns)
@@ -566,7 +592,7 @@ def _write(
         writer.close(wait=False)
         raise
     if progress is not None:
-        progress(packer.bytes_in, totals.bytes)
+        progress(total, total)  # done, whatever vanished on the way
     return PackResult(
         output="",
         manifest=manifest,
@@ -590,7 +616,8 @@ def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
         format=fmt.TOC_FORMAT_NAME,
         version=fmt.TOC_VERSION,
         digest=fmt.DIGEST_NAME,
-        entries=final.entries + len(packer.missing),
+        # Missing files have a record but no member; missing directories have both.
+        entries=sum(ref.entries for ref in toc.refs),
         partial=bool(packer.changed or packer.missing),
         changed=len(packer.changed),
         missing=len(packer.missing),
