@@ -179,3 +179,26 @@ def test_new_into_a_non_empty_mount_point_is_refused(
         assert "is not empty (use --replace or --merge)" in result.stderr
         assert snapshot(dest) == before
         assert working_names(dest, tmp_path) == []
+
+
+def test_mount_point_takes_the_archive_roots_attributes(tmp_path: Path) -> None:
+    """In a contents exchange DEST stays: it must still end up with the root's extended
+    attributes and ACL, and lose those of the old tree's root."""
+    src = tmp_path / "src"
+    build(os.fsencode(src), {b"f": Node("file", data=b"x\n")}, mode=0o750)
+    with tmpfs(tmp_path / "m") as dest:
+        try:
+            os.setxattr(src, "user.note", b"the new root")
+        except OSError as exc:
+            pytest.skip(f"no user.* attributes on the test filesystem: {exc}")
+        subprocess.run(["setfacl", "-m", "u:daemon:rx", str(src)], check=True)
+        archive = tmp_path / "a.oxbak"
+        oxbak.pack(src, archive)
+        os.setxattr(dest, "user.old", b"the old root")
+        ok(run("unpack", "--replace", archive, dest))
+        assert os.getxattr(dest, "user.note") == b"the new root"
+        assert "user.old" not in os.listxattr(dest)
+        assert os.getxattr(dest, "system.posix_acl_access") == os.getxattr(
+            src, "system.posix_acl_access"
+        )
+        assert snapshot(dest) == snapshot(src)

@@ -278,6 +278,7 @@ def _exchange_contents(p: Plan, box: str, *, same_owner: bool) -> None:
     root = os.path.join(box, TREE)
     os.mkdir(os.path.join(box, _ASIDE), 0o700)
     staged = os.stat(root)
+    xattrs = _root_xattrs(root)  # before the chmod below rewrites an ACL's mask
     os.chmod(root, 0o700)  # its entries move out, whatever the archive's root mode
     before = os.stat(p.dest)
     journal = _Journal(
@@ -287,6 +288,7 @@ def _exchange_contents(p: Plan, box: str, *, same_owner: bool) -> None:
         uid=staged.st_uid if same_owner else -1,
         gid=staged.st_gid if same_owner else -1,
         mtime_ns=staged.st_mtime_ns,
+        xattrs=xattrs,
     )
     journal.write(os.path.join(box, _JOURNAL))
     # The commit point: from here on, recover() completes the exchange.
@@ -318,7 +320,7 @@ class _Journal:
     Names are DEST's top-level entries (*old*, moved into the box's ``old/``) and the
     staged ones (*new*, moved from ``tree/`` into DEST); *mode*, *uid*, *gid* and
     *mtime_ns* are the archive's root directory's, given to DEST at the end (ids of -1:
-    ownership not restored).
+    ownership not restored), as are the attributes *xattrs* (see ``_ROOT_XATTRS``).
     """
 
     old: list[bytes]
@@ -327,6 +329,7 @@ class _Journal:
     uid: int
     gid: int
     mtime_ns: int
+    xattrs: list[tuple[str, bytes]]
 
     def write(self, path: str) -> None:
         """Write the journal whole and durably (temp file, fsync, rename, fsync dir)."""
@@ -338,6 +341,7 @@ class _Journal:
             "uid": self.uid,
             "gid": self.gid,
             "mtime_ns": self.mtime_ns,
+            "xattrs": [[n, v.hex()] for n, v in self.xattrs],
         }
         temp = path + ".tmp"
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
@@ -364,6 +368,7 @@ class _Journal:
                 uid=int(data["uid"]),
                 gid=int(data["gid"]),
                 mtime_ns=int(data["mtime_ns"]),
+                xattrs=[(str(n), bytes.fromhex(v)) for n, v in data["xattrs"]],
             )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed journal ({exc})") from exc
@@ -406,7 +411,34 @@ class _Journal:
         if self.uid >= 0:
             os.chown(dest, self.uid, self.gid)
         os.chmod(dest, self.mode)
+        _set_xattrs(dest, self.xattrs)  # after chmod, which rewrites an ACL's mask
         os.utime(dest, ns=(self.mtime_ns, self.mtime_ns))
+
+
+# The attributes the staged root may have been given from the archive and DEST's own must
+# then match. security.* is left alone: the kernel labels both directories itself.
+_ROOT_XATTRS = ("user.", "trusted.", "system.posix_acl_")
+
+
+def _root_xattrs(path: str) -> list[tuple[str, bytes]]:
+    """The extended attributes (ACLs included) of *path* in those namespaces."""
+    try:
+        names = os.listxattr(path)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP):
+            return []
+        raise
+    return [(n, os.getxattr(path, n)) for n in sorted(names) if n.startswith(_ROOT_XATTRS)]
+
+
+def _set_xattrs(path: str, xattrs: list[tuple[str, bytes]]) -> None:
+    """Make *path*'s attributes in those namespaces exactly *xattrs*."""
+    want = dict(xattrs)
+    for name, _ in _root_xattrs(path):
+        if name not in want:
+            os.removexattr(path, name)
+    for name, value in xattrs:
+        os.setxattr(path, name, value)
 
 
 # -- merge ---------------------------------------------------------------------------------
