@@ -31,9 +31,9 @@ def mounted(path: Path, *args: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(path)], capture_output=True, timeout=60)
 
 
-def tmpfs(path: Path, size: str = "256m") -> contextlib.AbstractContextManager[Path]:
-    """A fresh tmpfs at *path*."""
-    return mounted(path, "-t", "tmpfs", "-o", f"size={size}", "oxbak-test")
+def tmpfs(path: Path, options: str = "size=256m") -> contextlib.AbstractContextManager[Path]:
+    """A fresh tmpfs at *path*, mounted with *options*."""
+    return mounted(path, "-t", "tmpfs", "-o", options, "oxbak-test")
 
 
 def bind(path: Path) -> contextlib.AbstractContextManager[Path]:

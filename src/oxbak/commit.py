@@ -204,36 +204,34 @@ def put_in_place(p: Plan, box: str, *, same_owner: bool) -> list[str]:
                     f"cannot unpack into {p.dest!r}: it appeared or was filled meanwhile"
                 ) from exc
             raise
-    if p.workdir != p.dest:
-        return [box]
-    return [_restamp_box(p, box)]
-
-
-def _restamp_box(p: Plan, box: str) -> str:
-    """Rename the box inside DEST to carry DEST's time as the commit left it."""
-    stamp = os.stat(p.dest).st_mtime_ns
-    suffix = os.path.basename(box)[len(p.box_prefix(p.stamp)) :]
-    renamed = os.path.join(p.workdir, p.box_prefix(stamp) + suffix)
-    os.rename(box, renamed)
-    os.utime(p.dest, ns=(os.stat(p.dest).st_atime_ns, stamp))
-    return renamed
+    return [box]
 
 
 def clean_up(p: Plan, leftovers: list[str]) -> None:
-    """Delete *leftovers* (from :func:`put_in_place`); give DEST back its time if need be."""
+    """Delete *leftovers* (from :func:`put_in_place`); DEST keeps the time it was given.
+
+    A box inside DEST is first renamed to carry that time (the commit gave DEST the
+    archive root's): a box removed by :func:`recover` then gives DEST that time back.
+    """
+    stamp = None
+    if p.workdir == p.dest:
+        stamp = os.stat(p.dest).st_mtime_ns
+        box = leftovers[-1]
+        suffix = os.path.basename(box)[len(p.box_prefix(p.stamp)) :]
+        renamed = os.path.join(p.workdir, p.box_prefix(stamp) + suffix)
+        os.rename(box, renamed)
+        leftovers[-1] = renamed
     for tree in leftovers:
         remove_tree(tree)
-    if p.workdir == p.dest:
-        stamp = _stamp_of(p, os.path.basename(leftovers[-1]))
-        if stamp is not None:
-            _set_mtime(p.dest, stamp)
+    if stamp is not None:
+        _set_mtime(p.dest, stamp)
 
 
 def abandon(p: Plan, box: str) -> None:
     """Delete a box whose commit did not happen; DEST keeps the time it had.
 
-    A box whose journal is still there holds half an exchange that could not be undone:
-    it is left for :func:`recover`, which completes it.
+    A box whose journal is still there holds an exchange that was decided and could not
+    be undone: it is left for :func:`recover`, which completes it.
     """
     if os.path.lexists(os.path.join(box, _JOURNAL)):
         return
@@ -290,7 +288,13 @@ def _exchange_contents(p: Plan, box: str, *, same_owner: bool) -> None:
         mtime_ns=staged.st_mtime_ns,
         xattrs=xattrs,
     )
-    journal.write(os.path.join(box, _JOURNAL))
+    try:
+        journal.write(os.path.join(box, _JOURNAL))
+    except BaseException:
+        # Not durable, so not decided: without a journal the box is only a leftover.
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(box, _JOURNAL))
+        raise
     # The commit point: from here on, recover() completes the exchange.
     moves: list[tuple[bytes, bytes]] = []
     try:

@@ -325,7 +325,7 @@ class StagingDir:
         left = [tree for tree in leftovers if os.path.lexists(tree)]
         if left:
             warnings.append(
-                f"the old tree is left at {left[0]!r}; `oxbak recover {self.dest}` removes it"
+                f"{left[0]!r} is left over; `oxbak recover {self.dest}` removes it"
             )
         return warnings
 
