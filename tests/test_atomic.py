@@ -1086,10 +1086,10 @@ def _merge_line(f: dict[str, Any]) -> str:
 @pytest.mark.torture
 def test_unpack_merge_kill_sweep(trees: Trees, area: Path) -> None:
     require_tool("strace")
-    figures = merge_kill_sweep(trees, area, staging=10, in_commit=24, cleanup=4)
+    figures = merge_kill_sweep(trees, area, staging=6, in_commit=16, cleanup=2)
     _figures(_merge_line(figures))
     assert figures["killed"] == figures["moments"], figures
-    assert figures["phases"]["mixed"] >= 20, figures
+    assert figures["phases"]["mixed"] >= 14, figures
 
 
 def test_unpack_merge_kill_slice(trees: Trees, area: Path) -> None:
