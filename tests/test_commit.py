@@ -4,6 +4,7 @@ its contents are exchanged under a journal. Real mounts, as root; skipped otherw
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -202,3 +203,32 @@ def test_mount_point_takes_the_archive_roots_attributes(tmp_path: Path) -> None:
             src, "system.posix_acl_access"
         )
         assert snapshot(dest) == snapshot(src)
+
+
+@pytest.mark.parametrize("name", [b"../outside", b"a/b", b".", b""])
+def test_recover_refuses_a_journal_naming_more_than_one_entry(tmp_path: Path, name: bytes) -> None:
+    """recover acts on a killed unpack's journal: one naming a path rather than a single
+    entry of DEST is refused, one line, and nothing is moved."""
+    dest = tmp_path / "dest"
+    build(os.fsencode(dest), {b"keep.txt": Node("file", data=b"mine\n")})
+    (tmp_path / "outside").write_bytes(b"not DEST's\n")
+    box = tmp_path / ".oxbak-stage-dest.abcdefgh"
+    (box / "tree").mkdir(parents=True)
+    (box / "old").mkdir()
+    journal = {
+        "oxbak-journal": 1,
+        "old": [name.hex()],
+        "new": [],
+        "mode": 0o755,
+        "uid": -1,
+        "gid": -1,
+        "mtime_ns": 0,
+        "xattrs": [],
+    }
+    (box / "journal").write_text(json.dumps(journal))
+    before = snapshot(tmp_path)
+    result = run("recover", dest)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"oxbak: error: cannot recover {str(dest)!r}: ")
+    assert "malformed journal" in result.stderr and len(result.stderr.splitlines()) == 1
+    assert snapshot(tmp_path) == before
