@@ -324,18 +324,33 @@ def test_force_onto_a_directory_is_refused_up_front(src: Path, tmp_path: Path) -
 
 
 @pytest.mark.tools("tar", "zstd")
-def test_verify_tells_a_foreign_file_from_a_damaged_archive(src: Path, tmp_path: Path) -> None:
+def test_every_command_calls_a_foreign_file_not_an_archive(src: Path, tmp_path: Path) -> None:
+    """Random bytes, a plain .tar.zst (GNU tar's) and an empty file are "not an oxbak
+    archive", named, in one line, by every command that reads one: never "damaged"."""
     plain = tmp_path / "plain.tar.zst"
     assert subprocess.run(
         ["tar", "--zstd", "-cf", str(plain), "-C", str(src), "."], capture_output=True
     ).returncode == 0
     junk = tmp_path / "junk.bin"
     junk.write_bytes(os.urandom(4096))
-    for path in (plain, junk):
-        result = oxbak("verify", path)
-        assert result.returncode == 1
-        lines = text(result.stderr).splitlines()
-        assert len(lines) == 1 and "is not an oxbak archive" in lines[0], lines
+    empty = tmp_path / "e"
+    empty.write_bytes(b"")
+    for path in (plain, junk, empty):
+        for args in (
+            ("info", path),
+            ("list", path),
+            ("cat", path, "a.txt"),
+            ("verify", path),
+            ("diff", path, src),
+            ("unpack", path, tmp_path / "dest"),
+        ):
+            result = oxbak(*args)
+            assert result.returncode == (2 if args[0] == "diff" else 1), (args, result.stderr)
+            lines = text(result.stderr).splitlines()
+            assert len(lines) == 1, (args, lines)
+            assert lines[0].startswith(f"oxbak: error: {path}: not an oxbak archive: "), lines
+            assert "damaged" not in lines[0]
+            assert not (tmp_path / "dest").exists()
 
 
 def test_names_near_name_max_work(src: Path, tmp_path: Path) -> None:

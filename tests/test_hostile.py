@@ -67,6 +67,7 @@ from oxbak.errors import (
     IntegrityError,
     LimitExceededError,
     ManifestError,
+    NotAnArchiveError,
     OxbakError,
     UnsafeArchiveError,
     UnsupportedVersionError,
@@ -79,6 +80,7 @@ Mode = Literal["new", "replace", "merge"]
 UNSAFE: ErrorTypes = (UnsafeArchiveError,)
 CORRUPT: ErrorTypes = (CorruptArchiveError,)
 MANIFEST: ErrorTypes = (ManifestError,)
+NOT_ARCHIVE: ErrorTypes = (NotAnArchiveError,)
 LIMIT: ErrorTypes = (LimitExceededError,)
 INTEGRITY: ErrorTypes = (IntegrityError,)
 # Where FORMAT.md says "refused" without naming the class, either of these is right.
@@ -695,10 +697,10 @@ ZSTD_CASES = [
     ),
     c("flipped-frame1-checksum", zstd_mutation(_flip_frame("frame1-checksum")), CORRUPT),
     c("frame-header-reserved-bit", zstd_mutation(_fhd_reserved), CORRUPT),
-    c("not-zstd-text", lambda _: b"this is not an archive, just text\n" * 10, CORRUPT),
-    c("not-zstd-bare-tar", lambda _: build_tar(base_entries()), CORRUPT),
-    c("not-zstd-gzip", lambda _: b"\x1f\x8b\x08\x00" + bytes(100), CORRUPT),
-    c("empty-file", lambda _: b"", CORRUPT),
+    c("not-zstd-text", lambda _: b"this is not an archive, just text\n" * 10, NOT_ARCHIVE),
+    c("not-zstd-bare-tar", lambda _: build_tar(base_entries()), NOT_ARCHIVE),
+    c("not-zstd-gzip", lambda _: b"\x1f\x8b\x08\x00" + bytes(100), NOT_ARCHIVE),
+    c("empty-file", lambda _: b"", NOT_ARCHIVE),
     c("only-reserve-frame", lambda _: skippable(), (CorruptArchiveError, ManifestError)),
     c("empty-zstd-frame", lambda _: frame(b""), (CorruptArchiveError, ManifestError)),
 ]

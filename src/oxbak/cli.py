@@ -81,6 +81,16 @@ def _fail(message: str, code: int = 1) -> NoReturn:
 _ARCHIVE = "oxbak.archive"  # ctx.meta key: the archive the command reads
 
 
+def _about_archive(exc: ArchiveError) -> str:
+    """The message of *exc*, naming the archive the command reads.
+
+    The library speaks of members and frames; the user needs the file too.
+    """
+    archive = click.get_current_context().meta.get(_ARCHIVE)
+    where = "standard input" if archive == "-" else archive
+    return f"{where}: {exc}" if where else str(exc)
+
+
 def _remember_archive(
     ctx: click.Context, param: click.Parameter, value: str | None
 ) -> str | None:
@@ -101,14 +111,8 @@ class _Group(click.Group):
         except OutputExistsError as exc:
             _fail(f"{exc} (use --force to replace it)", exc.exit_code)
         except ArchiveError as exc:
-            # The library speaks of members and frames; the user needs the file too.
             _traceback_on_request()
-            archive = ctx.meta.get(_ARCHIVE)
-            where = "standard input" if archive == "-" else archive
-            message = str(exc)
-            if where and where not in message:
-                message = f"{where}: {message}"
-            _fail(message, exc.exit_code)
+            _fail(_about_archive(exc), exc.exit_code)
         except OxbakError as exc:
             _traceback_on_request()
             _fail(str(exc), exc.exit_code)
@@ -894,6 +898,8 @@ def diff_cmd(
         raise
     except (OxbakError, OSError) as exc:  # 1 means "they differ": trouble is 2, as diff(1)
         _traceback_on_request()
+        if isinstance(exc, ArchiveError):
+            _fail(_about_archive(exc), 2)
         _fail(str(exc) if isinstance(exc, OxbakError) else f"{exc.strerror or exc}", 2)
     if differ:
         sys.exit(1)
@@ -944,11 +950,9 @@ def verify_cmd(archive: str, threads: int, as_json: bool, quiet: bool) -> None:
                 f"{', '.join(report.missing) or '-'}"
             )
     elif report.manifest is None:
-        # Not even a manifest: random bytes, a plain .tar.zst, or damage at the very start.
-        _say(
-            f"oxbak: error: {archive} is not an oxbak archive, or is damaged at its start: "
-            f"{report.problems[0]}"
-        )
+        # Not even a manifest: the one error every command gives (random bytes, a plain
+        # .tar.zst, damage at the very start), about this archive.
+        _say(f"oxbak: error: {archive}: {report.problems[0]}")
     else:
         for problem in report.problems:
             _say(f"oxbak: problem: {problem}")

@@ -31,7 +31,13 @@ from typing import TYPE_CHECKING, Protocol
 import zstandard
 
 from . import format as fmt
-from .errors import CorruptArchiveError, InputError, LimitExceededError, OutputError
+from .errors import (
+    CorruptArchiveError,
+    InputError,
+    LimitExceededError,
+    NotAnArchiveError,
+    OutputError,
+)
 
 if TYPE_CHECKING:
     # Imported where a pool starts: `oxbak info` never needs one (it costs ~3 ms).
@@ -307,7 +313,7 @@ class FrameWalker:
             while self.read(_READ_SIZE):
                 pass
         if self.frames == 0 and self.bytes_in == 0:
-            raise CorruptArchiveError("archive is empty")
+            raise NotAnArchiveError("not an oxbak archive: it is empty")
         if self._state != "magic" or self._buf:
             raise CorruptArchiveError("archive is truncated: the last zstd frame is incomplete")
 
@@ -373,7 +379,7 @@ class FrameWalker:
             elif magic & _SKIPPABLE_MASK == fmt.SKIPPABLE_MAGIC:
                 self._state, self._want = "skippable", 4
             elif self.frames == 0:
-                raise CorruptArchiveError("not a zstd stream (is this an .oxbak archive?)")
+                raise NotAnArchiveError("not an oxbak archive: it is not zstd-compressed")
             else:
                 raise CorruptArchiveError(
                     f"unexpected bytes after zstd frame {self.frames} (trailing garbage)"

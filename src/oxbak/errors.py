@@ -11,6 +11,7 @@ The hierarchy::
     └── ArchiveError                the archive cannot be trusted
         ├── CorruptArchiveError     damaged container: zstd, tar, truncation, garbage
         ├── ManifestError           the manifest is missing, malformed or mistyped
+        │   ├── NotAnArchiveError   not an oxbak archive at all (random bytes, a .tar.zst)
         │   └── UnsupportedVersionError   written by a newer oxbak
         ├── UnsafeArchiveError      would write outside DEST, create a device, …
         ├── LimitExceededError      exceeds a declared or built-in bound
@@ -31,6 +32,7 @@ __all__ = [
     "LimitExceededError",
     "ManifestError",
     "InputError",
+    "NotAnArchiveError",
     "OutputError",
     "OutputExistsError",
     "OxbakError",
@@ -84,6 +86,14 @@ class CorruptArchiveError(ArchiveError):
 
 class ManifestError(ArchiveError):
     """The manifest is missing, not first, malformed, or of the wrong types."""
+
+
+class NotAnArchiveError(ManifestError):
+    """The input is not an oxbak archive: said as such, rather than "damaged".
+
+    It is not zstd-compressed, or it is a tar that does not start with the manifest (any
+    other ``.tar.zst``).
+    """
 
 
 class UnsupportedVersionError(ManifestError):

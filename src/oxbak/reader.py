@@ -19,7 +19,7 @@ from typing import BinaryIO, Protocol
 
 from . import format as fmt
 from .compress import ZstdReader
-from .errors import CorruptArchiveError, LimitExceededError, ManifestError
+from .errors import CorruptArchiveError, LimitExceededError, ManifestError, NotAnArchiveError
 from .locations import open_input
 from .manifest import (
     Index,
@@ -226,14 +226,25 @@ class ArchiveReader:
         :raises ManifestError: no manifest first, or a malformed one.
         :raises UnsupportedVersionError: the archive is from a newer format version.
         """
+        if self._fill(_BLOCK):
+            try:
+                parse_header(self._buf[self._pos : self._pos + _BLOCK], None)
+            except CorruptArchiveError as exc:
+                # The block decompressed (zstd damage is not this): oxbak always starts
+                # with a ustar header of its own, so anything else is another kind of file.
+                raise NotAnArchiveError(
+                    f"not an oxbak archive: it does not start with {fmt.MANIFEST_NAME} "
+                    f"({exc})"
+                ) from exc
         header = self.next_header()
         if header is None:
             raise ManifestError("archive has no manifest.json (it holds no members)")
         if header.name == _MANIFEST_MEMBER and header.typeflag != REGULAR:
             raise ManifestError("manifest.json is not a regular file member")
         if header.name != _MANIFEST_MEMBER:
-            raise ManifestError(
-                f"first member is {shown(header.name[:200])!r}, not {fmt.MANIFEST_NAME}"
+            raise NotAnArchiveError(
+                f"not an oxbak archive: its first member is {shown(header.name[:200])!r}, "
+                f"not {fmt.MANIFEST_NAME}"
             )
         if header.size > fmt.MAX_MANIFEST_BYTES:
             raise LimitExceededError(

@@ -567,7 +567,7 @@ HOSTILE: dict[str, str | None] = {
     "truncated-mid-frame3": "truncated",
     "trailing-garbage": "garbage",
     "flipped-frame3-late-block": "checksum",
-    "not-zstd-bare-tar": "not a zstd stream",
+    "not-zstd-bare-tar": "it is not zstd-compressed",
     "empty-file": "empty",
     # tar
     "junk-after-end-marker": "end-of-archive marker",
