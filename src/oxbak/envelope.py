@@ -710,8 +710,15 @@ class Encrypting:
     def write(self, data: bytes | bytearray | memoryview, /) -> int:
         """Hand *data* to the encryption; raises the sink's error once it has one."""
         try:
-            # A copy only of what the caller may reuse; the frames are bytes already.
-            self._pipe.put(data if isinstance(data, bytes) else bytes(data))
+            if len(data) <= _PIECE:
+                # A copy only of what the caller may reuse; the frames are bytes already.
+                self._pipe.put(data if isinstance(data, bytes) else bytes(data))
+            else:
+                # A frame of incompressible data is ~4 MiB: in pieces of _PIECE, what
+                # waits in the pipe is bounded in bytes, not only in frames.
+                view = memoryview(data)
+                for at in range(0, len(view), _PIECE):
+                    self._pipe.put(bytes(view[at : at + _PIECE]))
         except BrokenPipeError:
             self._thread.join()
             self._raise_if_failed()
