@@ -140,6 +140,11 @@ def test_pack_to_a_recipient_writes_an_age_file_every_reader_opens(
     with pytest.raises(oxbak.OxbakError, match="is a hardlink; cat its target"):
         oxbak.cat(sealed, "seeds/000001.json", io.BytesIO(), identities=ids)
     assert list(oxbak.diff(sealed, src, content=True, identities=ids)) == []
+    oxbak.unpack(sealed, tmp_path / "only", only=["seeds", "hard"], identities=ids)
+    assert sorted(os.listdir(tmp_path / "only")) == ["hard", "seeds"]
+    with pytest.raises(oxbak.OxbakError, match=r"which this selection leaves out \(add it\)"):
+        oxbak.unpack(sealed, tmp_path / "only2", only=["seeds"], identities=ids)
+    assert not (tmp_path / "only2").exists()
     oxbak.unpack(sealed, tmp_path / "restored", identities=ids)
     assert snapshot(str(tmp_path / "restored")) == snapshot(str(src))
     # One key or one identity file alone is taken as such, not as a sequence of letters.

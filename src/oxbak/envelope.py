@@ -56,13 +56,17 @@ if TYPE_CHECKING:
 __all__ = [
     "AGE_MAGIC",
     "ARMOR_BEGIN",
+    "Decrypted",
+    "Encrypting",
     "EnvelopeInfo",
     "IdentityFile",
     "encrypting",
     "load_identities",
     "open_archive",
     "parse_recipients",
+    "read_header",
     "read_recipients_file",
+    "sniff",
 ]
 
 #: The first line of every binary age file.

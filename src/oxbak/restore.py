@@ -471,10 +471,13 @@ def _run(
         if kind == "hardlink":
             if wanted:
                 if select is not None and select.links and target not in select.written:
+                    # An encrypted archive is a stream even from a file: only adding helps.
+                    how = "" if source.envelope else (
+                        ", or read the archive from a file so that oxbak can pull it in"
+                    )
                     raise OxbakError(
                         f"cannot restore hardlink {shown(rel)!r} without its target "
-                        f"{shown(target)!r}, which this selection leaves out (add it, or "
-                        f"read the archive from a file so that oxbak can pull it in)"
+                        f"{shown(target)!r}, which this selection leaves out (add it{how})"
                     )
                 dest.hardlink(rel, target)
             remember(rel, _HARDLINK, 0, digest, hash(metadata_key(header, target)))
