@@ -38,6 +38,21 @@ else
   exit 1
 fi
 
+# Encrypted to an age key: a key made here (age-keygen makes the same kind).
+step "oxbak pack $out/state -o $out/state.oxbak.age --recipient \$(public key of $out/key.txt)"
+"$bin/python" -c 'import pyrage, sys
+key = pyrage.x25519.Identity.generate()
+open(sys.argv[1], "w").write(f"# public key: {key.to_public()}\n{key}\n")
+print(key.to_public())' "$out/key.txt" > "$out/key.pub"
+"$bin/oxbak" pack "$out/state" -o "$out/state.oxbak.age" --recipient "$(cat "$out/key.pub")"
+
+step "oxbak info $out/state.oxbak.age   # without the key: only what the envelope says"
+"$bin/oxbak" info "$out/state.oxbak.age"
+
+step "oxbak unpack $out/state.oxbak.age $out/restored-age --identity $out/key.txt"
+"$bin/oxbak" unpack "$out/state.oxbak.age" "$out/restored-age" --identity "$out/key.txt"
+diff -r --no-dereference "$out/state" "$out/restored-age" >/dev/null && echo "identical"
+
 # Reading part of the archive: the table of contents at its end says where each entry is.
 # (sed, not head, reads all it is given: oxbak is not cut off by a closed pipe)
 step "oxbak list $out/state.oxbak memory/facts -h | sed -n 1,4p"

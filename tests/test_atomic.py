@@ -322,6 +322,30 @@ def test_interrupted_pack_leaves_no_archive(
     assert_ok(oxbak("verify", out))
 
 
+def test_killed_encrypted_pack_leaves_no_archive_and_only_ciphertext(
+    big_tree: Path, tiny_tree: Path, tmp_path: Path
+) -> None:
+    import pyrage
+
+    recipient = str(pyrage.x25519.Identity.generate().to_public())
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "out.oxbak.age"
+    proc = spawn("pack", big_tree, "-o", out, "--level", SLOW_LEVEL, "-r", recipient)
+    interrupt(
+        proc, lambda: bool(pack_temps(out_dir, out.name)), 0.3, signal.SIGKILL,
+        "pack ended before the signal",
+    )
+    assert proc.returncode == -signal.SIGKILL
+    assert not out.exists()
+    (temp,) = pack_temps(out_dir, out.name)
+    # What reached the disk is the envelope: the age header, then ciphertext.
+    assert (out_dir / temp).read_bytes().startswith(b"age-encryption.org/v1\n")
+    assert sorted(os.listdir(out_dir)) == [temp]
+    assert_ok(oxbak("pack", tiny_tree, "-o", out, "-r", recipient))
+    assert os.listdir(out_dir) == [out.name]
+
+
 def test_interrupted_pack_exits_promptly_at_high_level(big_tree: Path, tmp_path: Path) -> None:
     sig = signal.SIGTERM  # SIGINT takes the same path (both become KeyboardInterrupt)
     out = tmp_path / "out.oxbak"

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import os
 import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ import zstandard
 import oxbak
 from test_xattrs import ROOT, all_xattrs, fs, make_tree
 from toc_builders import V2, build_v2, digest
+from tools import require_tool
 from treeutil import Node, build, snapshot
 
 __all__ = ["fs"]  # a fixture, used by name
@@ -309,3 +311,70 @@ def test_oxbak_restores_the_xattrs_and_acls_gnu_tar_stored(fs: Path) -> None:
     assert oxbak.verify(fs / "gnu.oxbak").ok, oxbak.verify(fs / "gnu.oxbak").problems
     oxbak.unpack(fs / "gnu.oxbak", fs / "dest")
     assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")
+
+
+# --------------------------------------------------------------------------- age
+
+def _oxbak() -> str:
+    return str(Path(sys.executable).parent / "oxbak")
+
+
+def _age_keygen(directory: Path, name: str) -> tuple[Path, str]:
+    key = directory / name
+    subprocess.run(["age-keygen", "-o", str(key)], check=True, capture_output=True)
+    public = subprocess.run(
+        ["age-keygen", "-y", str(key)], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    return key, public
+
+
+def _sh(script: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(["bash", "-o", "pipefail", "-c", script], capture_output=True)
+
+
+def test_age_decrypts_oxbak_output_and_tar_lists_it(
+    packed: tuple[Path, Path], tmp_path: Path
+) -> None:
+    require_tool("age", "age-keygen")
+    src, _ = packed
+    key, public = _age_keygen(tmp_path, "key.txt")
+    sealed = tmp_path / "a.oxbak.age"
+    oxbak.pack(src, sealed, recipients=[public])
+    # The README's line: age -d -i KEY x.oxbak.age | tar --zstd -t
+    listed = _sh(f'age -d -i "{key}" "{sealed}" | tar --zstd -t')
+    assert listed.returncode == 0, listed.stderr
+    names = listed.stdout.split(b"\n")
+    assert names[:2] == [b"manifest.json", b"tree/"] and names[-2:] == [b"toc.msgpack", b""]
+    out = tmp_path / "gnu"
+    out.mkdir()
+    extracted = _sh(f'age -d -i "{key}" "{sealed}" | tar --zstd -x -C "{out}"')
+    assert extracted.returncode == 0, extracted.stderr
+    assert snapshot(str(out / "tree")) == snapshot(str(src))
+
+
+@pytest.mark.parametrize("how", ["file", "pipe", "armored", "ssh-ed25519"])
+def test_oxbak_reads_what_age_encrypts(packed: tuple[Path, Path], tmp_path: Path, how: str) -> None:
+    require_tool("age", "age-keygen")
+    src, archive = packed
+    if how == "ssh-ed25519":
+        require_tool("ssh-keygen")
+        key = tmp_path / "id_ed25519"
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)],
+                       check=True, stdin=subprocess.DEVNULL)  # fmt: skip
+        to = f'-R "{key}.pub"'
+    else:
+        key, public = _age_keygen(tmp_path, "key.txt")
+        to = f"-r {public}"
+    armor = "-a" if how == "armored" else ""
+    sealed = tmp_path / "by-age.oxbak.age"
+    made = _sh(f'age {armor} {to} -o "{sealed}" "{archive}"')
+    assert made.returncode == 0, made.stderr
+    dest = tmp_path / "dest"
+    if how == "pipe":
+        result = _sh(f'cat "{sealed}" | "{_oxbak()}" unpack - "{dest}" -i "{key}"')
+    else:
+        result = _sh(f'"{_oxbak()}" unpack "{sealed}" "{dest}" -i "{key}"')
+    assert result.returncode == 0, result.stderr
+    assert snapshot(str(dest)) == snapshot(str(src))
+    info = _sh(f'"{_oxbak()}" info "{sealed}"')
+    assert info.returncode == 0 and info.stdout.startswith(b"encrypted:     age"), info

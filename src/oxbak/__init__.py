@@ -13,6 +13,9 @@ The public API::
     for change in oxbak.diff("state.oxbak", "state"): ... # -> Change
     oxbak.unpack("state.oxbak", "restored")               # -> UnpackResult
 
+    oxbak.pack("state", "state.oxbak.age", recipients=["age1…"])   # encrypted (age)
+    oxbak.unpack("state.oxbak.age", "restored", identities=["key.txt"])
+
 Archives are paths or binary file objects. Every deliberate error is an ``OxbakError``.
 """
 
@@ -25,6 +28,8 @@ from .errors import (
     ArchiveError,
     CorruptArchiveError,
     DestinationError,
+    EnvelopeError,
+    IdentityError,
     InputError,
     IntegrityError,
     LimitExceededError,
@@ -33,6 +38,7 @@ from .errors import (
     OutputError,
     OutputExistsError,
     OxbakError,
+    RecipientError,
     SourceError,
     UnsafeArchiveError,
     UnsupportedVersionError,
@@ -41,6 +47,7 @@ from .errors import (
 if TYPE_CHECKING:
     from .commit import recover
     from .compare import Change, diff
+    from .envelope import EnvelopeInfo
     from .manifest import Manifest
     from .reader import read_manifest
     from .restore import EntryInfo, UnpackResult, VerifyResult, cat, list_entries, unpack, verify
@@ -53,6 +60,7 @@ _LAZY = {
     "recover": "commit",
     "Change": "compare",
     "diff": "compare",
+    "EnvelopeInfo": "envelope",
     "Manifest": "manifest",
     "EntryInfo": "restore",
     "list_entries": "restore",
@@ -87,6 +95,9 @@ __all__ = [
     "CorruptArchiveError",
     "DestinationError",
     "EntryInfo",
+    "EnvelopeError",
+    "EnvelopeInfo",
+    "IdentityError",
     "InputError",
     "IntegrityError",
     "LimitExceededError",
@@ -97,6 +108,7 @@ __all__ = [
     "OutputExistsError",
     "OxbakError",
     "PackResult",
+    "RecipientError",
     "SourceError",
     "UnpackResult",
     "UnsafeArchiveError",

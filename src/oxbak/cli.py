@@ -30,6 +30,7 @@ from .paths import display
 if TYPE_CHECKING:
     from ._progress import ProgressLine
     from .commit import Mode
+    from .envelope import EnvelopeInfo
     from .manifest import Manifest
     from .owners import OwnerMode
     from .restore import EntryInfo
@@ -86,9 +87,15 @@ def _about_archive(exc: ArchiveError) -> str:
 
     The library speaks of members and frames; the user needs the file too.
     """
-    archive = click.get_current_context().meta.get(_ARCHIVE)
+    return _naming(click.get_current_context().meta.get(_ARCHIVE), str(exc))
+
+
+def _naming(archive: str | None, message: str) -> str:
+    """*message* about *archive*, starting with its name (once: an envelope's says it)."""
     where = "standard input" if archive == "-" else archive
-    return f"{where}: {exc}" if where else str(exc)
+    if not where or message.startswith((f"{where}: ", f"{where} ")):
+        return message
+    return f"{where}: {message}"
 
 
 def _remember_archive(
@@ -275,6 +282,18 @@ _decompression_threads = click.option(
 )
 
 
+#: -i for every command that reads an archive: the keys of an encrypted one.
+_identity = click.option(
+    "-i",
+    "--identity",
+    "identities",
+    multiple=True,
+    metavar="FILE",
+    help="Decrypt an encrypted (age) archive with the key in FILE: age secret keys or an "
+    "ssh private key (repeatable).",
+)
+
+
 #: -q for the commands that show progress or notes: errors and warnings only.
 _quiet = click.option(
     "-q",
@@ -301,7 +320,8 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--output",
     "out",
     metavar="OUT|-",
-    help="Archive to write ('-': stdout). Default: SRC-<UTC time>.oxbak here.",
+    help="Archive to write ('-': stdout). Default: SRC-<UTC time>.oxbak here "
+    "(.oxbak.age when encrypted).",
 )
 @click.option(
     "--level",
@@ -361,6 +381,23 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     callback=_parse_mode,
     help="Permission bits of the archive file (not of a stream).",
 )
+@click.option(
+    "-r",
+    "--recipient",
+    "recipients",
+    multiple=True,
+    metavar="KEY",
+    help="Encrypt to this public key (age1…, 'ssh-ed25519 …', 'ssh-rsa …'); repeatable: "
+    "any one of the keys opens the archive.",
+)
+@click.option(
+    "-R",
+    "--recipient-file",
+    "recipient_files",
+    multiple=True,
+    metavar="FILE",
+    help="Encrypt to the public keys in FILE, one a line, as `age -R` reads it (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
 def pack_cmd(
@@ -376,10 +413,15 @@ def pack_cmd(
     exclude_caches: bool,
     no_xattrs: bool,
     mode: int,
+    recipients: tuple[str, ...],
+    recipient_files: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Pack directory SRC into one archive.
+
+    With --recipient or --recipient-file the archive is encrypted with age (the `age`
+    tool decrypts it too), and is named SRC-<UTC time>.oxbak.age by default.
 
     Exit status 3 means the archive was written but some file changed while it was read,
     or some file or directory could not be read (see the warnings, and `oxbak verify`).
@@ -387,8 +429,10 @@ def pack_cmd(
     \b
     Examples:
       oxbak pack /var/lib/oxios -o oxios.oxbak --label oxios_version=0.4.1
+      oxbak pack /var/lib/oxios -r age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
       ssh host oxbak pack /var/lib/oxios -o - | oxbak unpack - restored
     """
+    from .envelope import read_recipients_file
     from .writer import pack
 
     _show_library_warnings(quiet)
@@ -400,6 +444,7 @@ def pack_cmd(
             "refusing to write an archive to a terminal; redirect stdout or use -o FILE"
         )
     target = out  # "-" is standard output in the library too
+    keys = list(recipients) + [k for path in recipient_files for k in read_recipients_file(path)]
     with _progress("packing", quiet) as progress:
         result = pack(
             src,
@@ -414,6 +459,7 @@ def pack_cmd(
             exclude_caches=exclude_caches,
             xattrs=not no_xattrs,
             progress=progress,
+            recipients=keys,
         )
     if to_stdout:
         sys.stdout.buffer.flush()
@@ -446,6 +492,11 @@ def pack_cmd(
             f"{t.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
             f"{result.seconds:.2f} s -> {result.output}"
             + (f" ({result.excluded:,} excluded)" if result.excluded else "")
+            + (
+                f", encrypted to {len(keys)} recipient{'s' if len(keys) != 1 else ''}"
+                if keys
+                else ""
+            )
         )
     if result.partial:
         _say(
@@ -503,6 +554,7 @@ def pack_cmd(
     "filesystem takes them).",
 )
 @_decompression_threads
+@_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
 def unpack_cmd(
@@ -519,6 +571,7 @@ def unpack_cmd(
     excludes_from: tuple[str, ...],
     no_xattrs: bool,
     threads: int,
+    identities: tuple[str, ...],
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -536,6 +589,7 @@ def unpack_cmd(
       oxbak unpack state.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
       oxbak unpack state.oxbak restored --only memory/facts --exclude '*.tmp'
+      oxbak unpack state.oxbak.age restored --identity key.txt
     """
     from .restore import unpack
 
@@ -561,6 +615,7 @@ def unpack_cmd(
             threads=threads,
             xattrs=not no_xattrs,
             progress=progress,
+            identities=identities,
         )
     seconds = time.monotonic() - started
     if as_json:
@@ -628,8 +683,9 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
 
 @cli.command("info")
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
+@_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and status as JSON.")
-def info_cmd(archive: str, as_json: bool) -> None:
+def info_cmd(archive: str, identities: tuple[str, ...], as_json: bool) -> None:
     """Show what ARCHIVE holds. Reads only its first frame and its table of contents' header.
 
     From a file the status is final (exact totals, partial or not); from a pipe it is what
@@ -639,9 +695,24 @@ def info_cmd(archive: str, as_json: bool) -> None:
     Example:
       oxbak info state.oxbak --json
     """
+    from .errors import IdentityError
     from .source import read_info
 
-    info = read_info(archive)
+    try:
+        info = read_info(archive, identities=identities)
+    except IdentityError as exc:
+        if identities or exc.envelope is None:
+            raise
+        # Without a key: that it is encrypted, and to what kinds of keys; nothing more.
+        if as_json:
+            sealed = {"encrypted": True, "envelope": _envelope_doc(exc.envelope)}
+            click.echo(_json.encode(sealed).decode())
+        else:
+            click.echo(
+                f"encrypted:     {exc.envelope.describe()}\n"
+                f"               (the rest needs the key: --identity FILE)"
+            )
+        return
     if as_json:
         # The manifest's fields, with the final status where the TOC gives it: the same
         # keys as version 1's manifest, which was rewritten with it at the end of a pack.
@@ -652,9 +723,18 @@ def info_cmd(archive: str, as_json: bool) -> None:
             doc["partial"] = toc.partial
             doc["changed"] = toc.changed + toc.missing
             doc["status"] = {"changed": toc.changed, "missing": toc.missing}
+        if info.envelope is not None:
+            doc["encrypted"] = True
+            doc["envelope"] = _envelope_doc(info.envelope)
         click.echo(_json.encode(doc).decode())
     else:
+        if info.envelope is not None:
+            click.echo(f"encrypted:     {info.envelope.describe()}")
         click.echo(_render_manifest(info.manifest, info.toc))
+
+
+def _envelope_doc(envelope: EnvelopeInfo) -> dict[str, Any]:
+    return {"format": "age", "armored": envelope.armored, "recipients": list(envelope.stanzas)}
 
 
 def _mode_string(kind: str, mode: int) -> str:
@@ -682,13 +762,19 @@ def _text(data: bytes) -> str:
 @cli.command("list", context_settings={"help_option_names": ["--help"]})
 @click.argument("archive", metavar="ARCHIVE|-", required=False, callback=_remember_archive)
 @click.argument("paths", nargs=-1, metavar="[PATH]...")
+@_identity
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
 @click.option(
     "-h", "--human-readable", "human", is_flag=True, help="Sizes in K, M, G (alone: this help)."
 )
 @click.pass_context
 def list_cmd(
-    ctx: click.Context, archive: str | None, paths: tuple[str, ...], as_json: bool, human: bool
+    ctx: click.Context,
+    archive: str | None,
+    paths: tuple[str, ...],
+    identities: tuple[str, ...],
+    as_json: bool,
+    human: bool,
 ) -> None:
     """List the entries of ARCHIVE: type, mode, owner, size, mtime, path.
 
@@ -707,7 +793,7 @@ def list_cmd(
         raise click.UsageError("Missing argument 'ARCHIVE|-'.", ctx)
     from .restore import list_entries
 
-    entries = list_entries(archive, paths)
+    entries = list_entries(archive, paths, identities=identities)
     if as_json:
         _list_json(entries)
     else:
@@ -789,7 +875,8 @@ def _utf8(data: bytes) -> bool:
 @cli.command("cat")
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("path")
-def cat_cmd(archive: str, path: str) -> None:
+@_identity
+def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
     """Write the content of the file PATH in ARCHIVE to stdout.
 
     From a file only the frames holding PATH are read. The content's digest is checked
@@ -803,7 +890,7 @@ def cat_cmd(archive: str, path: str) -> None:
     from .restore import cat
 
     _large_buffers_from_the_heap()
-    cat(archive, path, sys.stdout.buffer)
+    cat(archive, path, sys.stdout.buffer, identities=identities)
     sys.stdout.buffer.flush()
 
 
@@ -822,9 +909,15 @@ def cat_cmd(archive: str, path: str) -> None:
     metavar="GLOB",
     help="Leave out matching paths on both sides (repeatable), as `pack --exclude`.",
 )
+@_identity
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change (JSON Lines).")
 def diff_cmd(
-    archive: str, directory: str, content: bool, excludes: tuple[str, ...], as_json: bool
+    archive: str,
+    directory: str,
+    content: bool,
+    excludes: tuple[str, ...],
+    identities: tuple[str, ...],
+    as_json: bool,
 ) -> None:
     """Show what differs between ARCHIVE ('-': stdin) and the directory DIR.
 
@@ -875,7 +968,9 @@ def diff_cmd(
     write = sys.stdout.write
     differ = False
     try:
-        for change in diff(archive, directory, content=content, excludes=excludes):
+        for change in diff(
+            archive, directory, content=content, excludes=excludes, identities=identities
+        ):
             differ = True
             if as_json:
                 row: dict[str, Any] = {
@@ -908,9 +1003,12 @@ def diff_cmd(
 @cli.command("verify")
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @_decompression_threads
+@_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_quiet
-def verify_cmd(archive: str, threads: int, as_json: bool, quiet: bool) -> None:
+def verify_cmd(
+    archive: str, threads: int, identities: tuple[str, ...], as_json: bool, quiet: bool
+) -> None:
     """Check ARCHIVE completely without writing anything.
 
     Exit status 0 if intact, 1 if not, 3 if intact but partial (some file could not be
@@ -925,7 +1023,7 @@ def verify_cmd(archive: str, threads: int, as_json: bool, quiet: bool) -> None:
     _show_library_warnings(quiet)
     _large_buffers_from_the_heap()
     with _progress("verifying", quiet) as progress:
-        report = verify(archive, progress=progress, threads=threads)
+        report = verify(archive, progress=progress, threads=threads, identities=identities)
     if as_json:
         click.echo(
             _json.encode(
@@ -951,8 +1049,8 @@ def verify_cmd(archive: str, threads: int, as_json: bool, quiet: bool) -> None:
             )
     elif report.manifest is None:
         # Not even a manifest: the one error every command gives (random bytes, a plain
-        # .tar.zst, damage at the very start), about this archive.
-        _say(f"oxbak: error: {archive}: {report.problems[0]}")
+        # .tar.zst, damage at the very start, an envelope it cannot open).
+        _say(f"oxbak: error: {_naming(archive, report.problems[0])}")
     else:
         for problem in report.problems:
             _say(f"oxbak: problem: {problem}")

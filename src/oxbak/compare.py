@@ -60,6 +60,7 @@ from typing import Literal
 
 from . import format as fmt
 from .digest import Hasher
+from .envelope import IdentityFile
 from .errors import IntegrityError, SourceError
 from .locations import Archive
 from .paths import display, sort_key
@@ -132,6 +133,7 @@ def diff(
     *,
     content: bool = False,
     excludes: Sequence[str] = (),
+    identities: Sequence[IdentityFile] = (),
 ) -> Iterator[Change]:
     """Every difference between *archive* and *directory*, in entry order.
 
@@ -148,6 +150,8 @@ def diff(
     :param excludes: leave out paths matching these patterns on both sides, as
         ``pack --exclude`` does (a pattern with ``/`` matches the relative path, others a
         name at any depth; an excluded directory takes its subtree with it).
+    :param identities: identity files for an encrypted archive, which is read as a
+        stream, whole, like a pipe.
     :raises SourceError: *directory* is missing, not a directory, or something in it
         cannot be listed or read.
     :raises ArchiveError: the archive is damaged or unsafe.
@@ -159,7 +163,7 @@ def diff(
     # what the scan's own patterns match (the scan strips them too).
     select = Selection((), excludes, links=False) if excludes else None
     start = _position(archive)
-    with open_source(archive, whole=False) as source:
+    with open_source(archive, whole=False, identities=identities) as source:
         if not isinstance(source, TocSource):
             yield from _streamed(source, directory, content, excludes, select)
             return

@@ -8,8 +8,11 @@ The hierarchy::
     ├── OutputError                 the archive cannot be written: disk full, I/O error
     ├── InputError                  the archive cannot be read: I/O error
     ├── DestinationError            DEST is unusable: not empty, no room, I/O failure
+    ├── RecipientError              a public key to encrypt to is not one oxbak can use
+    ├── IdentityError               encrypted, and no key given, or none that opens it
     └── ArchiveError                the archive cannot be trusted
         ├── CorruptArchiveError     damaged container: zstd, tar, truncation, garbage
+        │   └── EnvelopeError       damaged age envelope: header, payload, truncation
         ├── ManifestError           the manifest is missing, malformed or mistyped
         │   ├── NotAnArchiveError   not an oxbak archive at all (random bytes, a .tar.zst)
         │   └── UnsupportedVersionError   written by a newer oxbak
@@ -24,10 +27,17 @@ catches everything oxbak raises deliberately.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .envelope import EnvelopeInfo
+
 __all__ = [
     "ArchiveError",
     "CorruptArchiveError",
     "DestinationError",
+    "EnvelopeError",
+    "IdentityError",
     "IntegrityError",
     "LimitExceededError",
     "ManifestError",
@@ -36,6 +46,7 @@ __all__ = [
     "OutputError",
     "OutputExistsError",
     "OxbakError",
+    "RecipientError",
     "SourceError",
     "UnsafeArchiveError",
     "UnsupportedVersionError",
@@ -76,12 +87,33 @@ class DestinationError(OxbakError):
     """The destination cannot take the restore (not empty, no room, I/O error)."""
 
 
+class RecipientError(OxbakError):
+    """A recipient to encrypt to is not a public key oxbak can use, or cannot be read."""
+
+
+class IdentityError(OxbakError):
+    """The archive is encrypted and cannot be opened with the identities given.
+
+    No identity was given, an identity file cannot be read or is not one, or none of
+    them matches a recipient of the archive. ``envelope`` is what the archive's age
+    header says (an :class:`~oxbak.envelope.EnvelopeInfo`), when it was read.
+    """
+
+    def __init__(self, message: str, envelope: EnvelopeInfo | None = None) -> None:
+        super().__init__(message)
+        self.envelope = envelope
+
+
 class ArchiveError(OxbakError):
     """The archive is not an intact, safe oxbak archive."""
 
 
 class CorruptArchiveError(ArchiveError):
     """The container is damaged: zstd, tar structure, truncation or trailing bytes."""
+
+
+class EnvelopeError(CorruptArchiveError):
+    """The age envelope is damaged: its header, a chunk of its payload, or cut short."""
 
 
 class ManifestError(ArchiveError):

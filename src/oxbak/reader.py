@@ -14,13 +14,13 @@ from __future__ import annotations
 import contextlib
 import os
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import BinaryIO, Protocol
 
 from . import format as fmt
 from .compress import ZstdReader
+from .envelope import IdentityFile, open_archive
 from .errors import CorruptArchiveError, LimitExceededError, ManifestError, NotAnArchiveError
-from .locations import open_input
 from .manifest import (
     Index,
     IndexRecord,
@@ -414,12 +414,15 @@ def _from_index(record: IndexRecord) -> Record:
     )
 
 
-def read_manifest(archive: Archive) -> Manifest:
+def read_manifest(archive: Archive, *, identities: Sequence[IdentityFile] = ()) -> Manifest:
     """The manifest of *archive*, checked; decompresses only the start of the archive.
 
+    An encrypted archive is decrypted with *identities* as far as its first frame.
+
     :raises ArchiveError: no manifest first, a malformed one, or a newer format version.
+    :raises IdentityError: the archive is encrypted and *identities* cannot open it.
     """
-    with open_input(archive) as inp:
+    with open_archive(archive, identities) as (inp, _):
         reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
         with contextlib.closing(reader):
             return reader.read_manifest()

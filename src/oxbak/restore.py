@@ -26,6 +26,7 @@ from . import format as fmt
 from .commit import Mode
 from .digest import Hasher
 from .digest import digest as digest_of
+from .envelope import IdentityFile
 from .errors import (
     ArchiveError,
     CorruptArchiveError,
@@ -470,10 +471,13 @@ def _run(
         if kind == "hardlink":
             if wanted:
                 if select is not None and select.links and target not in select.written:
+                    # An encrypted archive is a stream even from a file: only adding helps.
+                    how = "" if source.envelope else (
+                        ", or read the archive from a file so that oxbak can pull it in"
+                    )
                     raise OxbakError(
                         f"cannot restore hardlink {shown(rel)!r} without its target "
-                        f"{shown(target)!r}, which this selection leaves out (add it, or "
-                        f"read the archive from a file so that oxbak can pull it in)"
+                        f"{shown(target)!r}, which this selection leaves out (add it{how})"
                     )
                 dest.hardlink(rel, target)
             remember(rel, _HARDLINK, 0, digest, hash(metadata_key(header, target)))
@@ -622,7 +626,11 @@ def _default_threads(threads: int) -> int:
 
 
 def verify(
-    archive: Archive, *, progress: Progress | None = None, threads: int = 0
+    archive: Archive,
+    *,
+    progress: Progress | None = None,
+    threads: int = 0,
+    identities: Sequence[IdentityFile] = (),
 ) -> VerifyResult:
     """Run every check of :func:`unpack` without writing anything.
 
@@ -630,12 +638,18 @@ def verify(
     result, not an exception. A seekable archive's frames are decompressed by *threads*
     threads (0: one per CPU) ahead of the checks.
 
+    An encrypted archive is decrypted with *identities*; a damaged envelope is a problem
+    found, like any damage.
+
     :raises OxbakError: only if the archive cannot be opened at all.
+    :raises IdentityError: it is encrypted and *identities* cannot open it.
     """
     problems: list[str] = []
     result = VerifyResult(manifest=None, problems=problems)
     try:
-        with open_source(archive, threads=_default_threads(threads)) as source:
+        with open_source(
+            archive, threads=_default_threads(threads), identities=identities
+        ) as source:
             result.manifest = source.manifest
             manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
     except ArchiveError as exc:
@@ -665,6 +679,7 @@ def unpack(
     threads: int = 0,
     xattrs: bool = True,
     progress: Progress | None = None,
+    identities: Sequence[IdentityFile] = (),
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
 
@@ -694,7 +709,11 @@ def unpack(
     :param xattrs: restore extended attributes and POSIX ACLs where DEST's filesystem
         takes them (``trusted.*`` and ``security.*`` only as root); what cannot be set is
         named in warnings, and the restore goes on.
+    :param identities: identity files to decrypt an encrypted archive with (age secret
+        keys or ssh private keys); its plaintext is read as a stream, held in memory a
+        few MiB at a time, and written nowhere but the staging directory.
     :raises ArchiveError: the archive is damaged or unsafe (nothing was changed).
+    :raises IdentityError: it is encrypted and *identities* cannot open it.
     :raises DestinationError: *dest* cannot take it (nothing was changed).
     """
     if mode not in ("new", "replace", "merge"):
@@ -704,7 +723,9 @@ def unpack(
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
     whole = not only
-    with open_source(archive, whole=whole, threads=_default_threads(threads)) as source:
+    with open_source(
+        archive, whole=whole, threads=_default_threads(threads), identities=identities
+    ) as source:
         # The manifest is read and its version checked before anything is created.
         manifest = source.manifest
         if select is not None and isinstance(source, TocSource):
@@ -789,17 +810,24 @@ class EntryInfo(NamedTuple):
         return display(self.path) if self.path else "."
 
 
-def list_entries(archive: Archive, paths: Sequence[str | bytes] = ()) -> Iterator[EntryInfo]:
+def list_entries(
+    archive: Archive,
+    paths: Sequence[str | bytes] = (),
+    *,
+    identities: Sequence[IdentityFile] = (),
+) -> Iterator[EntryInfo]:
     """Every tree entry of *archive* in order, without extracting or hashing anything.
 
     From a seekable version-2 archive only the table of contents is read. Entries pass the
     rules ``unpack`` applies (names, order, parents, bounds); a hostile one raises
     instead of printing. With *paths*, only those entries (a directory: its subtree).
 
+    An encrypted archive (decrypted with *identities*) is read as a stream, whole.
+
     :raises OxbakError: a path of *paths* that is not in the archive (after the others).
     """
     select = Selection([os.fsencode(p) for p in paths]) if paths else None
-    with open_source(archive, whole=False) as source:
+    with open_source(archive, whole=False, identities=identities) as source:
         rules = _Rules(source.manifest, _Seen(), files=True)
         if isinstance(source, TocSource):
             yield from _list_toc(source, rules, select)
@@ -957,7 +985,14 @@ class _CatSink(HashOnly):
             self.kind = "symlink"
 
 
-def cat(archive: Archive, path: str | bytes, out: BinaryIO, *, threads: int = 0) -> int:
+def cat(
+    archive: Archive,
+    path: str | bytes,
+    out: BinaryIO,
+    *,
+    threads: int = 0,
+    identities: Sequence[IdentityFile] = (),
+) -> int:
     """Write the content of the file at *path* in *archive* to *out*; return its size.
 
     From a seekable version-2 archive only the frames holding the file (and the table of
@@ -971,7 +1006,9 @@ def cat(archive: Archive, path: str | bytes, out: BinaryIO, *, threads: int = 0)
     rel = os.fsencode(path).strip(b"/")
     parse_member_name(member_name(rel))  # the same name rules as every member
     held = _HeldBack(out)
-    with open_source(archive, whole=False, threads=_default_threads(threads)) as source:
+    with open_source(
+        archive, whole=False, threads=_default_threads(threads), identities=identities
+    ) as source:
         if isinstance(source, TocSource):
             record = _file_record(source, rel)
             digest = held.feed(source.read(header_of(record)))
@@ -985,7 +1022,7 @@ def cat(archive: Archive, path: str | bytes, out: BinaryIO, *, threads: int = 0)
             _run(source, sink, problems, None, Selection([rel], links=False))
             if problems:
                 raise IntegrityError(problems)
-            _check_kind(rel, sink.kind)
+            _check_kind(rel, sink.kind, source.envelope is not None)
     held.release()
     return held.size
 
@@ -1013,14 +1050,13 @@ def _file_record(source: TocSource, rel: bytes) -> Record:
     return record
 
 
-def _check_kind(rel: bytes, kind: str) -> None:
+def _check_kind(rel: bytes, kind: str, encrypted: bool = False) -> None:
     if kind == "":
         raise OxbakError(f"not in the archive: {display(rel)!r}")
     if kind == "hardlink":
-        raise OxbakError(
-            f"{display(rel)!r} is a hardlink; read the archive from a file (not a pipe) to "
-            f"follow it, or cat its target"
-        )
+        # An encrypted archive is read as a stream even from a file: only the target helps.
+        how = "" if encrypted else "read the archive from a file (not a pipe) to follow it, or "
+        raise OxbakError(f"{display(rel)!r} is a hardlink; {how}cat its target")
     if kind != "file":
         what = "directory" if kind == "dir" else kind
         raise OxbakError(f"{display(rel)!r} is a {what}, not a file")

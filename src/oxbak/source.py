@@ -28,8 +28,9 @@ from typing import Protocol
 
 from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
+from .envelope import EnvelopeInfo, IdentityFile, open_archive
 from .errors import CorruptArchiveError
-from .locations import Archive, open_input
+from .locations import Archive
 from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
 from .reader import ArchiveReader
@@ -59,6 +60,8 @@ class ArchiveSource(Protocol):
     manifest: Manifest
     #: True when every entry's bytes go by anyway (a stream): the loop then checks them all.
     reads_everything: bool
+    #: What the archive's age header says, when it is encrypted.
+    envelope: EnvelopeInfo | None
 
     def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
         """Every tree entry in archive order.
@@ -89,10 +92,12 @@ class StreamSource:
         *,
         footer: Footer | None = None,
         starts: Sequence[int] = (),
+        envelope: EnvelopeInfo | None = None,
     ) -> None:
         self.reader = reader
         self.name = reader.name
         self.manifest = manifest
+        self.envelope = envelope
         # From a seekable input: the footer, read first, and where frames start; both are
         # checked against the stream at its end.
         self._footer = footer
@@ -134,6 +139,8 @@ class TocSource:
     """A seekable version-2 archive, read through its table of contents."""
 
     reads_everything = False
+    #: Always None: an encrypted archive is read as a stream.
+    envelope: EnvelopeInfo | None = None
 
     def __init__(self, frames: FrameReader, manifest: Manifest, name: str) -> None:
         self.frames = frames
@@ -406,15 +413,20 @@ def read_footer(frames: FrameReader) -> Footer:
 
 @contextlib.contextmanager
 def open_source(
-    archive: Archive, *, whole: bool = True, threads: int = 1
+    archive: Archive,
+    *,
+    whole: bool = True,
+    threads: int = 1,
+    identities: Sequence[IdentityFile] = (),
 ) -> Iterator[ArchiveSource]:
     """Open *archive* and check its manifest (format, version) before anything else.
 
     With *whole* (unpack, verify), every entry will be read: the source streams the whole
     archive, from its frames in parallel when it is seekable. Without, a seekable
-    version-2 archive is read through its table of contents; other inputs are streamed.
+    version-2 archive is read through its table of contents; other inputs are streamed,
+    and so is the plaintext of an encrypted archive (decrypted with *identities*).
     """
-    with open_input(archive) as inp:
+    with open_archive(archive, identities) as (inp, envelope):
         reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
         with contextlib.closing(reader):
             manifest = reader.read_manifest()
@@ -422,7 +434,7 @@ def open_source(
             if inp.random is not None and manifest.version >= fmt.FIRST_SEEKABLE_VERSION:
                 table = SeekTable.read(inp.random)
             if table is None:
-                yield StreamSource(reader, manifest)
+                yield StreamSource(reader, manifest, envelope=envelope)
                 return
         frames = FrameReader(inp.random, table, threads=threads)  # type: ignore[arg-type]
         with contextlib.closing(frames):
@@ -448,13 +460,19 @@ class ArchiveInfo:
 
     manifest: Manifest
     toc: TocHeader | None
+    #: What the age header says, when the archive is encrypted.
+    envelope: EnvelopeInfo | None = None
 
 
-def read_info(archive: Archive) -> ArchiveInfo:
+def read_info(archive: Archive, *, identities: Sequence[IdentityFile] = ()) -> ArchiveInfo:
     """The manifest and, from a seekable archive, its TOC header.
 
-    Only the first frame, the seek table, the footer and the TOC header's frame are read.
+    Only the first frame, the seek table, the footer and the TOC header's frame are read
+    (of an encrypted archive: its header and the plaintext's first frame).
+
+    :raises IdentityError: the archive is encrypted and *identities* cannot open it; its
+        ``envelope`` says what the header does (the recipients' stanza types).
     """
-    with open_source(archive, whole=False) as source:
+    with open_source(archive, whole=False, identities=identities) as source:
         toc = source.header if isinstance(source, TocSource) else None
-        return ArchiveInfo(source.manifest, toc)
+        return ArchiveInfo(source.manifest, toc, source.envelope)

@@ -21,6 +21,7 @@ from ._version import __version__
 from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
+from .envelope import encrypting, parse_recipients
 from .errors import OxbakError
 from .locations import ARCHIVE_MODE, check_absent, open_output
 from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
@@ -76,11 +77,14 @@ class PackResult:
         return bool(self.changed or self.missing)
 
 
-def default_output_name(source: str | os.PathLike[str]) -> str:
-    """``<basename of source>-<UTC timestamp>.oxbak``, e.g. ``state-20261124T051430Z.oxbak``."""
+def default_output_name(source: str | os.PathLike[str], *, encrypted: bool = False) -> str:
+    """``<basename of source>-<UTC timestamp>.oxbak``, e.g. ``state-20261124T051430Z.oxbak``.
+
+    Encrypted: the same with ``.age`` added (``….oxbak.age``), as ``age`` names its files.
+    """
     base = os.path.basename(os.path.normpath(os.path.abspath(source))) or "root"
     stamp = _dt.datetime.now(tz=_dt.UTC).strftime("%Y%m%dT%H%M%SZ")
-    return f"{base}-{stamp}.oxbak"
+    return f"{base}-{stamp}.oxbak" + (".age" if encrypted else "")
 
 
 def pack(
@@ -97,6 +101,7 @@ def pack(
     exclude_caches: bool = False,
     xattrs: bool = True,
     progress: Progress | None = None,
+    recipients: Sequence[str] = (),
 ) -> PackResult:
     """Pack the directory *source* into one archive.
 
@@ -117,7 +122,12 @@ def pack(
     :param progress: called with (bytes done, bytes total) as the files' bytes are
         compressed and written, not as they are read (reading runs ahead); the total is
         what the scan found, and the last call is (total, total).
+    :param recipients: public keys to encrypt to (``age1…``, ``ssh-ed25519 …``,
+        ``ssh-rsa …``): the archive is then written inside an age envelope, which any
+        one of the matching identities opens (the ``age`` tool too). Its default name
+        ends ``.oxbak.age``.
     :raises SourceError: *source* cannot be read.
+    :raises RecipientError: a recipient is not a public key oxbak can encrypt to.
     :raises OutputExistsError: *output* exists and *force* is false.
     """
     if not fmt.MIN_LEVEL <= level <= fmt.MAX_LEVEL:
@@ -125,8 +135,10 @@ def pack(
     if threads <= 0:
         threads = len(os.sched_getaffinity(0))
     started = time.monotonic()
+    # Keys are checked before anything is scanned or created.
+    keys = parse_recipients(recipients) if recipients else None
     if output is None:
-        output = default_output_name(source)
+        output = default_output_name(source, encrypted=keys is not None)
     if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
         check_absent(output, force=force)  # before the scan: it may take a while
     rules = Excludes(excludes)
@@ -143,7 +155,13 @@ def pack(
     if not 0 <= mode <= 0o7777:
         raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
     with open_output(output, force=force, mode=mode) as sink:
-        result = _write(scan, sink.stream, level, threads, labels or {}, progress)
+        if keys is None:
+            result = _write(scan, sink.stream, level, threads, labels or {}, progress)
+        else:
+            # The envelope wraps the sink's bytes: only ciphertext reaches any location.
+            with encrypting(sink.stream, keys) as sealed:
+                result = _write(scan, sealed, level, threads, labels or {}, progress)
+            result.bytes_out = sealed.bytes_out
     result.output = sink.name
     result.excluded = rules.count
     if sink.size is not None:
