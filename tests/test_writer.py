@@ -427,3 +427,17 @@ def test_pack_output_syscall_failures(
     else:
         assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.endswith(".oxbak-tmp")] == []
+
+
+def test_the_archive_is_never_packed_into_itself(tmp_path: Path) -> None:
+    """OUT inside SRC: neither the temp file of the first pack nor, with --force, the
+    archive being replaced ends up in the archive (tar: "file is the archive; not
+    dumped"); the second leaves a warning naming it."""
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "f.txt").write_bytes(b"state\n")
+    out = src / "self.oxbak"
+    oxbak.pack(src, out)
+    assert [e.path for e in oxbak.list_entries(out)] == [b"", b"f.txt"]
+    oxbak.pack(src, out, force=True)
+    assert [e.path for e in oxbak.list_entries(out)] == [b"", b"f.txt"]

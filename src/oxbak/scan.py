@@ -56,6 +56,8 @@ class Scan:
     def __init__(self, root: bytes) -> None:
         self.root = root
         self.skipped: list[bytes] = []
+        #: The archive being replaced, where it lies inside the tree (left out).
+        self.archive_itself: list[bytes] = []
         #: Directories whose contents could not be read in full (``partial`` scans):
         #: path -> what went wrong, e.g. ``could not be listed (Permission denied)``.
         self.unreadable: dict[bytes, str] = {}
@@ -194,6 +196,7 @@ def scan_tree(
     exclude_caches: bool = False,
     xattrs: bool = True,
     partial: bool = False,
+    skip: tuple[int, int] | None = None,
 ) -> Scan:
     """Walk *root* depth-first with siblings sorted by name bytes (the archive's order).
 
@@ -210,6 +213,10 @@ def scan_tree(
     that cannot be stat'ed, is kept with what could be read and named in ``unreadable``,
     as restic does, instead of failing the scan: one unreadable directory should not cost
     the whole archive. *root* itself must be listable either way.
+
+    A file whose ``(st_dev, st_ino)`` is *skip* (the archive being replaced, when it lies
+    inside *root*) is left out and named in ``skipped``, as tar does with "file is the
+    archive; not dumped".
 
     :raises SourceError: if *root* is not a readable directory, or (without *partial*) a
         subdirectory cannot be listed.
@@ -257,6 +264,9 @@ def scan_tree(
             if rules and rules.excluded(child, kind == _DIR):
                 continue
             if kind == _FILE:
+                if skip is not None and (st.st_dev, st.st_ino) == skip:
+                    result.archive_itself.append(child)
+                    continue
                 if st.st_nlink > 1:
                     # Decided here, in archive order: the first path of an inode is the file.
                     first = first_of_inode.setdefault((st.st_dev, st.st_ino), child)

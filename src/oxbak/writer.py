@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import errno
 import functools
@@ -139,8 +140,12 @@ def pack(
     keys = parse_recipients(recipients) if recipients else None
     if output is None:
         output = default_output_name(source, encrypted=keys is not None)
+    old_output: tuple[int, int] | None = None
     if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
         check_absent(output, force=force)  # before the scan: it may take a while
+        with contextlib.suppress(OSError):
+            st = os.stat(output)
+            old_output = (st.st_dev, st.st_ino)  # --force over it: never pack it into itself
     rules = Excludes(excludes)
     scan = scan_tree(
         source,
@@ -149,7 +154,10 @@ def pack(
         exclude_caches=exclude_caches,
         xattrs=xattrs,
         partial=True,
+        skip=old_output,
     )
+    for rel in scan.archive_itself:
+        logger.warning("skipping %r: it is the archive being replaced", display(rel))
     for pattern in rules.unused():
         logger.warning("exclude pattern %r matched nothing", pattern)
     if not 0 <= mode <= 0o7777:
