@@ -234,8 +234,13 @@ def _pax_records(data: bytes) -> dict[bytes, bytes]:
     return records
 
 
-def _record_of(raw: bytes, offset: int) -> dict[str, Any]:
-    """The TOC record of one member GNU tar wrote (FORMAT.md §5), read from its bytes."""
+def _record_of(
+    raw: bytes, offset: int, xattrs: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    """The TOC record of one member GNU tar wrote (FORMAT.md §5), read from its bytes.
+
+    *xattrs*: the entry's attributes, when not the member's SCHILY.xattr records.
+    """
     pax: dict[bytes, bytes] = {}
     if raw[156:157] == b"x":
         size = int(raw[124:136].strip(b"\0 "), 8)
@@ -246,8 +251,8 @@ def _record_of(raw: bytes, offset: int) -> dict[str, Any]:
     size = int(raw[124:136].strip(b"\0 "), 8)
     data = raw[512 : 512 + size]
     target = raw[157:257].rstrip(b"\0")
-    sec, _, frac = pax[b"mtime"].partition(b".")
-    xattrs = sorted(
+    sec, _, frac = pax.get(b"mtime", b"%d" % int(raw[136:148].strip(b"\0 "), 8)).partition(b".")
+    xattrs = xattrs if xattrs is not None else sorted(
         (k[len(b"SCHILY.xattr.") :].replace(b"%3D", b"=").replace(b"%25", b"%"), v)
         for k, v in pax.items()
         if k.startswith(b"SCHILY.xattr.")
@@ -311,6 +316,79 @@ def test_oxbak_restores_the_xattrs_and_acls_gnu_tar_stored(fs: Path) -> None:
     assert oxbak.verify(fs / "gnu.oxbak").ok, oxbak.verify(fs / "gnu.oxbak").problems
     oxbak.unpack(fs / "gnu.oxbak", fs / "dest")
     assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")
+
+
+@pytest.mark.tools("bsdtar")
+def test_oxbak_restores_the_xattrs_and_acls_bsdtar_stored(fs: Path) -> None:
+    """bsdtar's members in an oxbak archive, as GNU tar's above.
+
+    bsdtar stores an ACL only as SCHILY.acl text, an attribute both as a
+    LIBARCHIVE.xattr record and as a SCHILY.xattr one whose name it URL-encodes: oxbak
+    derives the binary ACLs and the names from those, and the TOC says what it must get.
+    """
+    if not ROOT:
+        pytest.skip("the tree has trusted.* attributes only root can set")
+    work = fs / "work"
+    (work / "tree").mkdir(parents=True)
+    make_tree(work / "tree")
+    # Beyond make_tree: a named group, an access ACL on a directory (user::rwx,
+    # group::r-x, group:2:r-x, mask::r-x, other::---), a name bsdtar URL-encodes.
+    os.setxattr(work / "tree" / "d" / "sub", "system.posix_acl_access", bytes.fromhex(
+        "02000000" "01000700ffffffff" "04000500ffffffff" "0800050002000000"
+        "10000500ffffffff" "20000000ffffffff"
+    ))  # fmt: skip
+    os.setxattr(work / "tree" / "d" / "plain.txt", "user.sp ace\xe9", b"\0\xff")
+    paths = sorted(
+        (Path(d, n).relative_to(work) for d, ds, fs_ in os.walk(work / "tree") for n in ds + fs_),
+        key=lambda p: p.parts,
+    )
+    listing = "\n".join(["tree", *map(str, paths)]) + "\n"
+    tar = subprocess.run(
+        ["bsdtar", "--xattrs", "--acls", "--format=pax", "-n", "-C", str(work), "-T", "-",
+         "-cf", "-"],
+        input=listing.encode(), capture_output=True, check=True,
+    ).stdout  # fmt: skip
+    raws = _members(tar)
+    assert len(raws) == 7
+    assert b"SCHILY.xattr.system.posix_acl" not in tar  # the ACLs are text alone
+
+    def attributes(rel: str) -> list[tuple[bytes, bytes]]:
+        p = work / rel
+        return sorted(
+            (os.fsencode(n), os.getxattr(p, n, follow_symlinks=False))
+            for n in os.listxattr(p, follow_symlinks=False)
+        )
+
+    def manifest(m: dict[str, Any], v2: V2) -> dict[str, Any]:
+        m["totals"] = {"files": 3, "hardlinks": 0, "directories": 3, "symlinks": 1,
+                       "bytes": 5 + 17 + 10}  # fmt: skip
+        return m
+
+    def records(_: list[dict[str, Any]], v2: V2) -> list[dict[str, Any]]:
+        out, at = [], v2.manifest_size
+        for raw, rel in zip(raws, ["tree", *map(str, paths)], strict=True):
+            out.append(_record_of(raw, at, attributes(rel)))
+            at += len(raw)
+        return out
+
+    def columns(value: tuple[int, dict[str, Any]], v2: V2) -> tuple[int, dict[str, Any]]:
+        number, cols = value
+        found = {i: r["xattrs"] for i, r in enumerate(v2.records) if r["xattrs"]}
+        return number, {**cols, "xattrs": found}
+
+    v2 = build_v2([], members=lambda _, v2: list(raws), manifest=manifest, records=records,
+                  columns=columns)  # fmt: skip
+    (fs / "bsd.oxbak").write_bytes(v2.data)
+    assert oxbak.verify(fs / "bsd.oxbak").ok, oxbak.verify(fs / "bsd.oxbak").problems
+    oxbak.unpack(fs / "bsd.oxbak", fs / "dest")
+    assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")
+
+    def getfacl(where: Path) -> bytes:
+        return subprocess.run(["getfacl", "-R", "-p", "."], cwd=where, capture_output=True,
+                              check=True).stdout  # fmt: skip
+
+    require_tool("getfacl")
+    assert getfacl(fs / "dest") == getfacl(work / "tree")
 
 
 # --------------------------------------------------------------------------- age

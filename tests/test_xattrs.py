@@ -13,6 +13,7 @@ import io
 import logging
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,8 @@ from typing import Any
 
 import pytest
 import zstandard
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import oxbak
 from builders import Entry, tree_order
@@ -461,3 +464,150 @@ def test_an_archive_without_xattrs_has_the_blocks_of_before(tmp_path: Path) -> N
 
         reader = ArchiveReader(source.frames.stream(at), offset=at)  # type: ignore[attr-defined]
         assert len(msgspec.msgpack.decode(reader.read_exact(ref.length))) == 15
+
+
+# ---------------------------------------------- ACLs from text, libarchive's records
+
+
+def _names(uid: int, gid: int) -> tuple[str, str]:
+    """This machine's names of *uid* and *gid*, "" where it has none (as the writer does)."""
+    import grp
+    import pwd
+
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = ""
+    try:
+        group = grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = ""
+    return user, group
+
+
+_perm = st.integers(0, 7)
+_named = st.dictionaries(st.sampled_from([0, 1, 2, 3, 100, 1234, 65534, 2**31]), _perm,
+                         max_size=4)  # fmt: skip
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    objs=st.tuples(_perm, _perm, _perm, _perm),
+    users=_named,
+    groups=_named,
+    order=st.randoms(use_true_random=False),
+)
+def test_acl_text_parses_back_to_the_kernels_acl(
+    objs: tuple[int, int, int, int], users: dict[int, int], groups: dict[int, int], order: Any
+) -> None:
+    """acl_text, then acl_binary: the ACL the kernel holds, whatever the entries' order."""
+    from oxbak.xattrs import acl_binary, acl_text
+
+    owner, group, mask, other = objs
+    entries = [(1, owner, 0xFFFFFFFF), (4, group, 0xFFFFFFFF), (0x20, other, 0xFFFFFFFF)]
+    entries += [(2, p, i) for i, p in users.items()] + [(8, p, i) for i, p in groups.items()]
+    # With a mask the kernel keeps the ACL (one of just the three others is the mode bits).
+    entries.append((0x10, mask, 0xFFFFFFFF))
+    # The kernel takes entries sorted by tag, then id, only; the text comes in any order.
+    value = b"\2\0\0\0" + b"".join(struct.pack("<HHI", *e) for e in sorted(entries, key=lambda e: (e[0], e[2])))
+    with tempfile.TemporaryDirectory() as where:
+        if not _takes_xattrs(Path(where)):
+            pytest.skip("the temporary directory's filesystem takes no ACLs")
+        os.setxattr(where, "system.posix_acl_access", value)
+        kernel = os.getxattr(where, "system.posix_acl_access")
+    assert kernel == value
+    for names in (_names, lambda uid, gid: ("", "")):
+        text = acl_text(kernel, names)
+        assert text is not None
+        assert acl_binary(text, b"tree/f", b"SCHILY.acl.access") == kernel
+        # bsdtar's order: the owner's entries first, the mask last
+        parts = text.split(b",")
+        order.shuffle(parts)
+        assert acl_binary(b",".join(parts), b"tree/f", b"SCHILY.acl.access") == kernel
+    # a named entry without its id: the name as this machine knows it, or the id itself
+    bare = b",".join(
+        b":".join(part.split(b":")[:3]) for part in acl_text(kernel, _names).split(b",")  # type: ignore[union-attr]
+    )
+    assert acl_binary(bare, b"tree/f", b"SCHILY.acl.access") == kernel
+
+
+def _acl(text: bytes, key: bytes = b"SCHILY.acl.access") -> tuple[bytes, bytes]:
+    return (key, text)
+
+
+def test_an_acl_only_as_text_restores(tmp_path: Path) -> None:
+    """What bsdtar writes: the ACLs as text, the attributes as LIBARCHIVE.xattr records."""
+    if not _takes_xattrs(tmp_path):
+        pytest.skip("the test directory's filesystem takes no user.* xattrs")
+    pax = [
+        _acl(b"user::rw-,group::r--,other::r--,user:daemon:rw-:1,mask::rw-"),
+        # base64 without padding; a name URL-encoded, its SCHILY twin escaped likewise
+        (b"LIBARCHIVE.xattr.user.sp%20a%3Dce", b"AP8K"),
+        _rec(b"user.sp%20a%3Dce", b"\0\xff\n"),
+        (b"LIBARCHIVE.xattr.user.alone", b"YWxvbmU"),
+    ]
+    dir_pax = [_acl(b"u::rwx,g::r-x,o::r-x,u:1:r-x,m::r-x", b"SCHILY.acl.default")]
+    expected = {
+        b"f": [(b"system.posix_acl_access", ACL_FILE), (b"user.alone", b"alone"),
+               (b"user.sp a=ce", b"\0\xff\n")],
+        b"d": [(b"system.posix_acl_default", ACL_DEFAULT)],
+    }  # fmt: skip
+    v2 = _v2([Entry.file(b"f", b"x", mode=0o664, pax=pax), Entry.dir(b"d", pax=dir_pax)], expected)
+    assert oxbak.verify(io.BytesIO(v2.data)).ok, oxbak.verify(io.BytesIO(v2.data)).problems
+    oxbak.unpack(io.BytesIO(v2.data), tmp_path / "dest")
+    assert xattrs_of(tmp_path / "dest" / "f") == {
+        "system.posix_acl_access": ACL_FILE, "user.alone": b"alone", "user.sp a=ce": b"\0\xff\n"
+    }  # fmt: skip
+    assert xattrs_of(tmp_path / "dest" / "d") == {"system.posix_acl_default": ACL_DEFAULT}
+
+
+def test_the_binary_acl_wins_over_its_text() -> None:
+    """oxbak's own archives carry both: the text is then not read, even if it is wrong."""
+    pax = [_acl(b"nonsense"), _rec(b"system.posix_acl_access", ACL_FILE)]
+    v2 = _v2([Entry.file(b"f", b"x", pax=pax)], {b"f": [(b"system.posix_acl_access", ACL_FILE)]})
+    assert oxbak.verify(io.BytesIO(v2.data)).ok
+
+
+@pytest.mark.parametrize(
+    ("records", "error", "message"),
+    [
+        ([_acl(b"user::rw-,group::r--")], oxbak.CorruptArchiveError,
+         "SCHILY.acl.access is not an ACL"),
+        ([_acl(b"user::rw-,group::r--,other::r--,user:1:r--")], oxbak.CorruptArchiveError,
+         "SCHILY.acl.access is not an ACL"),
+        ([_acl(b"user::rw-,user::r--,group::r--,other::r--")], oxbak.CorruptArchiveError,
+         "SCHILY.acl.access repeats entry 'user::r--'"),
+        ([_acl(b"user::rw-,group::r--,other::rwz")], oxbak.CorruptArchiveError,
+         "entry 'other::rwz' has malformed permissions"),
+        ([_acl(b"user::rw-,group::r--,other::r--,everyone::r--")], oxbak.CorruptArchiveError,
+         "entry 'everyone::r--' has an unknown tag"),
+        ([_acl(b"user::rw-,group::r--,other:x:r--")], oxbak.CorruptArchiveError,
+         "entry 'other:x:r--' names someone"),
+        ([_acl(b"user::rw-,group::r--,other::r--,mask::r--,user:a:r--:-1")],
+         oxbak.CorruptArchiveError, "entry 'user:a:r--:-1' has an id that is not a number"),
+        ([_acl(b"user::rw-,group::r--,other::r--,mask::r--,user:4294967295:r--")],
+         oxbak.CorruptArchiveError, "has an id out of range"),
+        ([_acl(b"user::rw-,group::r--,other::r--,mask::r--,group:no-such-group-x:r--")],
+         oxbak.CorruptArchiveError,
+         "entry 'group:no-such-group-x:r--' names a group unknown here, without its id"),
+        ([_acl(b"user::rw-,group::r--,other::r--"), _acl(b"user::rw-,group::r--,other::r--")],
+         oxbak.CorruptArchiveError, "pax header repeats 'SCHILY.acl.access'"),
+        ([(b"LIBARCHIVE.xattr.user.a", b"!!")], oxbak.CorruptArchiveError,
+         "pax record 'LIBARCHIVE.xattr.user.a' is not base64"),
+        ([(b"LIBARCHIVE.xattr.user.%61", b"YQ"), _rec(b"user.a", b"a")],
+         oxbak.CorruptArchiveError, "extended attribute 'user.a' appears twice"),
+        # the limits hold for what the text records give as for the binary ones
+        ([_acl(b"u::rw-,g::r--,o::r--,m::r--,"
+               + b",".join(b"u:%d:r--" % i for i in range(3000))), _rec(b"user.a", bytes(26000))],
+         oxbak.LimitExceededError, "its extended attributes take"),
+        ([(b"LIBARCHIVE.xattr.user.%00", b"YQ")], oxbak.CorruptArchiveError,
+         "holds a NUL byte"),
+    ],
+    ids=["incomplete", "no-mask", "repeated-entry", "perms", "tag", "named-other", "bad-id",
+         "undefined-id", "unknown-name", "repeated-record", "base64", "twin-names",
+         "too-large", "nul-name"],
+)  # fmt: skip
+def test_malformed_acl_text_and_libarchive_records_are_refused(
+    records: list[tuple[bytes, bytes]], error: type[Exception], message: str, tmp_path: Path
+) -> None:
+    test_malformed_xattr_records_are_refused(records, error, message, tmp_path)

@@ -22,7 +22,7 @@ from zlib import adler32 as _adler32
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError, UnsafeArchiveError
 from .paths import shown
-from .xattrs import PAX_PREFIX, Xattrs, check, decode_name, pax_records
+from .xattrs import ACL_RECORD_KEYS, LIBARCHIVE_PREFIX, PAX_PREFIX, Xattrs, from_pax, pax_records
 
 __all__ = ["Header", "decode_pax", "encode_header", "known_pax_size", "padding", "parse_header"]
 
@@ -274,7 +274,8 @@ class Header:
     #: Where the member's first header block (its pax header, if any) starts in the tar
     #: stream, when the reader knows it.
     offset: int = 0
-    #: Extended attributes from ``SCHILY.xattr.*`` records, checked and sorted.
+    #: Extended attributes from ``SCHILY.xattr.*``, ``LIBARCHIVE.xattr.*`` and
+    #: ``SCHILY.acl.*`` records (:func:`oxbak.xattrs.from_pax`), checked and sorted.
     xattrs: Xattrs = ()
     #: The owner's names, as the packing machine knew them ("": not stored).
     uname: str = ""
@@ -435,7 +436,7 @@ def decode_pax(data: bytes, owner: bytes) -> dict[bytes, bytes]:
             raise CorruptArchiveError(f"pax header of {shown(owner)!r} is malformed")
         if key in _KNOWN_PAX_KEYS:
             records[key] = value
-        elif key.startswith(PAX_PREFIX):
+        elif key.startswith((PAX_PREFIX, LIBARCHIVE_PREFIX)) or key in ACL_RECORD_KEYS:
             if key in records:
                 records[_REPEATED] = key  # refused with the member's name, which comes next
             records[key] = value
@@ -479,13 +480,7 @@ def _apply_pax(header: Header, pax: dict[bytes, bytes]) -> None:
         raise CorruptArchiveError(
             f"member {shown(name)!r}: its pax header repeats {shown(pax[_REPEATED][:80])!r}"
         )
-    found = [
-        (decode_name(key[len(PAX_PREFIX) :]), value)
-        for key, value in pax.items()
-        if key.startswith(PAX_PREFIX)
-    ]
-    if found:
-        header.xattrs = check(found, name)
+    header.xattrs = from_pax(pax, name)
 
 
 def _parse_pax_mtime(value: bytes, name: bytes) -> int:

@@ -6,7 +6,9 @@ each name once (:data:`Xattrs`). POSIX ACLs are the attributes
 kernel's binary form, as GNU tar stores them. In the tar stream each attribute is one
 ``SCHILY.xattr.<name>=<value>`` pax record (the form GNU tar and bsdtar both write); an
 ACL is also written as a ``SCHILY.acl.access`` / ``SCHILY.acl.default`` text record,
-because bsdtar restores ACLs from those alone. ``docs/FORMAT.md`` §4.1 is the contract.
+because bsdtar restores ACLs from those alone. Reading takes bsdtar's archives too: an
+ACL there is only text, an attribute also a ``LIBARCHIVE.xattr.*`` record
+(:func:`from_pax`). ``docs/FORMAT.md`` §4.1 is the contract.
 
 Only four namespaces are stored: ``user.``, ``trusted.``, ``security.`` and the two ACLs.
 Restoring never fails a restore: what cannot be set (a filesystem without xattrs, a
@@ -16,11 +18,14 @@ Restoring never fails a restore: what cannot be set (a filesystem without xattrs
 
 from __future__ import annotations
 
+import binascii
 import errno
+import grp
 import os
+import pwd
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from . import format as fmt
 from .errors import CorruptArchiveError, LimitExceededError
@@ -29,14 +34,18 @@ from .paths import display, shown
 __all__ = [
     "ACL_ACCESS",
     "ACL_DEFAULT",
+    "ACL_RECORD_KEYS",
+    "LIBARCHIVE_PREFIX",
     "PAX_PREFIX",
     "Applier",
     "Xattrs",
+    "acl_binary",
     "acl_text",
     "check",
     "decode_name",
     "encode_name",
     "encoded_size",
+    "from_pax",
     "pax_records",
     "read",
     "supported",
@@ -51,6 +60,10 @@ _NAMESPACES = (b"user.", b"trusted.", b"security.")
 _PRIVILEGED = (b"trusted.", b"security.")
 PAX_PREFIX = b"SCHILY.xattr."
 _ACL_RECORDS = {ACL_ACCESS: b"SCHILY.acl.access", ACL_DEFAULT: b"SCHILY.acl.default"}
+#: The text records a reader turns into an ACL when its binary attribute is absent.
+ACL_RECORD_KEYS = frozenset(_ACL_RECORDS.values())
+#: libarchive's own attribute records: URL-encoded name, base64 value (FORMAT.md §4.1).
+LIBARCHIVE_PREFIX = b"LIBARCHIVE.xattr."
 # What a SCHILY.xattr record adds to its escaped name and value: its length (at most 5
 # digits under MAX_PAX_BYTES), the space, the prefix, "=" and the newline.
 _RECORD_OVERHEAD = 5 + 1 + len(PAX_PREFIX) + 1 + 1
@@ -190,6 +203,156 @@ def acl_text(value: bytes, names: Callable[[int, int], tuple[str, str]]) -> byte
         else:
             entries.append(f"{kind}::{bits}")
     return ",".join(entries).encode()
+
+
+_TEXT_TAGS: dict[bytes, tuple[int, int]] = {
+    # tag name -> (the tag of the owner's entry, of a named entry; 0: none)
+    b"user": (1, 2),
+    b"u": (1, 2),
+    b"group": (4, 8),
+    b"g": (4, 8),
+    b"mask": (0x10, 0),
+    b"m": (0x10, 0),
+    b"other": (0x20, 0),
+    b"o": (0x20, 0),
+}
+_PERMS = re.compile(rb"[r-][w-][x-]")
+_UNDEFINED_ID = 0xFFFFFFFF  # the id of the entries that name no one
+_MAX_ACL_ID = _UNDEFINED_ID - 1
+
+
+class _BadEntry(Exception):
+    pass
+
+
+def acl_binary(text: bytes, member: bytes, key: bytes) -> bytes:
+    """Star's text form of an ACL (a ``SCHILY.acl.*`` record) in the kernel's binary form.
+
+    The inverse of :func:`acl_text`. A named entry's id is its fourth field when there is
+    one (``user:daemon:rw-:1``), as the binary ACLs oxbak stores are by id too; else its
+    name when that is a number (what bsdtar writes for an id without a name); else the
+    name is looked up on this machine. Entries come out sorted by tag, then id: the only
+    order the kernel takes.
+
+    :raises CorruptArchiveError: a malformed entry, a repeated one, or a set of entries
+        that is not an ACL (one owner, owning group and other entry each; a mask when
+        there are named entries); a name without id unknown on this machine.
+    """
+    entries: dict[tuple[int, int], int] = {}
+    for raw in text.split(b","):
+        entry = raw.strip(b" \t")
+        try:
+            tag, ident, perm = _acl_entry(entry)
+        except _BadEntry as exc:
+            raise CorruptArchiveError(
+                f"member {shown(member)!r}: {shown(key)} entry {shown(entry[:64])!r} "
+                f"{exc.args[0]}"
+            ) from None
+        if (tag, ident) in entries:
+            raise CorruptArchiveError(
+                f"member {shown(member)!r}: {shown(key)} repeats entry {shown(entry[:64])!r}"
+            )
+        entries[tag, ident] = perm
+    tags = [tag for tag, _ in entries]
+    if (
+        any(tags.count(t) != 1 for t in (1, 4, 0x20))
+        or (2 in tags or 8 in tags)
+        and 0x10 not in tags
+    ):
+        raise CorruptArchiveError(
+            f"member {shown(member)!r}: {shown(key)} is not an ACL (it needs one user::, "
+            f"group:: and other:: entry, and a mask:: entry with named ones)"
+        )
+    return struct.pack("<I", 2) + b"".join(
+        struct.pack("<HHI", tag, perm, ident) for (tag, ident), perm in sorted(entries.items())
+    )
+
+
+def _acl_entry(entry: bytes) -> tuple[int, int, int]:
+    """One text entry as (tag, id, permission bits)."""
+    fields = entry.split(b":")
+    tags = _TEXT_TAGS.get(fields[0])
+    if tags is None:
+        raise _BadEntry("has an unknown tag")
+    owner_tag, named_tag = tags
+    if not named_tag and len(fields) == 2:
+        fields.insert(1, b"")  # "other:r--", the short form libarchive also reads
+    if len(fields) not in (3, 4) or not named_tag and len(fields) == 4:
+        raise _BadEntry("has the wrong number of fields")
+    _, who, bits, *number = fields
+    if not _PERMS.fullmatch(bits):
+        raise _BadEntry("has malformed permissions")
+    perm = (4 if bits[0:1] == b"r" else 0) | (2 if bits[1:2] == b"w" else 0)
+    perm |= 1 if bits[2:3] == b"x" else 0
+    if not who:
+        if number:
+            raise _BadEntry("has an id but no name")
+        return owner_tag, _UNDEFINED_ID, perm
+    if not named_tag:
+        raise _BadEntry("names someone")
+    digits = number[0] if number else who if who.isascii() and who.isdigit() else b""
+    if number and not (digits.isascii() and digits.isdigit()):
+        raise _BadEntry("has an id that is not a number")
+    if digits:
+        if len(digits) > 10 or int(digits) > _MAX_ACL_ID:
+            raise _BadEntry("has an id out of range")
+        return named_tag, int(digits), perm
+    found = _id_of(who, named_tag == 2)
+    if found is None:
+        raise _BadEntry(
+            f"names a {'user' if named_tag == 2 else 'group'} unknown here, without its id"
+        )
+    return named_tag, found, perm
+
+
+def _id_of(name: bytes, user: bool) -> int | None:
+    text = name.decode("utf-8", "surrogateescape")
+    try:
+        return pwd.getpwnam(text).pw_uid if user else grp.getgrnam(text).gr_gid
+    except (KeyError, UnicodeEncodeError, ValueError):
+        return None
+
+
+_URL_ESCAPE = re.compile(rb"%([0-9A-Fa-f]{2})")
+
+
+def _libarchive_value(value: bytes, member: bytes, key: bytes) -> bytes:
+    # libarchive writes base64 without its '=' padding.
+    try:
+        return binascii.a2b_base64(value + b"=" * (-len(value) % 4), strict_mode=True)
+    except binascii.Error:
+        raise CorruptArchiveError(
+            f"member {shown(member)!r}: pax record {shown(key[:80])!r} is not base64"
+        ) from None
+
+
+def from_pax(records: Mapping[bytes, bytes], member: bytes) -> Xattrs:
+    """The attributes a member's pax records give, checked (:func:`check`).
+
+    ``SCHILY.xattr.*`` records give them as GNU tar and oxbak write them. A
+    ``LIBARCHIVE.xattr.*`` record (bsdtar) gives one too, and replaces the
+    ``SCHILY.xattr.*`` record of the same key: bsdtar writes that twin with the name
+    URL-encoded beyond GNU tar's escapes, which only its own record says how to undo, and
+    may be told to write its own record alone. An ACL's ``SCHILY.acl.*`` text record
+    gives the binary attribute when that is absent, as in bsdtar's archives; oxbak's own
+    archives carry both, and the text is then not even read.
+    """
+    found: list[tuple[bytes, bytes]] = []
+    libarchive = [key for key in records if key.startswith(LIBARCHIVE_PREFIX)]
+    twins = {PAX_PREFIX + key[len(LIBARCHIVE_PREFIX) :] for key in libarchive}
+    for key, value in records.items():
+        if key.startswith(PAX_PREFIX) and key not in twins:
+            found.append((decode_name(key[len(PAX_PREFIX) :]), value))
+    for key in libarchive:
+        name = _URL_ESCAPE.sub(
+            lambda m: bytes((int(m[1], 16),)), key[len(LIBARCHIVE_PREFIX) :]
+        )
+        found.append((name, _libarchive_value(records[key], member, key)))
+    for name, key in _ACL_RECORDS.items():
+        text = records.get(key)
+        if text and PAX_PREFIX + name not in records:
+            found.append((name, acl_binary(text, member, key)))
+    return check(found, member) if found else ()
 
 
 def pax_records(
