@@ -608,7 +608,12 @@ def test_an_upload_aborted_under_a_pack_fails_it_cleanly(s3: S3Server, kill_tree
     client = s3.client()
     proc = spawn(s3, "pack", kill_tree, "-o", s3.url(key), "-j", "1", OXBAK_S3_PART_SIZE="5")
     wait_until(lambda: parts_uploaded(client, s3.bucket, key) >= 1 or proc.poll() is not None)
-    ok(run(s3, "abort-uploads", s3.url(key)))
+    assert proc.poll() is None, "the pack ended before its upload could be aborted"
+    proc.send_signal(signal.SIGSTOP)  # held mid-upload while its upload is aborted
+    try:
+        ok(run(s3, "abort-uploads", s3.url(key)))
+    finally:
+        proc.send_signal(signal.SIGCONT)
     _, err = proc.communicate(timeout=60)
     result = subprocess.CompletedProcess(proc.args, proc.returncode, b"", err)
     line = one_error(result)
