@@ -77,7 +77,8 @@ print(*(s.getsockname()[1] for s in socks))')
   mkdir -p "$out/s3"
   printf '{"identities": [{"name": "demo", "credentials": [{"accessKey": "%s", "secretKey": "%s"}], "actions": ["Admin", "Read", "Write", "List"]}]}\n' \
     "$key_id" "$secret" > "$out/s3.json"
-  "$bin/weed" mini -dir="$out/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
+  # (TMPDIR: its gRPC sockets and logs stay in $out/s3, not the machine's /tmp.)
+  TMPDIR="$PWD/$out/s3" "$bin/weed" mini -dir="$out/s3" -ip=127.0.0.1 -ip.bind=127.0.0.1 -master.telemetry=false \
     -webdav=false -admin.ui=false -s3.port.iceberg=0 -s3.port.lance=0 -bucket=demo \
     -s3.config="$out/s3.json" -s3.localSocket="$out/s3/s3.sock" \
     -filer.localSocket="$out/s3/filer.sock" \

@@ -158,6 +158,8 @@ def _start(weed: str, base: Path) -> S3Server:
         f"-bucket={BUCKET}",
         *(f"-{name}={port}" for name, port in ports.items()),
     ]
+    # Its gRPC sockets go to TMPDIR (no option names them): here, not the machine's /tmp.
+    env = {**os.environ, "TMPDIR": str(base)}
     with open(log, "wb") as out:
         process = subprocess.Popen(
             command,
@@ -165,6 +167,7 @@ def _start(weed: str, base: Path) -> S3Server:
             stdout=out,
             stderr=subprocess.STDOUT,
             cwd=base,
+            env=env,
             start_new_session=True,
         )
     server = S3Server(
