@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ from hypothesis import HealthCheck, settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from tools import require_tool  # noqa: E402  (needs the sys.path line above)
+from s3server import S3Server, running_server  # noqa: E402  (needs the sys.path line above)
+from tools import require_tool  # noqa: E402
 
 settings.register_profile(
     "ci",
@@ -52,3 +54,10 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "torture" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """A real S3-compatible server on loopback for the whole session (tests/s3server.py)."""
+    with running_server(tmp_path_factory.mktemp("s3server")) as server:
+        yield server

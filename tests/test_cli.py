@@ -41,7 +41,7 @@ EPOCH = "1700000000"
 EPOCH_RFC3339 = "2023-11-14T22:13:20Z"
 NON_UTF8 = b"caf\xe9.json"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
-COMMANDS = ("pack", "unpack", "info", "list", "verify", "recover")
+COMMANDS = ("pack", "unpack", "info", "list", "verify", "recover", "abort-uploads")
 
 Snapshot = dict[bytes, tuple[object, ...]]
 

@@ -446,7 +446,8 @@ def _reads_of(call: Callable[[FailingReader], Any], data: bytes) -> int:
 def _read_points(total: int, every: bool = False) -> list[int]:
     if every:
         return list(range(1, total + 1))
-    return sorted({1, 2, 3, total - 1, total, *range(1, total, max(1, total // 15))})
+    # (read_manifest may need a single read: the manifest's frame is read alone.)
+    return sorted({1, 2, 3, total - 1, total, *range(1, total, max(1, total // 15))} - {0})
 
 
 @pytest.mark.parametrize("target", ["read_manifest", "list_entries", "verify"])

@@ -12,6 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -167,6 +168,74 @@ def test_cat_reads_only_its_frames(packed: tuple[Path, Path], path: str, source:
     # The TOC, and the frames of the file (and of the link's own member, whose header is
     # checked): never the rest of the archive. A frame holds about FRAME_TARGET bytes.
     assert counting.count < len(expected) + 2 * fmt.FRAME_TARGET + len(data) // 20
+
+
+class Ranges(io.BytesIO):
+    """An archive in memory that records where each read started and how long it was."""
+
+    def __init__(self, data: bytes) -> None:
+        super().__init__(data)
+        self.reads: list[tuple[int, int]] = []
+
+    def read(self, size: int | None = -1, /) -> bytes:
+        at = self.tell()
+        data = super().read(size)
+        self.reads.append((at, len(data)))
+        return data
+
+
+def test_cat_of_a_large_file_reads_no_frame_after_it(packed: tuple[Path, Path]) -> None:
+    """Its frames are decompressed ahead, and only they: not the next member's."""
+    _, archive = packed
+    data = archive.read_bytes()
+    with open_source(archive, whole=False) as source:
+        assert isinstance(source, TocSource)
+        table = source.frames.table
+        big = source.find(b"blobs/big.bin")
+        assert big is not None
+        cursor = ArchiveReader(source.frames.stream(big.offset), offset=big.offset)
+        assert cursor.next_header() is not None
+        after = cursor.data_offset + BIG + (-BIG % fmt.BLOCK_SIZE)
+    following = table.frame_at(after)
+    assert table.d_starts[following] == after  # a large member's frames end with it
+    start, size = table.c_starts[following], table.c_sizes[following]
+    ranges = Ranges(data)
+    oxbak.cat(ranges, "blobs/big.bin", io.BytesIO())
+    touched = [(at, n) for at, n in ranges.reads if at < start + size and start < at + n]
+    assert touched == [], f"read the frame after the file: {touched}"
+
+
+class Trickle(io.RawIOBase):
+    """A pipe that hands out at most *chunk* bytes a read, and counts them."""
+
+    def __init__(self, data: bytes, chunk: int) -> None:
+        self._data = data
+        self._chunk = chunk
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        out = self._data[self.count : self.count + min(len(buf), self._chunk)]
+        buf[: len(out)] = out
+        self.count += len(out)
+        return len(out)
+
+
+def test_the_manifest_is_read_from_its_frame_alone(packed: tuple[Path, Path]) -> None:
+    """read_manifest decompresses frame 1 and stops: nothing of frame 2 (whose first block
+    alone may need 128 KiB of input, another request from object storage)."""
+    _, archive = packed
+    data = archive.read_bytes()
+    with open_input(archive) as inp:
+        assert inp.random is not None
+        table = SeekTable.read(inp.random)
+    assert table is not None
+    trickle = Trickle(data, 4096)
+    manifest = oxbak.read_manifest(trickle)
+    assert manifest.totals.files > 0
+    assert trickle.count <= table.c_sizes[0] + 4096, (trickle.count, table.c_sizes[0])
 
 
 def test_cat_from_a_pipe(packed: tuple[Path, Path]) -> None:

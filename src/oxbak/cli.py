@@ -182,6 +182,9 @@ def _size(n: int) -> str:
 def cli(debug: bool) -> None:
     """Turn a state directory into one .oxbak file and back, safely.
 
+    ARCHIVE is a file, '-' (standard input or output) or s3://BUCKET/KEY, an object in
+    S3 or an S3-compatible service (credentials and region from the AWS environment).
+
     \b
     Example:
       oxbak pack state -o state.oxbak
@@ -303,6 +306,23 @@ _quiet = click.option(
 )
 
 
+def _set_endpoint(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    if value:
+        from .locations import set_s3_endpoint
+
+        set_s3_endpoint(value)
+
+
+#: --endpoint-url for every command that takes an archive: where s3:// URLs go.
+_endpoint_url = click.option(
+    "--endpoint-url",
+    metavar="URL",
+    expose_value=False,
+    callback=_set_endpoint,
+    help="S3-compatible service for s3:// URLs (default: AWS_ENDPOINT_URL, else AWS).",
+)
+
+
 def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     try:
         mode = int(value, 8)
@@ -320,8 +340,8 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--output",
     "out",
     metavar="OUT|-",
-    help="Archive to write ('-': stdout). Default: SRC-<UTC time>.oxbak here "
-    "(.oxbak.age when encrypted).",
+    help="Archive to write ('-': stdout; s3://BUCKET/KEY: an object). "
+    "Default: SRC-<UTC time>.oxbak here (.oxbak.age when encrypted).",
 )
 @click.option(
     "--level",
@@ -379,7 +399,7 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     show_default=True,
     metavar="OCTAL",
     callback=_parse_mode,
-    help="Permission bits of the archive file (not of a stream).",
+    help="Permission bits of the archive file (not of a stream or an S3 object).",
 )
 @click.option(
     "-r",
@@ -400,6 +420,7 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
+@_endpoint_url
 def pack_cmd(
     src: str,
     out: str | None,
@@ -430,6 +451,7 @@ def pack_cmd(
     Examples:
       oxbak pack /var/lib/oxios -o oxios.oxbak --label oxios_version=0.4.1
       oxbak pack /var/lib/oxios -r age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+      oxbak pack /var/lib/oxios -o s3://backups/oxios/2026-11-30.oxbak
       ssh host oxbak pack /var/lib/oxios -o - | oxbak unpack - restored
     """
     from .envelope import read_recipients_file
@@ -557,6 +579,7 @@ def pack_cmd(
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
+@_endpoint_url
 def unpack_cmd(
     archive: str,
     dest: str,
@@ -587,6 +610,7 @@ def unpack_cmd(
     \b
     Examples:
       oxbak unpack state.oxbak restored
+      oxbak unpack s3://backups/oxios/2026-11-30.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
       oxbak unpack state.oxbak restored --only memory/facts --exclude '*.tmp'
       oxbak unpack state.oxbak.age restored --identity key.txt
@@ -685,6 +709,7 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest and status as JSON.")
+@_endpoint_url
 def info_cmd(archive: str, identities: tuple[str, ...], as_json: bool) -> None:
     """Show what ARCHIVE holds. Reads only its first frame and its table of contents' header.
 
@@ -767,6 +792,7 @@ def _text(data: bytes) -> str:
 @click.option(
     "-h", "--human-readable", "human", is_flag=True, help="Sizes in K, M, G (alone: this help)."
 )
+@_endpoint_url
 @click.pass_context
 def list_cmd(
     ctx: click.Context,
@@ -876,6 +902,7 @@ def _utf8(data: bytes) -> bool:
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("path")
 @_identity
+@_endpoint_url
 def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
     """Write the content of the file PATH in ARCHIVE to stdout.
 
@@ -911,6 +938,7 @@ def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
 )
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change (JSON Lines).")
+@_endpoint_url
 def diff_cmd(
     archive: str,
     directory: str,
@@ -1006,6 +1034,7 @@ def diff_cmd(
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_quiet
+@_endpoint_url
 def verify_cmd(
     archive: str, threads: int, identities: tuple[str, ...], as_json: bool, quiet: bool
 ) -> None:
@@ -1083,6 +1112,75 @@ def recover_cmd(dest: str, quiet: bool) -> None:
         _say(action)
     if not actions:
         _say("nothing to recover")
+
+
+def _parse_age(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    import re
+
+    if re.fullmatch(r"\d+[smhd]?", value.strip()) is None:
+        raise click.BadParameter(f"{value!r} is not an age such as 90s, 30m, 12h or 2d")
+    return value.strip()
+
+
+def _seconds(age: str) -> int:
+    unit = age[-1] if age[-1] in "smhd" else "s"
+    return int(age.rstrip("smhd")) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[unit]
+
+
+@cli.command("abort-uploads")
+@click.argument("url", metavar="s3://BUCKET[/PREFIX]")
+@click.option(
+    "--older-than",
+    "older_than",
+    metavar="AGE",
+    default="0",
+    callback=_parse_age,
+    help="Only uploads started at least AGE ago (90s, 30m, 12h, 2d); default: all.",
+)
+@click.option("-n", "--dry-run", is_flag=True, help="List them; abort nothing.")
+@_endpoint_url
+@_quiet
+@click.pass_context
+def abort_uploads_cmd(
+    ctx: click.Context, url: str, older_than: str, dry_run: bool, quiet: bool
+) -> None:
+    """Remove the incomplete uploads of packs to S3 that were killed.
+
+    A pack to s3://BUCKET/KEY uploads its archive in parts; the object appears only once
+    the last part is in. A pack that fails or is interrupted aborts its upload, but one
+    killed outright (kill -9, a lost machine) leaves the parts stored, and billed, with no
+    object. This aborts every incomplete upload whose key starts with PREFIX, printing one
+    line for each. An upload still being written is aborted too (that pack then fails,
+    leaving no object): --older-than spares recent ones. A bucket lifecycle rule with
+    AbortIncompleteMultipartUpload does the same on a schedule (see the README).
+
+    \b
+    Examples:
+      oxbak abort-uploads s3://backups/oxios/ --dry-run
+      oxbak abort-uploads s3://backups --older-than 1d
+    """
+    from .errors import InputError
+    from .locations import is_s3_url
+
+    if not is_s3_url(url):
+        raise click.UsageError(f"{url!r} is not an s3:// URL", ctx)
+    try:
+        from ._s3 import abort_uploads  # boto3: this command is for S3 alone
+    except ImportError as exc:
+        raise InputError("s3:// URLs need boto3: pip install 'oxbak[s3]'") from exc
+
+    age = _seconds(older_than)
+    found = abort_uploads(url, older_than=age, dry_run=dry_run)
+    verb = "would abort" if dry_run else "aborted"
+    for upload in found:
+        started = (
+            upload.initiated.strftime("%Y-%m-%d %H:%M:%SZ") if upload.initiated else "unknown"
+        )
+        parts = f"{upload.parts:,} part{'s' if upload.parts != 1 else ''}"
+        click.echo(f"{verb} {upload.url} (started {started}, {parts}, {upload.bytes:,} bytes)")
+    if not found and not quiet:
+        ago = f" started {older_than} ago or more" if age else ""
+        _say(f"no incomplete uploads under {url}{ago}")
 
 
 def _debug_anywhere(args: list[str]) -> list[str]:

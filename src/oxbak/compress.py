@@ -457,10 +457,13 @@ class ZstdReader:
         self._done = False
         decompressor = zstandard.ZstdDecompressor(max_window_size=fmt.MAX_WINDOW_SIZE)
         # The stub asks for IO[bytes]; any object with read() is accepted (documented).
+        # A read ends where a frame ends (the next read goes on with the next frame): the
+        # manifest, alone in frame 1, is read without decompressing into frame 2, whose
+        # first block may need 128 KiB more input (a request more, from object storage).
         self._reader = decompressor.stream_reader(
             self.walker,  # type: ignore[arg-type]
             read_size=_READ_SIZE,
-            read_across_frames=True,
+            read_across_frames=False,
             closefd=False,
         )
 

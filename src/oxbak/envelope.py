@@ -35,7 +35,7 @@ import queue
 import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, BinaryIO, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import (
     EnvelopeError,
@@ -45,7 +45,7 @@ from .errors import (
     OxbakError,
     RecipientError,
 )
-from .locations import Archive, Input, open_input
+from .locations import Archive, Input, Readable, open_input
 
 if TYPE_CHECKING:
     from pyrage import ssh, x25519
@@ -280,7 +280,7 @@ def _stanza_types(header: bytes, name: str) -> tuple[str, ...]:
     return tuple(types)
 
 
-def _read_some(stream: BinaryIO, size: int, name: str) -> bytes:
+def _read_some(stream: Readable, size: int, name: str) -> bytes:
     try:
         return stream.read(size) or b""
     except OSError as exc:
@@ -288,7 +288,7 @@ def _read_some(stream: BinaryIO, size: int, name: str) -> bytes:
 
 
 def read_header(
-    stream: BinaryIO, head: bytes, armored: bool, name: str
+    stream: Readable, head: bytes, armored: bool, name: str
 ) -> tuple[bytes, EnvelopeInfo]:
     """Read an age header from *stream* (*head*: its first bytes, already read).
 
@@ -382,7 +382,7 @@ class _Output(Protocol):
 class _Ciphertext:
     """What pyrage reads: the bytes already read for the header, then the input."""
 
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+    def __init__(self, head: bytes, stream: Readable) -> None:
         self._head = head
         self._stream = stream
         #: An error of the input itself (not of the envelope), kept to report as such.
@@ -432,7 +432,7 @@ class Decrypted:
     """
 
     def __init__(
-        self, source: BinaryIO, head: bytes, identities: list[Identity], name: str,
+        self, source: Readable, head: bytes, identities: list[Identity], name: str,
         info: EnvelopeInfo,
     ) -> None:
         self.name = name
@@ -542,7 +542,7 @@ def open_archive(
             head = _read_at_least(inp.stream, _SNIFF, name)
             armored = sniff(head)
             if armored is None:
-                yield Input(inp.name, _Prefixed(head, inp.stream), None), None  # type: ignore[arg-type]
+                yield Input(inp.name, _Prefixed(head, inp.stream), None), None
                 return
         raw, info = read_header(inp.stream, head, armored, name)
         if "scrypt" in info.stanzas:
@@ -559,7 +559,7 @@ def open_archive(
         keys = load_identities(identities)
         plain = Decrypted(inp.stream, raw, keys, name, info)
         try:
-            yield Input(inp.name, plain, None), info  # type: ignore[arg-type]
+            yield Input(inp.name, plain, None), info
         finally:
             plain.close()
 
@@ -570,7 +570,7 @@ def _peek(inp: Input, name: str) -> bytes:
     (A file object without a descriptor is read at random through the same object, which
     moves it: it is put back.)
     """
-    stream = inp.stream
+    stream: Any = inp.stream  # a file object, or a stream of another location (no seek)
     assert inp.random is not None
     try:
         where = stream.tell() if stream.seekable() else None
@@ -591,7 +591,7 @@ def _one_line(text: object) -> str:
     return lines[0] if lines else type(text).__name__
 
 
-def _read_at_least(stream: BinaryIO, size: int, name: str) -> bytes:
+def _read_at_least(stream: Readable, size: int, name: str) -> bytes:
     parts = []
     got = 0
     while got < size:
@@ -606,7 +606,7 @@ def _read_at_least(stream: BinaryIO, size: int, name: str) -> bytes:
 class _Prefixed:
     """A forward stream whose first bytes were already read to look at them."""
 
-    def __init__(self, head: bytes, stream: BinaryIO) -> None:
+    def __init__(self, head: bytes, stream: Readable) -> None:
         self._head = head
         self._stream = stream
         self.name = getattr(stream, "name", None)

@@ -1,9 +1,11 @@
-"""Where archives are read from and written to: a path, ``-``, or a binary file object.
+"""Where archives are read from and written to: a path, ``-``, an S3 URL, a file object.
 
 This module is the one place that opens an archive, and the one place that turns an
 ``OSError`` of opening or finishing it into :class:`~oxbak.errors.InputError` or
 :class:`~oxbak.errors.OutputError`. ``-`` means standard input or output here exactly as
-on the command line.
+on the command line. An ``s3://`` URL is handed to :mod:`oxbak._s3` (imported only then:
+boto3 takes ~150 ms to load), which gives the same two things a file gives and translates
+the service's errors the same way.
 
 - Reading, it hands out a forward stream for reading front to back and, when the input
   allows it, random access for reading only the parts a command needs (see
@@ -11,6 +13,8 @@ on the command line.
 - Writing to a path, the archive appears whole or not at all: it is written to a locked
   temp file beside the path, made durable, then linked (or with *force*, renamed) into
   place; a temp file left by a killed pack is removed by the next pack to the same path.
+  Writing to S3, it is a multipart upload completed only after the last byte, on the
+  condition that the key is still free unless *force*, and aborted on any error.
 """
 
 from __future__ import annotations
@@ -24,9 +28,13 @@ import sys
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import BinaryIO
+from types import ModuleType
+from typing import TYPE_CHECKING, BinaryIO, Protocol
 
 from .errors import InputError, OutputError, OutputExistsError
+
+if TYPE_CHECKING:
+    from ._s3 import S3Object, Upload
 
 # The writing side imports tempfile, logging and the shared fs helpers (ctypes)
 # where it runs: the reading commands, `oxbak info` first, never need them (~8 ms).
@@ -37,8 +45,11 @@ __all__ = [
     "Input",
     "Sink",
     "check_absent",
+    "is_s3_url",
     "open_input",
     "open_output",
+    "s3_endpoint",
+    "set_s3_endpoint",
 ]
 
 #: Permission bits of a new archive file, as restic and borg make theirs.
@@ -46,8 +57,42 @@ ARCHIVE_MODE = 0o600
 _TEMP_SUFFIX = ".oxbak-tmp"
 _TEMP_AROUND = 1 + 1 + 8 + len(_TEMP_SUFFIX)  # ".", ".", tempfile's random part, suffix
 
-#: What the API accepts as an archive to read: a path, ``"-"``, or a binary file object.
+#: What the API accepts as an archive: a path, ``"-"``, ``"s3://BUCKET/KEY"``, or a binary
+#: file object.
 Archive = str | os.PathLike[str] | BinaryIO
+
+_S3_SCHEME = "s3://"
+_s3_endpoint_url: str | None = None
+
+
+def is_s3_url(archive: object) -> bool:
+    """Whether *archive* names an object in S3 (a path that starts so: ``./s3:/…``)."""
+    return isinstance(archive, str) and archive.startswith(_S3_SCHEME)
+
+
+def set_s3_endpoint(url: str | None) -> None:
+    """Use the S3-compatible service at *url* for ``s3://`` URLs (``--endpoint-url``).
+
+    None (the default) leaves it to the AWS configuration: ``AWS_ENDPOINT_URL`` or AWS.
+    """
+    global _s3_endpoint_url
+    _s3_endpoint_url = url or None
+
+
+def s3_endpoint() -> str | None:
+    """The endpoint :func:`set_s3_endpoint` chose, if any."""
+    return _s3_endpoint_url
+
+
+def _s3_backend(error: type[InputError] | type[OutputError]) -> ModuleType:
+    """The S3 backend; boto3 is an optional dependency (the ``s3`` extra)."""
+    try:
+        from . import _s3
+    except ImportError as exc:
+        if not (exc.name or "").startswith(("boto3", "botocore")):
+            raise
+        raise error("s3:// URLs need boto3: pip install 'oxbak[s3]'") from exc
+    return _s3
 
 
 class _FdAccess:
@@ -77,6 +122,13 @@ class _SeekAccess:
             return self._fh.read(min(size, max(self.size - offset, 0)))
 
 
+class Readable(Protocol):
+    """What the stream readers read an archive from, front to back."""
+
+    def read(self, size: int = -1, /) -> bytes:
+        """Some bytes (at most *size*); ``b""`` at the end."""
+
+
 @dataclass
 class Input:
     """An opened archive.
@@ -85,8 +137,8 @@ class Input:
     """
 
     name: str
-    stream: BinaryIO
-    random: _FdAccess | _SeekAccess | None
+    stream: Readable
+    random: _FdAccess | _SeekAccess | S3Object | None
 
 
 @contextlib.contextmanager
@@ -101,6 +153,11 @@ def open_input(archive: Archive) -> Iterator[Input]:
         path = os.fspath(archive)
         if path == "-":
             yield _wrap(sys.stdin.buffer, "<stdin>")
+            return
+        if is_s3_url(path):
+            s3 = _s3_backend(InputError)
+            obj = s3.open_object(path)
+            yield Input(path, s3.S3Stream(obj), obj)
             return
         try:
             fh = open(path, "rb")  # noqa: SIM115 - closed below
@@ -142,7 +199,7 @@ class Sink:
     """
 
     name: str
-    stream: BinaryIO | _EagerWriteback
+    stream: BinaryIO | _EagerWriteback | Upload
     size: int | None = None
 
 
@@ -150,8 +207,12 @@ def check_absent(path: str | os.PathLike[str], *, force: bool) -> None:
     """Refuse early to write over *path*, unless *force* (checked again at the end).
 
     :raises OutputExistsError: *path* exists.
-    :raises OutputError: *path* is a directory: nothing could replace it.
+    :raises OutputError: *path* is a directory: nothing could replace it; for an S3 URL,
+        the bucket cannot be written to.
     """
+    if is_s3_url(path):
+        _s3_backend(OutputError).check_absent(path, force=force)
+        return
     if os.path.isdir(path) and not os.path.islink(path):
         raise OutputError(f"cannot write the archive to {os.fspath(path)!r}: it is a directory")
     if not force and os.path.lexists(path):
@@ -160,20 +221,31 @@ def check_absent(path: str | os.PathLike[str], *, force: bool) -> None:
 
 @contextlib.contextmanager
 def open_output(
-    target: Archive, *, force: bool = False, mode: int = ARCHIVE_MODE
+    target: Archive,
+    *,
+    force: bool = False,
+    mode: int = ARCHIVE_MODE,
+    size_hint: int | None = None,
 ) -> Iterator[Sink]:
-    """Open where an archive goes: a path (atomically), ``"-"`` (stdout), a file object.
+    """Open where an archive goes: a path or S3 URL (atomically), ``"-"``, a file object.
 
     A file at a path gets permission bits *mode* exactly (0600 by default: a backup holds
     whatever secrets the state holds). A file object (and stdout) is written to as a
     stream and not closed; what was written to it stays there if the block raises: a
-    stream cannot be taken back.
+    stream cannot be taken back. *size_hint*, about the most the archive can take, lets
+    an upload choose parts large enough for S3's 10,000.
 
     :raises OutputExistsError: the path exists and *force* is false.
     :raises OutputError: the archive cannot be created or finished.
     """
     if isinstance(target, (str, os.PathLike)):
         path = os.fspath(target)
+        if is_s3_url(path):
+            with _s3_backend(OutputError).upload(path, force=force, size_hint=size_hint) as upload:
+                sink = Sink(path, upload)
+                yield sink
+            sink.size = upload.size
+            return
         if path != "-":
             with _atomic(path, force=force, mode=mode) as stream:
                 sink = Sink(path, stream)

@@ -243,11 +243,14 @@ class TocSource:
         if cursor is None or cursor.position != entry.offset:
             cursor = ArchiveReader(
                 # A large member spans frames: decompress them ahead, in parallel, up to
-                # its end (its headers take at most a pax header and a block more).
+                # its end. Its headers take a block or more, so every frame that starts
+                # before this bound holds some of its data; the next member's frame would
+                # be read for nothing (a last piece after a long pax header is read when
+                # reached).
                 self.frames.stream(
                     entry.offset,
                     ahead=entry.size >= fmt.FRAME_TARGET,
-                    until=entry.offset + 3 * fmt.BLOCK_SIZE + fmt.MAX_PAX_BYTES + entry.size,
+                    until=entry.offset + fmt.BLOCK_SIZE + entry.size,
                 ),
                 name=self.name,
                 offset=entry.offset,

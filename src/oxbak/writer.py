@@ -162,7 +162,10 @@ def pack(
         logger.warning("exclude pattern %r matched nothing", pattern)
     if not 0 <= mode <= 0o7777:
         raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
-    with open_output(output, force=force, mode=mode) as sink:
+    bound = _size_bound(scan)
+    if keys is not None:
+        bound += bound // (64 << 10) * 16 + (64 << 10)  # age: a tag per 64 KiB, the header
+    with open_output(output, force=force, mode=mode, size_hint=bound) as sink:
         if keys is None:
             result = _write(scan, sink.stream, level, threads, labels or {}, progress)
         else:
@@ -176,6 +179,16 @@ def pack(
         result.bytes_out = sink.size
     result.seconds = time.monotonic() - started
     return result
+
+
+def _size_bound(scan: Scan) -> int:
+    """About the most bytes the archive of *scan* can take (an upload sizes its parts by it).
+
+    The files' bytes (the writer never stores more than the scan found), a header and
+    padding per entry with room for a pax header, the manifest and the TOC, and zstd's
+    worst case for data that does not compress (ZSTD_compressBound: 1/256 more).
+    """
+    return (sum(scan.sizes) + 2048 * len(scan) + (1 << 20)) * 257 // 256
 
 
 class _Packer:
