@@ -797,23 +797,24 @@ MANIFEST_CASES = [
         e(manifest_member=member(b"./manifest.json", GOOD)),
         MANIFEST,
     ),
+    # Version 3 is an incremental archive (FORMAT.md §11): 4 is the first unknown one.
     c(
-        "version-3",
-        e(manifest=manifest_bytes(version=3)),
+        "version-4",
+        e(manifest=manifest_bytes(version=4)),
         (UnsupportedVersionError,),
-        ("3", "2", "upgrade"),
+        ("4", "3", "upgrade"),
     ),
     c(
-        "version-3-otherwise-unreadable",
-        e(manifest=b'{"format":"oxbak","version":3,"future":{"x":[1,2]}}'),
+        "version-4-otherwise-unreadable",
+        e(manifest=b'{"format":"oxbak","version":4,"future":{"x":[1,2]}}'),
         (UnsupportedVersionError,),
-        ("3", "2", "upgrade"),
+        ("4", "3", "upgrade"),
     ),
     c(
-        "version-3-hostile-tree",
-        e(FILE(b"../escaped", b"evil"), manifest=manifest_bytes(version=3)),
+        "version-4-hostile-tree",
+        e(FILE(b"../escaped", b"evil"), manifest=manifest_bytes(version=4)),
         (UnsupportedVersionError,),
-        ("3", "upgrade"),
+        ("4", "upgrade"),
     ),
     c(
         "version-huge",
@@ -1350,12 +1351,12 @@ def test_verify_refused_stream(tmp_path: Path) -> None:
     assert result.ok is False and result.problems
 
 
-def test_version_3_refused_before_anything_is_written(tmp_path: Path) -> None:
+def test_version_4_refused_before_anything_is_written(tmp_path: Path) -> None:
     sb = make_sandbox(tmp_path, existing_dest=False)
-    sb.archive.write_bytes(arc([FILE(b"f", b"x")], manifest=manifest_bytes(version=3)))
+    sb.archive.write_bytes(arc([FILE(b"f", b"x")], manifest=manifest_bytes(version=4)))
     with pytest.raises(UnsupportedVersionError) as info:
         oxbak.read_manifest(sb.archive)
-    assert_one_line_naming(info.value, ("3", "2", "upgrade"))
+    assert_one_line_naming(info.value, ("4", "3", "upgrade"))
     with pytest.raises(UnsupportedVersionError):
         oxbak.unpack(sb.archive, sb.dest)
     assert sorted(p.name for p in sb.root.iterdir()) == ["canary"]

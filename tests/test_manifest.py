@@ -56,9 +56,9 @@ def test_trailing_spaces_are_fine() -> None:
 def test_newer_version_is_refused_naming_both() -> None:
     with pytest.raises(
         UnsupportedVersionError,
-        match=r"^archive format version 3 is newer than this oxbak supports \(version 2\); upgrade oxbak to read it$",
+        match=r"^archive format version 4 is newer than this oxbak supports \(version 3\); upgrade oxbak to read it$",
     ):
-        decode_manifest(_valid(version=3, totals="whatever the future holds"))
+        decode_manifest(_valid(version=4, totals="whatever the future holds"))
 
 
 @pytest.mark.parametrize(

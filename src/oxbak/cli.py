@@ -17,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
 import click
 import msgspec
@@ -98,9 +98,7 @@ def _naming(archive: str | None, message: str) -> str:
     return f"{where}: {message}"
 
 
-def _remember_archive(
-    ctx: click.Context, param: click.Parameter, value: str | None
-) -> str | None:
+def _remember_archive(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """Note the ARCHIVE argument, so that an error about the archive can name it."""
     if value is not None:
         ctx.meta[_ARCHIVE] = value
@@ -418,6 +416,20 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     metavar="FILE",
     help="Encrypt to the public keys in FILE, one a line, as `age -R` reads it (repeatable).",
 )
+@click.option(
+    "--base",
+    metavar="PREV",
+    help="Pack incrementally: store only what changed since archive PREV (a file or any "
+    "archive location; only its table of contents is read).",
+)
+@click.option(
+    "--base-check",
+    type=click.Choice(["metadata", "content"]),
+    default="metadata",
+    show_default=True,
+    help="How --base tells unchanged files: by size, mode, times and inode, or by "
+    "reading every file and comparing digests.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
 @_endpoint_url
@@ -436,10 +448,15 @@ def pack_cmd(
     mode: int,
     recipients: tuple[str, ...],
     recipient_files: tuple[str, ...],
+    base: str | None,
+    base_check: Literal["metadata", "content"],
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Pack directory SRC into one archive.
+
+    With --base PREV the archive is incremental: it stores only the files that changed
+    since PREV, and needs PREV (and PREV's own chain) to be restored.
 
     With --recipient or --recipient-file the archive is encrypted with age (the `age`
     tool decrypts it too), and is named SRC-<UTC time>.oxbak.age by default.
@@ -482,6 +499,8 @@ def pack_cmd(
             xattrs=not no_xattrs,
             progress=progress,
             recipients=keys,
+            base=base,
+            base_check=base_check,
         )
     if to_stdout:
         sys.stdout.buffer.flush()
@@ -500,6 +519,16 @@ def pack_cmd(
                     "changed": result.changed,
                     "missing": result.missing,
                     "skipped": result.skipped,
+                    **(
+                        {}
+                        if result.base_id is None
+                        else {
+                            "base": result.base_id,
+                            "stored": result.stored,
+                            "unchanged": result.unchanged,
+                            "deleted": result.deleted,
+                        }
+                    ),
                     "totals": t,
                     "manifest": m,
                 }
@@ -514,6 +543,12 @@ def pack_cmd(
             f"{t.hardlinks:,} hardlinks), {_size(result.bytes_in)} in{out_part}, "
             f"{result.seconds:.2f} s -> {result.output}"
             + (f" ({result.excluded:,} excluded)" if result.excluded else "")
+            + (
+                f", incremental: {result.stored:,} stored, {result.unchanged:,} unchanged, "
+                f"{result.deleted:,} deleted since base {result.base_id[:16]}"
+                if result.base_id is not None
+                else ""
+            )
             + (
                 f", encrypted to {len(keys)} recipient{'s' if len(keys) != 1 else ''}"
                 if keys
@@ -623,8 +658,9 @@ def unpack_cmd(
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
     if no_same_owner and (same_owner or numeric_owner):
-        raise click.UsageError("--no-same-owner cannot be combined with --same-owner or "
-                               "--numeric-owner")
+        raise click.UsageError(
+            "--no-same-owner cannot be combined with --same-owner or --numeric-owner"
+        )
     owner: OwnerMode = "none" if no_same_owner else "numeric" if numeric_owner else "name"
     started = time.monotonic()
     with _progress("unpacking", quiet) as progress:
@@ -1173,9 +1209,7 @@ def abort_uploads_cmd(
     found = abort_uploads(url, older_than=age, dry_run=dry_run)
     verb = "would abort" if dry_run else "aborted"
     for upload in found:
-        started = (
-            upload.initiated.strftime("%Y-%m-%d %H:%M:%SZ") if upload.initiated else "unknown"
-        )
+        started = upload.initiated.strftime("%Y-%m-%d %H:%M:%SZ") if upload.initiated else "unknown"
         parts = f"{upload.parts:,} part{'s' if upload.parts != 1 else ''}"
         click.echo(f"{verb} {upload.url} (started {started}, {parts}, {upload.bytes:,} bytes)")
     if not found and not quiet:

@@ -13,6 +13,10 @@ EntryType = Literal["file", "dir", "symlink", "hardlink"]
 
 FORMAT_NAME: Final = "oxbak"
 FORMAT_VERSION: Final = 2
+#: Incremental archives (packed against a base, FORMAT.md §11). Full archives keep
+#: FORMAT_VERSION, so their bytes stay those of version 2 and version-2 readers refuse
+#: only what they would misread.
+INCREMENTAL_VERSION: Final = 3
 #: Version 1 archives: one frame for the whole tree, the index in ``index.jsonl``.
 FIRST_SEEKABLE_VERSION: Final = 2
 INDEX_FORMAT_NAME: Final = "oxbak-index"
@@ -73,3 +77,6 @@ MAX_XATTR_BYTES: Final = 48 * 1024
 #: Files up to this size are read whole, checked and retried until consistent.
 SMALL_FILE_MAX: Final = 8 * 1024 * 1024
 READ_ATTEMPTS: Final = 5
+#: A file whose mtime or ctime is not this much older than its base's ``created_at`` is
+#: read again by an incremental pack: a timestamp tick (2 s on FAT) may hide a change.
+RACY_WINDOW_NS: Final = 2_000_000_000

@@ -22,6 +22,8 @@ from .errors import CorruptArchiveError, ManifestError, UnsupportedVersionError
 from .paths import display, sort_key
 
 __all__ = [
+    "BaseRef",
+    "IncrementalManifest",
     "Compression",
     "Index",
     "IndexRecord",
@@ -90,6 +92,25 @@ class Manifest(_Base):
     skipped: int = 0
     partial: bool | None = False
     changed: int = 0
+
+
+class BaseRef(_Base):
+    """What an incremental archive's manifest says of its base (FORMAT.md §11)."""
+
+    id: str  # BLAKE3-256 hex of the base's TOC member data as stored
+    created_at: str
+    deleted: int = 0
+
+
+class IncrementalManifest(Manifest):
+    """The manifest of a version-3 archive: a :class:`Manifest` that names its base.
+
+    A subclass rather than an optional field, so that a full archive's manifest is
+    encoded exactly as before (no ``"base": null``).
+    """
+
+    # Required in effect: a manifest without it keeps this empty id, which is refused.
+    base: BaseRef = msgspec.field(default_factory=lambda: BaseRef(id="", created_at=""))
 
 
 class _Header(msgspec.Struct):
@@ -161,6 +182,7 @@ class IndexRecord(msgspec.Struct, kw_only=True, omit_defaults=True):
 _encoder = msgspec.json.Encoder(order="deterministic")
 _header_decoder = msgspec.json.Decoder(_Header)
 _manifest_decoder = msgspec.json.Decoder(Manifest)
+_incremental_decoder = msgspec.json.Decoder(IncrementalManifest)
 _index_decoder = msgspec.json.Decoder(Index)
 _record_decoder = msgspec.json.Decoder(IndexRecord)
 
@@ -216,13 +238,16 @@ def decode_manifest(data: bytes) -> Manifest:
         )
     if header.version < 1:
         raise ManifestError(f"manifest.json declares invalid format version {header.version}")
-    if header.version > fmt.FORMAT_VERSION:
+    if header.version > fmt.INCREMENTAL_VERSION:
         raise UnsupportedVersionError(
             f"archive format version {header.version} is newer than this oxbak supports "
-            f"(version {fmt.FORMAT_VERSION}); upgrade oxbak to read it"
+            f"(version {fmt.INCREMENTAL_VERSION}); upgrade oxbak to read it"
         )
+    decoder = (
+        _incremental_decoder if header.version >= fmt.INCREMENTAL_VERSION else _manifest_decoder
+    )
     try:
-        manifest = _manifest_decoder.decode(data)
+        manifest = decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:  # ValidationError included
         raise ManifestError(f"manifest.json is malformed: {exc}") from exc
     _check_counts(manifest)
@@ -239,11 +264,18 @@ def _check_counts(manifest: Manifest) -> None:
         ("totals.bytes", t.bytes),
         ("skipped", manifest.skipped),
         ("changed", manifest.changed),
+        ("base.deleted", manifest.base.deleted if isinstance(manifest, IncrementalManifest) else 0),
     ):
         if value < 0:
             raise ManifestError(f"manifest.json is malformed: {name} is negative ({value})")
+    if isinstance(manifest, IncrementalManifest) and not _is_digest_hex(manifest.base.id):
+        raise ManifestError("manifest.json is malformed: base.id is not a BLAKE3-256 hex digest")
     if t.directories < 1:
         raise ManifestError("manifest.json is malformed: totals.directories is 0")
+
+
+def _is_digest_hex(text: str) -> bool:
+    return len(text) == 2 * fmt.DIGEST_SIZE and all(c in "0123456789abcdef" for c in text)
 
 
 def decode_index_header(line: bytes) -> Index:

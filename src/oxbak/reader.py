@@ -233,8 +233,7 @@ class ArchiveReader:
                 # The block decompressed (zstd damage is not this): oxbak always starts
                 # with a ustar header of its own, so anything else is another kind of file.
                 raise NotAnArchiveError(
-                    f"not an oxbak archive: it does not start with {fmt.MANIFEST_NAME} "
-                    f"({exc})"
+                    f"not an oxbak archive: it does not start with {fmt.MANIFEST_NAME} ({exc})"
                 ) from exc
         header = self.next_header()
         if header is None:
@@ -336,10 +335,11 @@ class ArchiveReader:
             _from_index(decode_index_record(line, n)) for n, line in enumerate(lines, 1)
         )
 
-    def toc_header(self, size: int) -> tuple[TocHeader, int]:
+    def toc_header(self, size: int, *, incremental: bool = False) -> tuple[TocHeader, int]:
         """The TOC header, bounded before it is read, and the bytes it took.
 
         Called right after the TOC member's header; *size* is the member's data size.
+        *incremental*: the archive is of version 3 (FORMAT.md §11).
         """
         if size < 4:
             raise CorruptArchiveError("table of contents is truncated")
@@ -350,7 +350,7 @@ class ArchiveReader:
                 f"table of contents header is {length} bytes, more than its member holds "
                 f"or the limit {fmt.MAX_TOC_HEADER_BYTES}"
             )
-        header, used = decode_header(prefix + self._take(length))
+        header, used = decode_header(prefix + self._take(length), incremental=incremental)
         self._pending -= used
         if used + sum(ref.length for ref in header.blocks) != size:
             raise CorruptArchiveError("table of contents blocks do not fill its member")

@@ -79,6 +79,14 @@ class Scan:
     def __len__(self) -> int:
         return len(self.paths)
 
+    def link_targets(self) -> frozenset[bytes]:
+        """The files that hardlinks of this scan point to (each group's first path)."""
+        return frozenset(
+            target
+            for target, kind in zip(self.targets, self.kinds, strict=True)
+            if kind == _HARDLINK
+        )
+
     def __iter__(self) -> Iterator[Entry]:
         names = _KIND_NAMES
         xattrs = self.xattrs.get

@@ -28,8 +28,9 @@ from typing import Protocol
 
 from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
+from .digest import Hasher
 from .envelope import EnvelopeInfo, IdentityFile, open_archive
-from .errors import CorruptArchiveError
+from .errors import CorruptArchiveError, UnsupportedVersionError
 from .locations import Archive
 from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
@@ -146,6 +147,8 @@ class TocSource:
         self.frames = frames
         self.manifest = manifest
         self.name = name
+        #: Version 3: records may be FROM_BASE (FORMAT.md §11).
+        self.incremental = manifest.version >= fmt.INCREMENTAL_VERSION
         table = frames.table
         footer = read_footer(frames)
         self.toc_offset = footer.toc_offset
@@ -165,12 +168,13 @@ class TocSource:
         if head.size != footer.toc_size:
             raise CorruptArchiveError("footer and table of contents disagree on its size")
         data_at = cursor.data_offset
+        self._toc_at, self._toc_size = data_at, head.size
         # Only the end-of-archive marker (and zeros to a 10240-byte record) may follow it:
         # a TOC planted inside some file's data would have the rest of the tree after it.
         end = data_at + head.size + padding(head.size) + 2 * fmt.BLOCK_SIZE
         if not end <= table.d_total <= end + -end % fmt.RECORD_SIZE:
             raise CorruptArchiveError("the table of contents is not the archive's last member")
-        self.header, used = cursor.toc_header(head.size)
+        self.header, used = cursor.toc_header(head.size, incremental=self.incremental)
         self._blocks_at = data_at + used
         self._cursor: ArchiveReader | None = None
         self._firsts: list[tuple[bytes, ...]] | None = None
@@ -182,7 +186,9 @@ class TocSource:
         ref = self.header.blocks[number]
         at = self._blocks_at + ref.offset
         reader = ArchiveReader(self.frames.stream(at), name=self.name, offset=at)
-        return decode_columns(reader.read_exact(ref.length), ref, number)
+        return decode_columns(
+            reader.read_exact(ref.length), ref, number, incremental=self.incremental
+        )
 
     def blocks(self) -> Iterator[TocBlock]:
         """Every block, checked, in archive order (the TOC's frames read one after another)."""
@@ -193,7 +199,25 @@ class TocSource:
             self.frames.stream(self._blocks_at), name=self.name, offset=self._blocks_at
         )
         for n, ref in enumerate(refs):
-            yield decode_columns(reader.read_exact(ref.length), ref, n)
+            yield decode_columns(
+                reader.read_exact(ref.length), ref, n, incremental=self.incremental
+            )
+
+    def toc_id(self) -> str:
+        """The archive's id (FORMAT.md §11): BLAKE3-256 hex of the TOC member's data.
+
+        Read through the frames that hold the TOC only, whatever the archive's size.
+        """
+        reader = ArchiveReader(
+            self.frames.stream(self._toc_at), name=self.name, offset=self._toc_at
+        )
+        hasher = Hasher()
+        left = self._toc_size
+        while left:
+            piece = reader.read_exact(min(left, 1 << 20))
+            hasher.update(piece)
+            left -= len(piece)
+        return hasher.digest(fmt.DIGEST_SIZE).hex()
 
     def records(self) -> Iterator[Record]:
         """Every record, in archive order."""
@@ -324,13 +348,17 @@ def same_member(found: Header, expected: Header) -> bool:
 
 def metadata_key(header: Header, target: bytes) -> bytes:
     """What a TOC record must agree on with its member besides path, type and size."""
-    key = b"%d %d %d %d %d " % (
-        header.mode & 0o7777,
-        header.uid,
-        header.gid,
-        header.mtime_ns,
-        header.offset,
-    ) + target
+    key = (
+        b"%d %d %d %d %d "
+        % (
+            header.mode & 0o7777,
+            header.uid,
+            header.gid,
+            header.mtime_ns,
+            header.offset,
+        )
+        + target
+    )
     if header.uname or header.gname:
         key += _names_key(header.uname, header.gname)
     return key + _xattrs_key(header.xattrs) if header.xattrs else key
@@ -355,8 +383,11 @@ def record_key(record: Record, names: bool = False) -> bytes:
 
 
 def _names_key(user: str, group: str) -> bytes:
-    return b"\0\0" + user.encode("utf-8", "surrogateescape") + b"\0" + group.encode(
-        "utf-8", "surrogateescape"
+    return (
+        b"\0\0"
+        + user.encode("utf-8", "surrogateescape")
+        + b"\0"
+        + group.encode("utf-8", "surrogateescape")
     )
 
 
@@ -421,8 +452,13 @@ def open_source(
     whole: bool = True,
     threads: int = 1,
     identities: Sequence[IdentityFile] = (),
+    incremental: bool = False,
 ) -> Iterator[ArchiveSource]:
     """Open *archive* and check its manifest (format, version) before anything else.
+
+    An incremental archive (version 3) is opened only with *incremental* (its TOC is
+    read: ``info``, ``pack --base``); the rest of the reading side does not restore
+    chains yet, and must not take an incremental for a whole tree.
 
     With *whole* (unpack, verify), every entry will be read: the source streams the whole
     archive, from its frames in parallel when it is seekable. Without, a seekable
@@ -433,6 +469,12 @@ def open_source(
         reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
         with contextlib.closing(reader):
             manifest = reader.read_manifest()
+            if manifest.version >= fmt.INCREMENTAL_VERSION and not incremental:
+                raise UnsupportedVersionError(
+                    f"{inp.name} is an incremental archive (format version "
+                    f"{manifest.version}); this oxbak reads only its table of contents "
+                    f"(info, pack --base), not the tree"
+                )
             table = None
             if inp.random is not None and manifest.version >= fmt.FIRST_SEEKABLE_VERSION:
                 table = SeekTable.read(inp.random)
@@ -476,6 +518,6 @@ def read_info(archive: Archive, *, identities: Sequence[IdentityFile] = ()) -> A
     :raises IdentityError: the archive is encrypted and *identities* cannot open it; its
         ``envelope`` says what the header does (the recipients' stanza types).
     """
-    with open_source(archive, whole=False, identities=identities) as source:
+    with open_source(archive, whole=False, identities=identities, incremental=True) as source:
         toc = source.header if isinstance(source, TocSource) else None
         return ArchiveInfo(source.manifest, toc, source.envelope)

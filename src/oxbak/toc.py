@@ -47,8 +47,11 @@ FILE, DIR, SYMLINK, HARDLINK = b"0", b"5", b"2", b"1"  # the tar typeflags of ea
 KIND_NAMES = {FILE[0]: "file", DIR[0]: "dir", SYMLINK[0]: "symlink", HARDLINK[0]: "hardlink"}
 KIND_CODES = {name: code for code, name in KIND_NAMES.items()}
 CHANGED, MISSING = 1, 2
+#: Version 3: a file whose content is its base's (no member here; FORMAT.md §11).
+FROM_BASE = 4
 _KIND_BYTES = FILE + DIR + SYMLINK + HARDLINK
 _FLAG_BYTES = bytes(range((CHANGED | MISSING) + 1))
+_FLAG_BYTES_INCREMENTAL = _FLAG_BYTES + bytes([FROM_BASE])
 _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
 _MAX_ID = 2**32 - 1
 _MAX_U64 = 2**64 - 1
@@ -82,6 +85,17 @@ class TocHeader(Index):
     """
 
     blocks: list[BlockRef] = []
+
+
+class IncrementalTocHeader(TocHeader):
+    """The TOC header of a version-3 archive: also how its records relate to the base.
+
+    A subclass, so that a full archive's TOC header is encoded exactly as before.
+    """
+
+    stored: int = 0  # records with a member
+    unchanged: int = 0  # records flagged FROM_BASE
+    deleted: int = 0  # the base's paths that have no record here
 
 
 class TocBlock(msgspec.Struct, array_like=True):
@@ -144,6 +158,8 @@ class Record(NamedTuple):
     offset: int = 0
     meta: bool = True
     xattrs: Xattrs = ()
+    #: Version 3: no member here, the content is the base's (FORMAT.md §11).
+    from_base: bool = False
 
     @property
     def absent(self) -> bool:
@@ -153,6 +169,7 @@ class Record(NamedTuple):
 
 _footer_decoder = msgspec.json.Decoder(Footer)
 _header_decoder = msgspec.msgpack.Decoder(TocHeader)
+_incremental_header_decoder = msgspec.msgpack.Decoder(IncrementalTocHeader)
 _block_decoder = msgspec.msgpack.Decoder(TocBlock)
 _json = msgspec.json.Encoder(order="deterministic")
 # Struct fields have a fixed order, and the writer sorts the owner-name maps itself.
@@ -192,8 +209,10 @@ def decode_footer(data: bytes) -> Footer:
     return footer
 
 
-def decode_header(data: bytes) -> tuple[TocHeader, int]:
+def decode_header(data: bytes, *, incremental: bool = False) -> tuple[TocHeader, int]:
     """The TOC header at the start of the TOC member's *data*, and the bytes it took.
+
+    *incremental*: of a version-3 archive, decoded as an :class:`IncrementalTocHeader`.
 
     :raises CorruptArchiveError: a malformed header or block list.
     """
@@ -207,7 +226,8 @@ def decode_header(data: bytes) -> tuple[TocHeader, int]:
     if 4 + length > len(data):
         raise CorruptArchiveError("table of contents header is truncated")
     try:
-        header = _header_decoder.decode(data[4 : 4 + length])
+        decoder = _incremental_header_decoder if incremental else _header_decoder
+        header = decoder.decode(data[4 : 4 + length])
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
         raise CorruptArchiveError(f"table of contents header is malformed: {exc}") from exc
     if header.format != fmt.TOC_FORMAT_NAME or header.version != fmt.TOC_VERSION:
@@ -238,17 +258,19 @@ def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
     return list(records_of(decode_columns(data, ref, number)))
 
 
-def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
+def decode_columns(
+    data: bytes, ref: BlockRef, number: int, *, incremental: bool = False
+) -> TocBlock:
     """One block, checked column by column against *ref*, with delta-coded columns summed.
+
+    *incremental*: the block of a version-3 archive, where files may be ``FROM_BASE``.
 
     :raises CorruptArchiveError: malformed, inconsistent or out-of-range columns.
     """
     try:
         block = _block_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(
-            f"table of contents block {number} is malformed: {exc}"
-        ) from exc
+        raise CorruptArchiveError(f"table of contents block {number} is malformed: {exc}") from exc
     n = ref.entries
     lists = (
         block.paths,
@@ -292,7 +314,8 @@ def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
         or not _times_in_range(block.ctimes)
     ):
         raise CorruptArchiveError(f"table of contents block {number}: a value is out of range")
-    if block.kinds.translate(None, _KIND_BYTES) or block.flags.translate(None, _FLAG_BYTES):
+    flag_bytes = _FLAG_BYTES_INCREMENTAL if incremental else _FLAG_BYTES
+    if block.kinds.translate(None, _KIND_BYTES) or block.flags.translate(None, flag_bytes):
         raise CorruptArchiveError(f"table of contents block {number}: unknown type or flags")
     if block.xattrs:
         checked: dict[int, Xattrs] = {}
@@ -311,6 +334,15 @@ def decode_columns(data: bytes, ref: BlockRef, number: int) -> TocBlock:
             if flags & MISSING and code != FILE[0] and code != DIR[0]:
                 raise CorruptArchiveError(
                     f"table of contents: {shown(path)!r} is a missing {KIND_NAMES[code]}"
+                )
+    if FROM_BASE in block.flags:
+        for path, code, offset, flags in zip(
+            block.paths, block.kinds, block.offsets, block.flags, strict=True
+        ):
+            # Only a file's content can come from the base: everything else is a header.
+            if flags == FROM_BASE and (code != FILE[0] or offset != 0):
+                raise CorruptArchiveError(
+                    f"table of contents: {shown(path)!r} is a {KIND_NAMES[code]} from the base"
                 )
     return block
 
@@ -342,6 +374,7 @@ def record_at(block: TocBlock, i: int) -> Record:
         block.offsets[i],
         True,
         block.xattrs.get(i, ()),
+        bool(flags & FROM_BASE),
     )
 
 

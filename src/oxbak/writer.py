@@ -15,7 +15,7 @@ import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Literal
 
 from . import format as fmt
 from ._version import __version__
@@ -23,20 +23,40 @@ from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
 from .envelope import encrypting, parse_recipients
-from .errors import OxbakError
-from .locations import ARCHIVE_MODE, check_absent, open_output
-from .manifest import Compression, Manifest, Totals, encode_manifest, now_utc, sections
+from .errors import InputError, OxbakError
+from .locations import ARCHIVE_MODE, Archive, check_absent, open_output
+from .manifest import (
+    BaseRef,
+    Compression,
+    IncrementalManifest,
+    Manifest,
+    Totals,
+    encode_manifest,
+    now_utc,
+    sections,
+)
 from .paths import display, link_stays_inside, member_name
 from .patterns import Excludes
 from .scan import Entry, Scan, scan_tree
+from .source import TocSource, open_source
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, file_header, padding
-from .toc import CHANGED, MISSING, TocBuilder, TocHeader, encode_footer
+from .toc import (
+    CHANGED,
+    FROM_BASE,
+    MISSING,
+    IncrementalTocHeader,
+    Record,
+    TocBuilder,
+    TocHeader,
+    encode_footer,
+)
 
 __all__ = ["PackResult", "default_output_name", "pack"]
 
 logger = logging.getLogger("oxbak")
 
 Progress = Callable[[int, int], None]
+BaseCheck = Literal["metadata", "content"]
 
 _CHUNK = 1 << 20
 _MANIFEST_MEMBER = fmt.MANIFEST_NAME.encode()
@@ -67,6 +87,11 @@ class PackResult:
     totals: Totals = field(default_factory=Totals)
     #: Entries the exclude patterns left out (an excluded directory counts once).
     excluded: int = 0
+    #: An incremental pack: the base's id, and files stored / taken from it / deleted.
+    base_id: str | None = None
+    stored: int = 0
+    unchanged: int = 0
+    deleted: int = 0
 
     @property
     def partial(self) -> bool:
@@ -103,6 +128,8 @@ def pack(
     xattrs: bool = True,
     progress: Progress | None = None,
     recipients: Sequence[str] = (),
+    base: Archive | None = None,
+    base_check: BaseCheck = "metadata",
 ) -> PackResult:
     """Pack the directory *source* into one archive.
 
@@ -127,6 +154,13 @@ def pack(
         ``ssh-rsa …``): the archive is then written inside an age envelope, which any
         one of the matching identities opens (the ``age`` tool too). Its default name
         ends ``.oxbak.age``.
+    :param base: an archive (path or location) to pack against: the result is an
+        incremental archive (FORMAT.md §11) holding only the files that changed since
+        it. Only the base's table of contents is read, so it must be seekable.
+    :param base_check: ``"metadata"``: a file whose size, mode, times and inode equal
+        the base's record is not read (unless its timestamps are too recent to trust);
+        ``"content"``: every file is read and compared by digest (for filesystems whose
+        inodes or ctimes are not stable).
     :raises SourceError: *source* cannot be read.
     :raises RecipientError: a recipient is not a public key oxbak can encrypt to.
     :raises OutputExistsError: *output* exists and *force* is false.
@@ -138,6 +172,9 @@ def pack(
     started = time.monotonic()
     # Keys are checked before anything is scanned or created.
     keys = parse_recipients(recipients) if recipients else None
+    if base_check not in ("metadata", "content"):
+        raise OxbakError(f"base check {base_check!r} is neither 'metadata' nor 'content'")
+    prior = _read_base(base) if base is not None else None
     if output is None:
         output = default_output_name(source, encrypted=keys is not None)
     old_output: tuple[int, int] | None = None
@@ -167,11 +204,15 @@ def pack(
         bound += bound // (64 << 10) * 16 + (64 << 10)  # age: a tag per 64 KiB, the header
     with open_output(output, force=force, mode=mode, size_hint=bound) as sink:
         if keys is None:
-            result = _write(scan, sink.stream, level, threads, labels or {}, progress)
+            result = _write(
+                scan, sink.stream, level, threads, labels or {}, progress, prior, base_check
+            )
         else:
             # The envelope wraps the sink's bytes: only ciphertext reaches any location.
             with encrypting(sink.stream, keys) as sealed:
-                result = _write(scan, sealed, level, threads, labels or {}, progress)
+                result = _write(
+                    scan, sealed, level, threads, labels or {}, progress, prior, base_check
+                )
             result.bytes_out = sealed.bytes_out
     result.output = sink.name
     result.excluded = rules.count
@@ -179,6 +220,31 @@ def pack(
         result.bytes_out = sink.size
     result.seconds = time.monotonic() - started
     return result
+
+
+@dataclass
+class _Prior:
+    """What an incremental pack knows of its base: its id and its whole-tree records."""
+
+    id: str
+    created_at: str
+    records: dict[bytes, Record]
+
+
+def _read_base(base: Archive) -> _Prior:
+    """Read the base's table of contents, and only that.
+
+    :raises InputError: the base cannot be read through its TOC (a pipe, an encrypted
+        or version-1 archive): it would have to be read whole, for a few records.
+    """
+    with open_source(base, whole=False, incremental=True) as source:
+        if not isinstance(source, TocSource):
+            raise InputError(
+                f"base {source.name} cannot be used: only an unencrypted archive file of "
+                f"version 2 or later is read through its table of contents"
+            )
+        records = {record.path: record for record in source.records()}
+        return _Prior(source.toc_id(), source.manifest.created_at, records)
 
 
 def _size_bound(scan: Scan) -> int:
@@ -200,6 +266,9 @@ class _Packer:
         writer: FrameWriter,
         budget: int,
         unreadable: Mapping[bytes, str] | None = None,
+        prior: _Prior | None = None,
+        base_check: BaseCheck = "metadata",
+        linked: frozenset[bytes] = frozenset(),
     ) -> None:
         self.root = root
         self.prefix = root + b"/"
@@ -215,6 +284,14 @@ class _Packer:
         # The manifest is written first and never rewritten, so the stream must stay
         # within the bytes it declares: budget is what the rest of the scan may still use.
         self.budget = budget
+        self.prior = prior
+        self.content_check = base_check == "content"
+        self.linked = linked  # files that hardlinks of this scan point to: always stored
+        self.unchanged = 0
+        if prior is not None:
+            # The base's manifest time was taken before it read any file: a timestamp not
+            # older than that by a tick may hide a change made after the base's read.
+            self.trusted_before = _created_ns(prior.created_at) - fmt.RACY_WINDOW_NS
 
     def begin_member(self, size: int = 0) -> int:
         """Cut the frame if it is full or a large member starts; return the member's offset.
@@ -258,6 +335,7 @@ class _Packer:
         *,
         changed: bool = False,
         missing: bool = False,
+        from_base: bool = False,
     ) -> None:
         self.toc.add(
             entry.path,
@@ -271,7 +349,9 @@ class _Packer:
             entry.ino,
             entry.target,
             digest,
-            (CHANGED if changed else 0) | (MISSING if missing else 0),
+            (CHANGED if changed else 0)
+            | (MISSING if missing else 0)
+            | (FROM_BASE if from_base else 0),
             offset,
             _owner_names,
             () if missing else entry.xattrs,
@@ -347,7 +427,50 @@ class _Packer:
         logger.warning("directory %r %s; archived without what could not be read", name, why)
         self.missing.append(entry.path + b"/" if entry.path else b"./")
 
+    def _compare_with(self, entry: Entry) -> Record | None:
+        """The base record *entry* must be read and compared with, if any.
+
+        Returns None either way when it need not be read against the base: it is then
+        recorded FROM_BASE here (unchanged by the quick check) or stored.
+        """
+        prior = self.prior
+        if prior is None:
+            return None
+        record = prior.records.get(entry.path)
+        if (
+            record is None
+            or record.kind != "file"
+            or record.changed
+            or record.missing
+            or record.size != entry.size
+            or entry.path in self.linked  # hardlink members link to a member of their own
+        ):
+            return None
+        if self.content_check:
+            return record
+        if (
+            record.mode != entry.mode
+            or record.mtime_ns != entry.mtime_ns
+            or record.ctime_ns != entry.ctime_ns
+            or record.ino != entry.ino
+        ):
+            return None
+        if entry.mtime_ns >= self.trusted_before or entry.ctime_ns >= self.trusted_before:
+            return record  # racy: the stat cannot tell, the content must
+        self._from_base(entry, record)
+        return None
+
+    def _from_base(self, entry: Entry, record: Record) -> None:
+        """Record *entry* as the base's content with its own metadata: no member."""
+        self.unchanged += 1
+        self.store(entry)
+        self.record(entry, record.digest, 0, from_base=True)
+
     def add_file(self, entry: Entry, scanned_rest: int) -> None:
+        unchanged_count = self.unchanged
+        compare = self._compare_with(entry)
+        if self.unchanged != unchanged_count:
+            return  # unchanged by the quick check: not even opened
         try:
             fd = os.open(self.prefix + entry.path, _OPEN_FLAGS)
         except OSError as exc:
@@ -356,13 +479,47 @@ class _Packer:
         try:
             if entry.size <= fmt.SMALL_FILE_MAX:
                 try:
-                    self._add_small(entry, fd, scanned_rest)
+                    self._add_small(entry, fd, scanned_rest, compare)
                 except OSError as exc:  # read whole before a byte of it is written
                     self._lose(entry, exc)
             else:
+                if compare is not None and self._same_large(entry, fd, compare):
+                    self._from_base(entry, compare)
+                    return
                 self._add_large(entry, fd, scanned_rest)
         finally:
             os.close(fd)
+
+    def _same_large(self, entry: Entry, fd: int, record: Record) -> bool:
+        """Whether a large file, read once without storing it, is the base's content.
+
+        Only when it did not change while it was read and still has the scanned stat; a
+        file that differs is then read again to be stored (twice the reads, for files
+        the quick check could not clear).
+        """
+        try:
+            before = os.fstat(fd)
+            hasher = Hasher()
+            done = 0
+            while done < before.st_size:
+                chunk = os.pread(fd, min(_CHUNK, before.st_size - done), done)
+                if not chunk:
+                    return False
+                hasher.update(chunk)
+                done += len(chunk)
+            after = os.fstat(fd)
+        except OSError:
+            return False  # the store path reads it again and says what went wrong
+        stable = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) == (
+            after.st_size,
+            after.st_mtime_ns,
+            after.st_ctime_ns,
+        ) and (after.st_size, after.st_mtime_ns, after.st_ctime_ns) == (
+            entry.size,
+            entry.mtime_ns,
+            entry.ctime_ns,
+        )
+        return stable and hasher.digest(fmt.DIGEST_SIZE) == record.digest
 
     def _lose(self, entry: Entry, exc: OSError | None, why: str = "") -> None:
         """Record *entry* as missing, and say why.
@@ -379,7 +536,9 @@ class _Packer:
     def _fits(self, size: int, scanned_rest: int) -> bool:
         return self.bytes_in + size + scanned_rest <= self.budget
 
-    def _add_small(self, entry: Entry, fd: int, scanned_rest: int) -> None:
+    def _add_small(
+        self, entry: Entry, fd: int, scanned_rest: int, compare: Record | None = None
+    ) -> None:
         # One pread of size + 1 shows growth; the fstat after it shows any change since the
         # scan (size, mtime, ctime, inode). Equal on both sides: a consistent copy.
         data = os.pread(fd, entry.size + 1, 0)
@@ -406,6 +565,11 @@ class _Packer:
             if not self._fits(len(data), scanned_rest):
                 self._lose(entry, None, "grew beyond its scanned size")
                 return
+        digest = digest_of(data)
+        if compare is not None and consistent and digest == compare.digest:
+            # Read again (racy, or --base-check content), and the base's content after all.
+            self._from_base(entry, compare)
+            return
         size = len(data)
         offset = self.begin_member(size)
         writer = self.writer
@@ -431,7 +595,7 @@ class _Packer:
         self.bytes_in += size  # before the cut: its frame completes this file
         self.end_member(size)
         self.store(entry)
-        self.record(entry, digest_of(data), offset, changed=not consistent)
+        self.record(entry, digest, offset, changed=not consistent)
         if not consistent:
             self._warn_changed(entry)
 
@@ -589,12 +753,14 @@ def _write(
     threads: int,
     labels: Mapping[str, str],
     progress: Progress | None,
+    prior: _Prior | None = None,
+    base_check: BaseCheck = "metadata",
 ) -> PackResult:
     for rel in scan.skipped:
         logger.warning("skipping %r: not a file, directory or symlink", display(rel))
     _warn_external_links(scan)
     totals = scan.totals()
-    manifest = Manifest(
+    fields = dict(
         format=fmt.FORMAT_NAME,
         version=fmt.FORMAT_VERSION,
         created_at=now_utc(),
@@ -608,6 +774,21 @@ def _write(
         partial=None,
         changed=0,
     )
+    manifest: Manifest
+    linked: frozenset[bytes] = frozenset()
+    deleted = 0
+    if prior is None:
+        manifest = Manifest(**fields)  # type: ignore[arg-type]
+    else:
+        # Deletions are implied by absence from the whole-tree TOC (FORMAT.md §11).
+        present = set(scan.paths)
+        deleted = sum(1 for path in prior.records if path not in present)
+        linked = scan.link_targets()
+        fields["version"] = fmt.INCREMENTAL_VERSION
+        manifest = IncrementalManifest(
+            **fields,  # type: ignore[arg-type]
+            base=BaseRef(id=prior.id, created_at=prior.created_at, deleted=deleted),
+        )
     manifest_data = encode_manifest(manifest)
     mtime_ns = _created_ns(manifest.created_at)
     total = totals.bytes
@@ -617,7 +798,9 @@ def _write(
     try:
         writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
         writer.cut()
-        packer = _Packer(scan.root, writer, totals.bytes, scan.unreadable)
+        packer = _Packer(
+            scan.root, writer, totals.bytes, scan.unreadable, prior, base_check, linked
+        )
         with packer.spool:  # closed on every path, errors included
             scanned_rest = totals.bytes
             for entry in scan:
@@ -626,7 +809,7 @@ def _write(
                     packer.add_file(entry, scanned_rest)
                 else:
                     packer.add_simple(entry)
-            header = _write_toc(packer, mtime_ns)
+            header = _write_toc(packer, mtime_ns, deleted)
     except BaseException:
         writer.close(wait=False)
         raise
@@ -643,15 +826,21 @@ def _write(
         missing=[display(p) for p in packer.missing],
         skipped=[display(p) for p in scan.skipped],
         totals=header.totals,
+        base_id=None if prior is None else prior.id,
+        stored=header.stored if isinstance(header, IncrementalTocHeader) else 0,
+        unchanged=packer.unchanged,
+        deleted=deleted,
     )
 
 
-def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
+def _write_toc(packer: _Packer, mtime_ns: int, deleted: int = 0) -> TocHeader:
     """The TOC member (a frame for its header, one per block), the end, the footer."""
     toc = packer.toc
     toc.flush()
     final = packer.totals
-    header = TocHeader(
+    # A full archive's header is a plain TocHeader: its bytes are those of version 2.
+    kind = TocHeader if packer.prior is None else IncrementalTocHeader
+    header = kind(
         format=fmt.TOC_FORMAT_NAME,
         version=fmt.TOC_VERSION,
         digest=fmt.DIGEST_NAME,
@@ -662,6 +851,11 @@ def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
         missing=len(packer.missing),
         totals=final,
     )
+    if isinstance(header, IncrementalTocHeader):
+        entries = header.entries
+        header.unchanged = packer.unchanged
+        header.stored = entries - packer.unchanged - _absent_files(packer)
+        header.deleted = deleted
     head = toc.header(header)
     spool = packer.spool
     size = len(head) + spool.tell()
@@ -679,6 +873,11 @@ def _write_toc(packer: _Packer, mtime_ns: int) -> TocHeader:
     writer.write(bytes(padding(size) + 2 * fmt.BLOCK_SIZE))
     writer.finish(encode_footer(toc_offset, size))
     return header
+
+
+def _absent_files(packer: _Packer) -> int:
+    """Missing files: records without a member (missing directories have one)."""
+    return sum(1 for path in packer.missing if not path.endswith(b"/"))
 
 
 def _member_bytes(name: bytes, data: bytes, mtime_ns: int) -> bytes:

@@ -580,7 +580,7 @@ HOSTILE: dict[str, str | None] = {
     "version-negative": "version -1",
     "version-string": "version",
     "version-2**64": "18446744073709551616",
-    "version-3": "upgrade",
+    "version-4": "upgrade",
     "totals-string-count": "totals.files",
     "partial-string": "partial",
     "manifest-size-claim-huge": "limit 16777216",

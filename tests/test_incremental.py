@@ -1,0 +1,307 @@
+"""pack --base: an incremental archive stores what changed and describes the whole tree.
+
+Real trees, real archives and real processes: whether a file was read is shown by
+running the pack without root's read override (capsh), where reading an unreadable file
+would record it missing, or by its bytes being absent from the archive.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+import oxbak
+from oxbak import format as fmt
+from oxbak.digest import digest
+from oxbak.errors import UnsupportedVersionError
+from oxbak.manifest import IncrementalManifest
+from oxbak.source import TocSource, open_source, read_info
+from oxbak.toc import IncrementalTocHeader, Record
+from tools import require_tool
+
+REPO = Path(__file__).parent.parent
+
+
+@pytest.fixture(autouse=True)
+def _real_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The racy rule trusts a base's created_at as its clock; a pinned SOURCE_DATE_EPOCH
+    # in the past makes every file racy (read again: safe, but nothing is left unread).
+    monkeypatch.delenv("SOURCE_DATE_EPOCH", raising=False)
+
+
+def _toc(archive: Path) -> tuple[object, dict[bytes, Record]]:
+    with open_source(str(archive), whole=False, incremental=True) as source:
+        assert isinstance(source, TocSource)
+        return source.header, {r.path: r for r in source.records()}
+
+
+def _write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.write_bytes(data)
+    path.chmod(mode)
+
+
+def _tree(root: Path) -> None:
+    (root / "d").mkdir(parents=True)
+    _write(root / "keep.bin", os.urandom(70_000))
+    _write(root / "d" / "edit.txt", b"first version\n")
+    _write(root / "d" / "gone.txt", b"to be deleted\n")
+    _write(root / "moved.txt", b"renamed later\n")
+    _write(root / "mode.txt", b"chmod later\n")
+    _write(root / "kind", b"a file, later a directory\n")
+    os.symlink("keep.bin", root / "link")
+
+
+def _settle() -> None:
+    # The racy rule rereads files whose times are within RACY_WINDOW_NS of the base's
+    # created_at (whole seconds): wait that out so the quick check alone decides.
+    time.sleep(fmt.RACY_WINDOW_NS / 1e9 + 1.1)
+
+
+def _edit(root: Path) -> None:
+    (root / "d" / "edit.txt").write_bytes(b"second version\n")
+    (root / "d" / "gone.txt").unlink()
+    (root / "moved.txt").rename(root / "d" / "moved.txt")
+    (root / "mode.txt").chmod(0o600)
+    (root / "kind").unlink()
+    (root / "kind").mkdir()
+    _write(root / "new.txt", b"added\n")
+
+
+def test_incremental_toc_describes_the_whole_tree(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    _settle()
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    _edit(src)
+    result = oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    oxbak.pack(src, tmp_path / "now.oxbak", threads=1)
+
+    header, inc = _toc(tmp_path / "inc.oxbak")
+    _, now = _toc(tmp_path / "now.oxbak")
+    # The same entries, kinds, digests and metadata as a full pack of the same tree.
+    assert {p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in inc.items()} == {
+        p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in now.items()
+    }
+    # Only the untouched file (and nothing else) comes from the base, without a member.
+    assert [p for p, r in inc.items() if r.from_base] == [b"keep.bin"]
+    assert inc[b"keep.bin"].offset == 0
+    assert b"d/gone.txt" not in inc and b"moved.txt" not in inc
+    assert isinstance(header, IncrementalTocHeader)
+    assert (header.unchanged, header.deleted) == (1, 2)  # gone.txt, moved.txt
+    assert header.stored == len(inc) - 1
+    assert (result.unchanged, result.deleted, result.stored) == (1, 2, len(inc) - 1)
+
+    manifest = read_info(str(tmp_path / "inc.oxbak")).manifest
+    assert isinstance(manifest, IncrementalManifest)
+    assert manifest.version == fmt.INCREMENTAL_VERSION
+    assert manifest.base.deleted == 2
+    assert manifest.base.created_at == read_info(str(tmp_path / "full.oxbak")).manifest.created_at
+    # The unchanged file's bytes are not in the incremental.
+    inc_size = (tmp_path / "inc.oxbak").stat().st_size
+    assert inc_size < 20_000 < (tmp_path / "full.oxbak").stat().st_size
+
+
+def test_full_archive_still_version_2(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"x")
+    oxbak.pack(tmp_path / "src", tmp_path / "a.oxbak", threads=1)
+    assert read_info(str(tmp_path / "a.oxbak")).manifest.version == 2
+
+
+def test_same_size_and_mtime_but_new_ctime_is_stored(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "f", b"AAAA")
+    _settle()
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    st = (src / "f").stat()
+    time.sleep(0.05)
+    (src / "f").write_bytes(b"BBBB")
+    os.utime(src / "f", ns=(st.st_atime_ns, st.st_mtime_ns))  # the ctime still moves
+    assert (src / "f").stat().st_mtime_ns == st.st_mtime_ns
+    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    record = _toc(tmp_path / "inc.oxbak")[1][b"f"]
+    assert not record.from_base
+    assert record.digest == digest(b"BBBB")
+
+
+def _capsh(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run *command* as root without the capabilities that let root read any file."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to own files another user cannot read")
+    require_tool("capsh")
+    return subprocess.run(
+        [
+            str(shutil.which("capsh")),
+            "--drop=cap_dac_override,cap_dac_read_search",
+            "--",
+            "-c",
+            shlex.join(command),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_unchanged_files_are_not_read_and_racy_ones_are(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    # Owned by another user, mode 0600: without root's read override, reading fails.
+    _write(src / "old", b"settled\n", 0o600)
+    os.chown(src / "old", 12345, 12345)
+    _settle()
+    _write(src / "racy", b"just written\n", 0o600)
+    os.chown(src / "racy", 12345, 12345)
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)  # right after "racy" changed
+
+    run = _capsh(
+        [
+            sys.executable,
+            "-m",
+            "oxbak",
+            "pack",
+            str(src),
+            "--base",
+            str(tmp_path / "full.oxbak"),
+            "-o",
+            str(tmp_path / "inc.oxbak"),
+        ]
+    )
+    # The racy file had to be read again, and could not be: recorded missing (exit 3).
+    assert run.returncode == 3, run.stderr
+    assert "'racy' could not be read" in run.stderr
+    assert "'old'" not in run.stderr
+    records = _toc(tmp_path / "inc.oxbak")[1]
+    assert records[b"old"].from_base  # never opened
+    assert records[b"racy"].missing and not records[b"racy"].from_base
+
+
+def test_racy_but_unchanged_file_comes_from_the_base(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "racy", b"just written\n")
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    assert _toc(tmp_path / "inc.oxbak")[1][b"racy"].from_base  # read again, same digest
+
+
+def test_content_check_compares_digests(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "touched", b"same bytes\n")
+    _settle()
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    os.utime(src / "touched", ns=(0, 1_600_000_000_000_000_000))
+    oxbak.pack(src, tmp_path / "meta.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    oxbak.pack(
+        src,
+        tmp_path / "content.oxbak",
+        threads=1,
+        base=tmp_path / "full.oxbak",
+        base_check="content",
+    )
+    assert not _toc(tmp_path / "meta.oxbak")[1][b"touched"].from_base
+    record = _toc(tmp_path / "content.oxbak")[1][b"touched"]
+    assert record.from_base and record.mtime_ns == 1_600_000_000_000_000_000
+
+
+def test_hardlinked_files_are_always_stored(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "a", b"linked\n")
+    os.link(src / "a", src / "b")
+    _settle()
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    records = _toc(tmp_path / "inc.oxbak")[1]
+    assert not records[b"a"].from_base and records[b"b"].kind == "hardlink"
+
+
+def test_chain_of_incrementals_names_each_base(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    _write(src / "f", b"1")
+    _settle()
+    oxbak.pack(src, tmp_path / "0.oxbak", threads=1)
+    oxbak.pack(src, tmp_path / "1.oxbak", threads=1, base=tmp_path / "0.oxbak")
+    oxbak.pack(src, tmp_path / "2.oxbak", threads=1, base=tmp_path / "1.oxbak")
+    with open_source(str(tmp_path / "1.oxbak"), whole=False, incremental=True) as one:
+        assert isinstance(one, TocSource)
+        one_id = one.toc_id()
+    manifest = read_info(str(tmp_path / "2.oxbak")).manifest
+    assert isinstance(manifest, IncrementalManifest) and manifest.base.id == one_id
+    assert _toc(tmp_path / "2.oxbak")[1][b"f"].from_base
+
+
+def test_base_from_a_pipe_is_refused(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    # A real pipe: stdin redirected from the file itself would be seekable.
+    cat = subprocess.Popen(["cat", str(tmp_path / "full.oxbak")], stdout=subprocess.PIPE)
+    assert cat.stdout is not None
+    with cat.stdout:
+        run = subprocess.run(
+            [sys.executable, "-m", "oxbak", "pack", str(src), "--base", "-", "-o", "-"],
+            stdin=cat.stdout,
+            capture_output=True,
+            check=False,
+        )
+    cat.wait()
+    assert run.returncode != 0
+    lines = run.stderr.decode().strip().splitlines()
+    assert len(lines) == 1 and "cannot be used" in lines[0], lines
+
+
+def test_this_version_refuses_to_restore_an_incremental(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
+    oxbak.pack(tmp_path / "src", tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    with pytest.raises(UnsupportedVersionError, match="incremental"):
+        oxbak.unpack(tmp_path / "inc.oxbak", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_version_2_reader_asks_for_an_upgrade(tmp_path: Path) -> None:
+    """oxbak as it was before incrementals (branch main) refuses one before writing."""
+    if subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--verify", "-q", "main"],
+        capture_output=True,
+        check=False,
+    ).returncode:
+        pytest.skip("no main branch to take the version-2 reader from")
+    old = tmp_path / "old"
+    old.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(REPO), "archive", "main", "src"], capture_output=True, check=True
+    ).stdout
+    subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "f").write_bytes(b"x")
+    oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
+    oxbak.pack(tmp_path / "src", tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    run = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "oxbak",
+            "unpack",
+            str(tmp_path / "inc.oxbak"),
+            str(tmp_path / "out"),
+        ],
+        env={**os.environ, "PYTHONPATH": str(old / "src")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert run.returncode != 0
+    assert "version 3 is newer" in run.stderr and "upgrade oxbak" in run.stderr, run.stderr
+    assert not (tmp_path / "out").exists()
