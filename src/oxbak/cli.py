@@ -98,7 +98,9 @@ def _naming(archive: str | None, message: str) -> str:
     return f"{where}: {message}"
 
 
-def _remember_archive(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+def _remember_archive(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> str | None:
     """Note the ARCHIVE argument, so that an error about the archive can name it."""
     if value is not None:
         ctx.meta[_ARCHIVE] = value
@@ -658,9 +660,8 @@ def unpack_cmd(
         raise click.UsageError("--replace and --merge cannot be combined")
     mode: Mode = "replace" if replace else "merge" if merge else "new"
     if no_same_owner and (same_owner or numeric_owner):
-        raise click.UsageError(
-            "--no-same-owner cannot be combined with --same-owner or --numeric-owner"
-        )
+        raise click.UsageError("--no-same-owner cannot be combined with --same-owner or "
+                               "--numeric-owner")
     owner: OwnerMode = "none" if no_same_owner else "numeric" if numeric_owner else "name"
     started = time.monotonic()
     with _progress("unpacking", quiet) as progress:
@@ -1209,7 +1210,9 @@ def abort_uploads_cmd(
     found = abort_uploads(url, older_than=age, dry_run=dry_run)
     verb = "would abort" if dry_run else "aborted"
     for upload in found:
-        started = upload.initiated.strftime("%Y-%m-%d %H:%M:%SZ") if upload.initiated else "unknown"
+        started = (
+            upload.initiated.strftime("%Y-%m-%d %H:%M:%SZ") if upload.initiated else "unknown"
+        )
         parts = f"{upload.parts:,} part{'s' if upload.parts != 1 else ''}"
         click.echo(f"{verb} {upload.url} (started {started}, {parts}, {upload.bytes:,} bytes)")
     if not found and not quiet:

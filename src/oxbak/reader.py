@@ -233,7 +233,8 @@ class ArchiveReader:
                 # The block decompressed (zstd damage is not this): oxbak always starts
                 # with a ustar header of its own, so anything else is another kind of file.
                 raise NotAnArchiveError(
-                    f"not an oxbak archive: it does not start with {fmt.MANIFEST_NAME} ({exc})"
+                    f"not an oxbak archive: it does not start with {fmt.MANIFEST_NAME} "
+                    f"({exc})"
                 ) from exc
         header = self.next_header()
         if header is None:

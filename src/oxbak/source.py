@@ -348,17 +348,13 @@ def same_member(found: Header, expected: Header) -> bool:
 
 def metadata_key(header: Header, target: bytes) -> bytes:
     """What a TOC record must agree on with its member besides path, type and size."""
-    key = (
-        b"%d %d %d %d %d "
-        % (
-            header.mode & 0o7777,
-            header.uid,
-            header.gid,
-            header.mtime_ns,
-            header.offset,
-        )
-        + target
-    )
+    key = b"%d %d %d %d %d " % (
+        header.mode & 0o7777,
+        header.uid,
+        header.gid,
+        header.mtime_ns,
+        header.offset,
+    ) + target
     if header.uname or header.gname:
         key += _names_key(header.uname, header.gname)
     return key + _xattrs_key(header.xattrs) if header.xattrs else key
@@ -383,11 +379,8 @@ def record_key(record: Record, names: bool = False) -> bytes:
 
 
 def _names_key(user: str, group: str) -> bytes:
-    return (
-        b"\0\0"
-        + user.encode("utf-8", "surrogateescape")
-        + b"\0"
-        + group.encode("utf-8", "surrogateescape")
+    return b"\0\0" + user.encode("utf-8", "surrogateescape") + b"\0" + group.encode(
+        "utf-8", "surrogateescape"
     )
 
 
