@@ -7,23 +7,28 @@ would record it missing, or by its bytes being absent from the archive.
 
 from __future__ import annotations
 
+import json
 import os
 import shlex
 import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import oxbak
+from builders import Entry
 from oxbak import format as fmt
 from oxbak.digest import digest
 from oxbak.errors import UnsupportedVersionError
 from oxbak.manifest import IncrementalManifest
 from oxbak.source import TocSource, open_source, read_info
-from oxbak.toc import IncrementalTocHeader, Record
+from oxbak.toc import FROM_BASE, IncrementalTocHeader, Record
+from toc_builders import V2, build_v2, record_of
 from tools import require_tool
 
 REPO = Path(__file__).parent.parent
@@ -305,3 +310,133 @@ def test_a_version_2_reader_asks_for_an_upgrade(tmp_path: Path) -> None:
     assert run.returncode != 0
     assert "version 3 is newer" in run.stderr and "upgrade oxbak" in run.stderr, run.stderr
     assert not (tmp_path / "out").exists()
+
+
+# -- verify INC alone: what it stores is checked; its FROM_BASE records for consistency.
+
+_BASE_ID = "ab" * 32
+
+
+def _crafted(
+    tmp_path: Path,
+    *,
+    records: Callable[[list[dict[str, Any]]], None] | None = None,
+    header: Callable[[dict[str, Any]], None] | None = None,
+    deleted: int = 0,
+    extra: bytes = b"zz",
+) -> Path:
+    """A version-3 archive built without oxbak's writer: d/, d/f stored, *extra* FROM_BASE.
+
+    Its header counts are true unless *header* changes them; *records* edits the records.
+    """
+    entries = [Entry.dir(b"d"), Entry.file(b"d/f", b"stored\n")]
+
+    def manifest(m: dict[str, Any], _: V2) -> dict[str, Any]:
+        m["version"] = fmt.INCREMENTAL_VERSION
+        m["base"] = {"id": _BASE_ID, "created_at": m["created_at"], "deleted": deleted}
+        m["totals"]["files"] += 1  # the FROM_BASE file is part of the tree it describes
+        m["totals"]["bytes"] += 3
+        return m
+
+    def recs(rs: list[dict[str, Any]], _: V2) -> list[dict[str, Any]]:
+        unchanged = {**record_of(Entry.file(extra, b"abc"), 0), "flags": FROM_BASE}
+        rs = sorted([*rs, unchanged], key=lambda r: r["path"].split(b"/"))
+        if records is not None:
+            records(rs)
+        return rs
+
+    def head(h: dict[str, Any], v2: V2) -> dict[str, Any]:
+        rs = v2.records
+        h["unchanged"] = sum(1 for r in rs if r["flags"] & FROM_BASE)
+        h["stored"] = len(rs) - h["unchanged"]
+        h["deleted"] = deleted
+        if header is not None:
+            header(h)
+        return h
+
+    path = tmp_path / "crafted.oxbak"
+    path.write_bytes(build_v2(entries, manifest=manifest, records=recs, header=head).data)
+    return path
+
+
+def _verify_cli(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oxbak", "verify", *args, str(archive)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+def test_verify_an_incremental_alone(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    _settle()
+    _edit(src)
+    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    _, recs = _toc(tmp_path / "inc.oxbak")
+    unchanged = sum(1 for r in recs.values() if r.from_base)
+    assert unchanged >= 1
+    with open_source(str(tmp_path / "full.oxbak"), whole=False) as full:
+        assert isinstance(full, TocSource)
+        base_id = full.toc_id()
+
+    report = oxbak.verify(tmp_path / "inc.oxbak")
+    assert report.ok, report.problems
+    assert (report.base, report.unchanged) == (base_id, unchanged)
+    assert report.entries == len(recs)  # the whole tree it describes
+
+    run = _verify_cli(tmp_path / "inc.oxbak")
+    assert run.returncode == 0, run.stderr
+    assert "incremental" in run.stderr and base_id in run.stderr, run.stderr
+    assert "only with its chain" in run.stderr
+    run = _verify_cli(tmp_path / "inc.oxbak", "--json")
+    shown = json.loads(run.stdout)
+    assert (run.returncode, shown["ok"], shown["base"], shown["unchanged"]) == (
+        0,
+        True,
+        base_id,
+        unchanged,
+    )
+    # A full archive's report is as before.
+    assert "base" not in json.loads(_verify_cli(tmp_path / "full.oxbak", "--json").stdout)
+
+
+def test_verify_a_crafted_incremental(tmp_path: Path) -> None:
+    report = oxbak.verify(_crafted(tmp_path))
+    assert report.ok, report.problems
+    assert (report.base, report.unchanged, report.entries) == (_BASE_ID, 1, 4)
+
+
+def _set_header(**fields: int) -> Callable[[dict[str, Any]], None]:
+    return lambda h: h.update(fields)
+
+
+def _dir_from_base(rs: list[dict[str, Any]]) -> None:
+    for r in rs:
+        if r["path"] == b"d":
+            r.update(flags=FROM_BASE, offset=0)
+
+
+@pytest.mark.parametrize(
+    ("kw", "expected"),
+    [
+        ({"header": _set_header(unchanged=0)}, "declares 3 stored and 0 unchanged"),
+        ({"header": _set_header(stored=4)}, "declares 4 stored and 1 unchanged"),
+        ({"header": _set_header(deleted=2)}, "disagree on the files deleted since the base"),
+        ({"records": _dir_from_base}, "'d' is a dir from the base"),
+        ({"extra": b"nodir/x"}, "the parent of 'nodir/x' is not an earlier directory"),
+        ({"extra": b"d/../x"}, "d/../x"),
+    ],
+)
+def test_verify_refuses_a_lying_incremental(
+    tmp_path: Path, kw: dict[str, Any], expected: str
+) -> None:
+    archive = _crafted(tmp_path, **kw)
+    report = oxbak.verify(archive)
+    assert not report.ok
+    assert any(expected in p for p in report.problems), report.problems
+    run = _verify_cli(archive)
+    assert run.returncode == 1, run.stderr
+    assert expected in run.stderr

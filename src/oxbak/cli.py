@@ -1080,6 +1080,9 @@ def verify_cmd(
     Exit status 0 if intact, 1 if not, 3 if intact but partial (some file could not be
     captured when it was packed; the warning names them).
 
+    An incremental archive is checked by itself: what it stores, and that its records of
+    files unchanged since its base are consistent; their content is in its base.
+
     \b
     Example:
       oxbak verify state.oxbak && echo intact
@@ -1101,12 +1104,27 @@ def verify_cmd(
                     "partial": report.partial,
                     "changed": report.changed,
                     "missing": report.missing,
+                    **(
+                        {}
+                        if report.base is None
+                        else {"base": report.base, "unchanged": report.unchanged}
+                    ),
                 }
             )
         )
     elif report.ok:
-        if not quiet:
+        if quiet:
+            pass
+        elif report.base is None:
             _say(f"ok: {report.entries:,} entries, {_size(report.bytes)}, every digest matches")
+        else:
+            # Alone, an incremental holds only what changed: say what was not checked.
+            _say(
+                f"ok: incremental archive of {report.entries:,} entries, "
+                f"{_size(report.bytes)}, every stored digest matches; "
+                f"{report.unchanged:,} unchanged files are the content of base "
+                f"{report.base}, checked only with its chain"
+            )
         if report.partial:
             _say(
                 f"oxbak: warning: the archive is PARTIAL: changed while packed: "

@@ -358,13 +358,16 @@ class ArchiveReader:
         return header, used
 
     def _toc(self, size: int) -> tuple[TocHeader, Iterator[Record]]:
-        header, _ = self.toc_header(size)
+        # Only a version-3 archive's TOC may hold FROM_BASE records and their counts.
+        manifest = self.manifest
+        incremental = manifest is not None and manifest.version >= fmt.INCREMENTAL_VERSION
+        header, _ = self.toc_header(size, incremental=incremental)
 
         def blocks() -> Iterator[Record]:
             for n, ref in enumerate(header.blocks):
                 data = self._take(ref.length)
                 self._pending -= ref.length
-                yield from decode_block(data, ref, n)
+                yield from decode_block(data, ref, n, incremental=incremental)
 
         return header, blocks()
 

@@ -37,7 +37,7 @@ from .errors import (
     UnsafeArchiveError,
 )
 from .locations import Archive
-from .manifest import Index, Manifest, Totals, sections
+from .manifest import IncrementalManifest, Index, Manifest, Totals, sections
 from .owners import OwnerMode, Owners
 from .paths import (
     check_path,
@@ -59,7 +59,7 @@ from .source import (
 )
 from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
-from .toc import DIR, KIND_NAMES, MISSING, Record
+from .toc import DIR, KIND_NAMES, MISSING, IncrementalTocHeader, Record
 from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
@@ -101,6 +101,10 @@ class VerifyResult:
     partial: bool = False
     changed: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
+    #: An incremental archive (FORMAT.md §11): its base's id, and how many of its files
+    #: are the base's content, which only a check of the whole chain can read.
+    base: str | None = None
+    unchanged: int = 0
 
     @property
     def ok(self) -> bool:
@@ -140,6 +144,7 @@ class _Seen:
     totals: Totals = field(default_factory=Totals)
     links: dict[bytes, bytes] = field(default_factory=dict)
     sections: dict[bytes, int] = field(default_factory=dict)
+    unchanged: int = 0  # FROM_BASE records of an incremental's TOC (no member here)
 
     def add(self, rel: bytes, kind: int, size: int, digest: bytes, meta: int) -> None:
         """Remember one entry, in archive order."""
@@ -529,7 +534,13 @@ def _check_index(
     """Compare the index (or TOC) with what was seen; return its changed/missing records."""
     flagged: list[Record] = []
     stored = seen.records()
-    count = 0
+    count = absent = 0
+    # An incremental's TOC describes the whole tree: its FROM_BASE records have no member
+    # here, so the rules that checked every member's name, order and parent are applied to
+    # them against the records around them (a stack of directories, as in _Rules).
+    incremental = isinstance(index, IncrementalTocHeader)
+    previous: list[bytes] | None = None
+    dirs: list[bytes] = []
     for record in records:
         count += 1
         if count > limit:
@@ -537,9 +548,16 @@ def _check_index(
                 f"the archive's index holds more records than the manifest accounts for "
                 f"({limit})"
             )
+        if incremental:
+            _place_record(record, previous, dirs)
+            previous = record.path.split(b"/") if record.path else []
+        if record.from_base:
+            _count_from_base(record, seen)
+            continue
         if record.changed or record.missing:
             flagged.append(record)
         if record.absent:
+            absent += 1
             continue  # a missing file has no member (a missing directory has one)
         got = next(stored, None)
         path = record.path
@@ -572,8 +590,53 @@ def _check_index(
         problems.append(f"{shown(rel)!r} is in the archive but not in its index")
     if count != index.entries:
         problems.append(f"index header declares {index.entries} records, it holds {count}")
+    if isinstance(index, IncrementalTocHeader):
+        stored_count = count - seen.unchanged - absent
+        if (index.stored, index.unchanged) != (stored_count, seen.unchanged):
+            problems.append(
+                f"table of contents header declares {index.stored} stored and "
+                f"{index.unchanged} unchanged records, it holds {stored_count} and "
+                f"{seen.unchanged}"
+            )
     _check_flags(index, flagged, problems)
     return flagged
+
+
+def _place_record(record: Record, previous: list[bytes] | None, dirs: list[bytes]) -> None:
+    """Order and parent of a record of an incremental's TOC; *dirs* is the directory stack.
+
+    Stored records are checked again against their members by the loop's rules; a
+    FROM_BASE record has no member, and this is its only check.
+    """
+    path = record.path
+    key = path.split(b"/") if path else []
+    if previous is None:
+        if path or record.kind != "dir":
+            raise CorruptArchiveError("table of contents does not start with the root directory")
+    else:
+        check_path(path)
+        if key <= previous:
+            raise UnsafeArchiveError(
+                f"table of contents: record {shown(path)!r} is a duplicate or out of order"
+            )
+        parent = path.rpartition(b"/")[0]
+        while dirs and dirs[-1] != parent:
+            dirs.pop()
+        if not dirs:
+            raise UnsafeArchiveError(
+                f"table of contents: the parent of {shown(path)!r} is not an earlier directory"
+            )
+    if record.kind == "dir":
+        dirs.append(path)
+
+
+def _count_from_base(record: Record, seen: _Seen) -> None:
+    """A FROM_BASE file: counted in the whole tree's totals; its content is not here."""
+    seen.unchanged += 1
+    seen.totals.files += 1
+    seen.totals.bytes += record.size
+    parent = record.path.rpartition(b"/")[0]
+    seen.sections[parent] = seen.sections.get(parent, 0) + 1
 
 
 def _check_flags(index: Index, flagged: list[Record], problems: list[str]) -> None:
@@ -585,6 +648,15 @@ def _check_flags(index: Index, flagged: list[Record], problems: list[str]) -> No
 
 def _check_totals(manifest: Manifest, index: Index, seen: _Seen, problems: list[str]) -> None:
     actual = seen.totals
+    if (
+        isinstance(manifest, IncrementalManifest)
+        and isinstance(index, IncrementalTocHeader)
+        and manifest.base.deleted != index.deleted
+    ):
+        problems.append(
+            f"manifest and table of contents disagree on the files deleted since the "
+            f"base ({manifest.base.deleted} and {index.deleted})"
+        )
     if index.totals != actual:
         problems.append(
             f"index totals {_fmt_totals(index.totals)} disagree with the archive's "
@@ -647,8 +719,10 @@ def verify(
     problems: list[str] = []
     result = VerifyResult(manifest=None, problems=problems)
     try:
+        # An incremental is checked by itself: its members against its records, its
+        # FROM_BASE records for consistency only (their content is in its chain).
         with open_source(
-            archive, threads=_default_threads(threads), identities=identities
+            archive, threads=_default_threads(threads), identities=identities, incremental=True
         ) as source:
             result.manifest = source.manifest
             manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
@@ -660,6 +734,9 @@ def verify(
     result.bytes = seen.totals.bytes
     result.changed, result.missing = _flag_lists(flagged)
     result.partial = bool(flagged)
+    if isinstance(manifest, IncrementalManifest):
+        result.base = manifest.base.id
+        result.unchanged = seen.unchanged
     for path, target in seen.links.items():
         if not link_stays_inside(path, target, seen.links.get):
             logger.info("symlink %r points outside the tree (%r)", display(path), display(target))

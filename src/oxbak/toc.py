@@ -253,9 +253,11 @@ def decode_header(data: bytes, *, incremental: bool = False) -> tuple[TocHeader,
     return header, 4 + length
 
 
-def decode_block(data: bytes, ref: BlockRef, number: int) -> list[Record]:
+def decode_block(
+    data: bytes, ref: BlockRef, number: int, *, incremental: bool = False
+) -> list[Record]:
     """The records of one block, checked (see :func:`decode_columns`)."""
-    return list(records_of(decode_columns(data, ref, number)))
+    return list(records_of(decode_columns(data, ref, number, incremental=incremental)))
 
 
 def decode_columns(
