@@ -440,3 +440,45 @@ def test_verify_refuses_a_lying_incremental(
     run = _verify_cli(archive)
     assert run.returncode == 1, run.stderr
     assert expected in run.stderr
+
+
+def test_info_shows_the_base(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
+    _settle()
+    _edit(src)
+    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
+    header, recs = _toc(tmp_path / "inc.oxbak")
+    assert isinstance(header, IncrementalTocHeader)
+    base = read_info(str(tmp_path / "full.oxbak")).manifest
+    with open_source(str(tmp_path / "full.oxbak"), whole=False) as full:
+        assert isinstance(full, TocSource)
+        base_id = full.toc_id()
+    unchanged = sum(1 for r in recs.values() if r.from_base)
+    deleted = 2  # gone.txt, moved.txt (kind changed type: a new record, not a deletion)
+    assert (header.unchanged, header.deleted) == (unchanged, deleted) and unchanged >= 1
+
+    def info(*args: str, stdin: bytes | None = None) -> str:
+        run = subprocess.run(
+            [sys.executable, "-m", "oxbak", "info", *args],
+            input=stdin,
+            capture_output=True,
+            check=True,
+        )
+        return run.stdout.decode()
+
+    text = info(str(tmp_path / "inc.oxbak"))
+    assert f"base:          {base_id}\n" in text
+    assert f"created {base.created_at}; {deleted} of its entries deleted since" in text
+    assert f"{header.stored} entries stored here, {unchanged} files unchanged" in text
+    doc = json.loads(info("--json", str(tmp_path / "inc.oxbak")))
+    assert doc["base"] == {"id": base_id, "created_at": base.created_at, "deleted": deleted}
+    assert (doc["stored"], doc["unchanged"]) == (header.stored, unchanged)
+    # From a pipe only the manifest is read: the base, but no counts from the TOC.
+    piped = info("-", stdin=(tmp_path / "inc.oxbak").read_bytes())
+    assert f"base:          {base_id}\n" in piped and "entries stored here" not in piped
+    # A full archive says nothing of a base.
+    full_doc = json.loads(info("--json", str(tmp_path / "full.oxbak")))
+    assert "base" not in full_doc and "stored" not in full_doc
+    assert "base:" not in info(str(tmp_path / "full.oxbak"))

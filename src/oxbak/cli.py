@@ -724,6 +724,7 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
     lines = [
         f"format:        {m.format} version {m.version}",
         f"created:       {m.created_at}",
+        *_incremental_lines(m, toc),
         f"oxbak:         {m.oxbak_version}",
         f"source:        {m.source}",
         f"entries:       {totals.entries:,} ({totals.files:,} files, "
@@ -740,6 +741,28 @@ def _render_manifest(m: Manifest, toc: TocHeader | None) -> str:
     lines.append(f"sections:      {len(m.sections)}")
     lines += [f"  {s.name}: {s.entry_count:,}" for s in m.sections]
     return "\n".join(lines)
+
+
+def _incremental_lines(m: Manifest, toc: TocHeader | None) -> list[str]:
+    """What ``info`` says of an incremental's base; nothing for a full archive."""
+    from .manifest import IncrementalManifest  # loaded already: the manifest is one
+    from .toc import IncrementalTocHeader
+
+    if not isinstance(m, IncrementalManifest):
+        return []
+    lines = [
+        f"base:          {m.base.id}",
+        f"               created {m.base.created_at}; {m.base.deleted:,} of its entries "
+        f"deleted since",
+    ]
+    if isinstance(toc, IncrementalTocHeader):
+        lines.append(
+            f"incremental:   {toc.stored:,} entries stored here, {toc.unchanged:,} files "
+            f"unchanged (their content is in the base's chain)"
+        )
+    else:  # read as a stream: the counts are in the TOC, at the end
+        lines.append("incremental:   restoring it needs its base's chain")
+    return lines
 
 
 @cli.command("info")
@@ -759,6 +782,7 @@ def info_cmd(archive: str, identities: tuple[str, ...], as_json: bool) -> None:
     """
     from .errors import IdentityError
     from .source import read_info
+    from .toc import IncrementalTocHeader
 
     try:
         info = read_info(archive, identities=identities)
@@ -785,6 +809,10 @@ def info_cmd(archive: str, identities: tuple[str, ...], as_json: bool) -> None:
             doc["partial"] = toc.partial
             doc["changed"] = toc.changed + toc.missing
             doc["status"] = {"changed": toc.changed, "missing": toc.missing}
+            if isinstance(toc, IncrementalTocHeader):
+                # The manifest's `base` is there already; these are final only in the TOC.
+                doc["stored"] = toc.stored
+                doc["unchanged"] = toc.unchanged
         if info.envelope is not None:
             doc["encrypted"] = True
             doc["envelope"] = _envelope_doc(info.envelope)
