@@ -23,8 +23,9 @@ import pytest
 import oxbak
 from builders import Entry
 from oxbak import format as fmt
+from oxbak.chain import check_chain
 from oxbak.digest import digest
-from oxbak.errors import UnsupportedVersionError
+from oxbak.errors import InputError, UnsupportedVersionError
 from oxbak.manifest import IncrementalManifest
 from oxbak.source import TocSource, open_source, read_info
 from oxbak.toc import FROM_BASE, IncrementalTocHeader, Record
@@ -482,3 +483,38 @@ def test_info_shows_the_base(tmp_path: Path) -> None:
     full_doc = json.loads(info("--json", str(tmp_path / "full.oxbak")))
     assert "base" not in full_doc and "stored" not in full_doc
     assert "base:" not in info(str(tmp_path / "full.oxbak"))
+
+
+# -- chains: checked before anything is written (oxbak.chain).
+
+
+def test_check_chain(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    _tree(src)
+    full, inc1, inc2 = (tmp_path / f"{n}.oxbak" for n in ("full", "inc1", "inc2"))
+    oxbak.pack(src, full, threads=1)
+    _edit(src)
+    oxbak.pack(src, inc1, threads=1, base=full)
+    _write(src / "newer.txt", b"later\n")
+    oxbak.pack(src, inc2, threads=1, base=inc1)
+    other = tmp_path / "other.oxbak"
+    oxbak.pack(src, other, threads=1)  # a full archive of the same tree: not the base
+
+    ids = check_chain([full, inc1, inc2])
+    for path, id_ in zip((full, inc1, inc2), ids, strict=True):
+        with open_source(str(path), whole=False, incremental=True) as source:
+            assert isinstance(source, TocSource) and source.toc_id() == id_
+    assert check_chain([full]) == ids[:1]
+
+    def refused(chain: list[Path], *expected: str) -> None:
+        with pytest.raises(InputError) as caught:
+            check_chain(chain)
+        message = str(caught.value)
+        assert "\n" not in message and all(e in message for e in expected), message
+
+    refused([inc1, inc2], str(inc1), "starts with a full archive")
+    refused([full, inc2], str(inc2), f"({full})", ids[1][:16], ids[0][:16])
+    refused([other, inc1], str(inc1), f"({other})")
+    refused([full, inc2, inc1], str(inc2), "not based on the archive before it")
+    refused([full, other], str(other), "is a full archive")
+    refused([], "at least one archive")
