@@ -273,6 +273,36 @@ def _record_of(
     }  # fmt: skip
 
 
+def _oxbak_layout(raws: list[bytes], xattrs: list[list[tuple[bytes, bytes]] | None]) -> bytes:
+    """Another tar's members of make_tree's tree, laid verbatim into an oxbak archive.
+
+    oxbak reads only its own layout (manifest first, TOC last): tests/toc_builders.py puts
+    the members in it, with a TOC describing them (each record's attributes from its pax
+    records, or *xattrs* where given).
+    """
+
+    def manifest(m: dict[str, Any], v2: V2) -> dict[str, Any]:
+        m["totals"] = {"files": 3, "hardlinks": 0, "directories": 3, "symlinks": 1,
+                       "bytes": 5 + 17 + 10}  # fmt: skip
+        return m
+
+    def records(_: list[dict[str, Any]], v2: V2) -> list[dict[str, Any]]:
+        out, at = [], v2.manifest_size
+        for raw, attributes in zip(raws, xattrs, strict=True):
+            out.append(_record_of(raw, at, attributes))
+            at += len(raw)
+        return out
+
+    def columns(value: tuple[int, dict[str, Any]], v2: V2) -> tuple[int, dict[str, Any]]:
+        number, cols = value
+        found = {i: r["xattrs"] for i, r in enumerate(v2.records) if r["xattrs"]}
+        return number, {**cols, "xattrs": found}
+
+    v2 = build_v2([], members=lambda _, v2: list(raws), manifest=manifest, records=records,
+                  columns=columns)  # fmt: skip
+    return v2.data
+
+
 def test_oxbak_restores_the_xattrs_and_acls_gnu_tar_stored(fs: Path) -> None:
     """GNU tar's members, with its records for attributes and ACLs, in an oxbak archive.
 
@@ -292,27 +322,7 @@ def test_oxbak_restores_the_xattrs_and_acls_gnu_tar_stored(fs: Path) -> None:
     raws = _members(tar)
 
     assert len(raws) == 7  # tree/, d/, d/plain.txt, d/sub/, f.txt, link, ro.txt
-
-    def manifest(m: dict[str, Any], v2: V2) -> dict[str, Any]:
-        m["totals"] = {"files": 3, "hardlinks": 0, "directories": 3, "symlinks": 1,
-                       "bytes": 5 + 17 + 10}  # fmt: skip
-        return m
-
-    def records(_: list[dict[str, Any]], v2: V2) -> list[dict[str, Any]]:
-        out, at = [], v2.manifest_size
-        for raw in raws:
-            out.append(_record_of(raw, at))
-            at += len(raw)
-        return out
-
-    def columns(value: tuple[int, dict[str, Any]], v2: V2) -> tuple[int, dict[str, Any]]:
-        number, cols = value
-        found = {i: r["xattrs"] for i, r in enumerate(v2.records) if r["xattrs"]}
-        return number, {**cols, "xattrs": found}
-
-    v2 = build_v2([], members=lambda _, v2: list(raws), manifest=manifest, records=records,
-                  columns=columns)  # fmt: skip
-    (fs / "gnu.oxbak").write_bytes(v2.data)
+    (fs / "gnu.oxbak").write_bytes(_oxbak_layout(raws, [None] * len(raws)))
     assert oxbak.verify(fs / "gnu.oxbak").ok, oxbak.verify(fs / "gnu.oxbak").problems
     oxbak.unpack(fs / "gnu.oxbak", fs / "dest")
     assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")
@@ -358,27 +368,8 @@ def test_oxbak_restores_the_xattrs_and_acls_bsdtar_stored(fs: Path) -> None:
             (os.fsencode(n), os.getxattr(p, n, follow_symlinks=False))
             for n in os.listxattr(p, follow_symlinks=False)
         )
-
-    def manifest(m: dict[str, Any], v2: V2) -> dict[str, Any]:
-        m["totals"] = {"files": 3, "hardlinks": 0, "directories": 3, "symlinks": 1,
-                       "bytes": 5 + 17 + 10}  # fmt: skip
-        return m
-
-    def records(_: list[dict[str, Any]], v2: V2) -> list[dict[str, Any]]:
-        out, at = [], v2.manifest_size
-        for raw, rel in zip(raws, ["tree", *map(str, paths)], strict=True):
-            out.append(_record_of(raw, at, attributes(rel)))
-            at += len(raw)
-        return out
-
-    def columns(value: tuple[int, dict[str, Any]], v2: V2) -> tuple[int, dict[str, Any]]:
-        number, cols = value
-        found = {i: r["xattrs"] for i, r in enumerate(v2.records) if r["xattrs"]}
-        return number, {**cols, "xattrs": found}
-
-    v2 = build_v2([], members=lambda _, v2: list(raws), manifest=manifest, records=records,
-                  columns=columns)  # fmt: skip
-    (fs / "bsd.oxbak").write_bytes(v2.data)
+    xattrs = [attributes(rel) for rel in ["tree", *map(str, paths)]]
+    (fs / "bsd.oxbak").write_bytes(_oxbak_layout(raws, xattrs))
     assert oxbak.verify(fs / "bsd.oxbak").ok, oxbak.verify(fs / "bsd.oxbak").problems
     oxbak.unpack(fs / "bsd.oxbak", fs / "dest")
     assert all_xattrs(fs / "dest") == all_xattrs(work / "tree")

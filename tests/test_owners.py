@@ -13,8 +13,6 @@ import grp
 import io
 import os
 import pwd
-import subprocess
-import sys
 import tarfile
 from pathlib import Path
 
@@ -26,6 +24,7 @@ from builders import Entry
 from pipelike import Unseekable
 from test_xattrs import shared
 from toc_builders import build_v2
+from tools import NOBODY, run_oxbak
 
 __all__ = ["shared"]  # a fixture, used by name
 
@@ -157,27 +156,20 @@ def test_toc_and_member_must_agree_on_owner_names(tmp_path: Path) -> None:
         oxbak.unpack(io.BytesIO(data), tmp_path / "only", only=["f"])
 
 
-def _cli(*args: str, user: int | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(Path(oxbak.__file__).parent.parent)}
-    prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"] if user else []
-    return subprocess.run([*prefix, sys.executable, "-m", "oxbak", *args], capture_output=True,
-                          env=env)  # fmt: skip
-
-
 @root_only
 def test_cli_owner_options(tmp_path: Path) -> None:
     src = tmp_path / "src"
     make_tree(src)
     archive = str(tmp_path / "a.oxbak")
-    assert _cli("pack", str(src), "-o", archive).returncode == 0
+    assert run_oxbak("pack", str(src), "-o", archive).returncode == 0
     for flag, dest in [("--same-owner", "same"), ("--numeric-owner", "numeric"), ("", "plain")]:
-        proc = _cli("unpack", archive, str(tmp_path / dest), *([flag] if flag else []))
+        proc = run_oxbak("unpack", archive, str(tmp_path / dest), *([flag] if flag else []))
         assert proc.returncode == 0, proc.stderr
         assert owners(tmp_path / dest) == owners(src)
-    proc = _cli("unpack", archive, str(tmp_path / "none"), "--no-same-owner")
+    proc = run_oxbak("unpack", archive, str(tmp_path / "none"), "--no-same-owner")
     assert proc.returncode == 0, proc.stderr
     assert set(owners(tmp_path / "none").values()) == {(0, 0)}
-    proc = _cli("unpack", archive, str(tmp_path / "both"), "--no-same-owner", "--numeric-owner")
+    proc = run_oxbak("unpack", archive, str(tmp_path / "both"), "--no-same-owner", "--numeric-owner")
     assert proc.returncode == 2
     assert b"--no-same-owner cannot be combined" in proc.stderr
 
@@ -190,7 +182,7 @@ def test_an_unprivileged_restore_says_once_that_owners_are_not_restored(shared: 
     oxbak.pack(src, shared / "a.oxbak", mode=0o644)
     (shared / "out").mkdir()
     os.chmod(shared / "out", 0o777)
-    proc = _cli("unpack", str(shared / "a.oxbak"), str(shared / "out" / "dest"), user=65534)
+    proc = run_oxbak("unpack", str(shared / "a.oxbak"), str(shared / "out" / "dest"), user=NOBODY)
     assert proc.returncode == 0, proc.stderr
     warnings = [ln for ln in proc.stderr.decode().splitlines() if "warning" in ln]
     assert warnings == [
@@ -199,6 +191,6 @@ def test_an_unprivileged_restore_says_once_that_owners_are_not_restored(shared: 
         "(root:root); they now belong to the current user"
     ]
     assert set(owners(shared / "out" / "dest").values()) == {(65534, 65534)}
-    proc = _cli("unpack", str(shared / "a.oxbak"), str(shared / "out" / "quiet"),
-                "--no-same-owner", user=65534)  # fmt: skip
+    proc = run_oxbak("unpack", str(shared / "a.oxbak"), str(shared / "out" / "quiet"),
+                "--no-same-owner", user=NOBODY)  # fmt: skip
     assert proc.returncode == 0 and b"warning" not in proc.stderr, proc.stderr

@@ -30,6 +30,7 @@ import oxbak
 from builders import Entry, tree_order
 from pipelike import Unseekable
 from toc_builders import V2, build_v2
+from tools import NOBODY, run_oxbak
 
 ROOT = os.geteuid() == 0
 OXBAK = [sys.executable, "-m", "oxbak"]
@@ -257,15 +258,6 @@ def test_unreadable_xattrs_are_a_warning_not_a_failure(
     assert xattrs_of(fs / "dest" / "d") == xattrs_of(src / "d")
 
 
-def _cli(*args: str, user: int | None = None) -> subprocess.CompletedProcess[bytes]:
-    env = {**os.environ, "PYTHONPATH": str(Path(oxbak.__file__).parent.parent)}
-    prefix: list[str] = []
-    if user is not None:
-        prefix = [str(shutil.which("setpriv")), f"--reuid={user}", f"--regid={user}",
-                  "--clear-groups"]  # fmt: skip
-    return subprocess.run([*prefix, *OXBAK, *args], capture_output=True, env=env)
-
-
 def test_a_filesystem_without_xattrs_restores_with_one_warning(fs: Path) -> None:
     """A ramfs takes no extended attributes at all (ENOTSUP): the restore still happens."""
     if not ROOT:
@@ -280,7 +272,7 @@ def test_a_filesystem_without_xattrs_restores_with_one_warning(fs: Path) -> None
     ram = fs / "ram"
     _mount("ramfs", ram)
     try:
-        proc = _cli("unpack", str(fs / "a.oxbak"), str(ram / "dest"))
+        proc = run_oxbak("unpack", str(fs / "a.oxbak"), str(ram / "dest"))
         assert proc.returncode == 0, proc.stderr
         warnings = [ln for ln in proc.stderr.decode().splitlines() if "warning" in ln]
         assert warnings == [
@@ -316,7 +308,7 @@ def test_unprivileged_restore_skips_trusted_and_keeps_user_xattrs(shared: Path) 
     oxbak.pack(src, shared / "a.oxbak", mode=0o644)
     (shared / "out").mkdir()
     os.chmod(shared / "out", 0o777)
-    proc = _cli("unpack", str(shared / "a.oxbak"), str(shared / "out" / "dest"), user=65534)
+    proc = run_oxbak("unpack", str(shared / "a.oxbak"), str(shared / "out" / "dest"), user=NOBODY)
     assert proc.returncode == 0, proc.stderr
     lines = [ln for ln in proc.stderr.decode().splitlines() if "attributes" in ln]
     assert lines == [

@@ -10,10 +10,16 @@ Use the marker ``@pytest.mark.tools("tar", "zstd")`` (handled in conftest.py), o
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
+
+import oxbak
 
 REQUIRE_ENV = "OXBAK_REQUIRE_TOOLS"
 
@@ -32,3 +38,34 @@ def require_tool(*names: str) -> None:
     if tools_required():
         pytest.fail(f"{reason} ({REQUIRE_ENV}=1: a missing tool is a failure)", pytrace=False)
     pytest.skip(reason)
+
+
+NOBODY = 65534
+
+
+def run_oxbak(*args: str, user: int | None = None) -> subprocess.CompletedProcess[bytes]:
+    """``python -m oxbak ARGS`` from this checkout; as *user* through ``setpriv`` if given.
+
+    Another user must be able to read the checkout to import oxbak from it: where it
+    cannot (a checkout in a private directory, as ``mktemp -d`` makes), the test is
+    skipped, saying so.
+    """
+    env = {**os.environ, "PYTHONPATH": str(Path(oxbak.__file__).parent.parent)}
+    prefix: list[str] = []
+    if user is not None:
+        require_tool("setpriv")
+        prefix = ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups"]
+        if not _can_import(user, env["PYTHONPATH"]):
+            pytest.skip(f"user {user} cannot read this checkout to import oxbak from it")
+    command = [*prefix, sys.executable, "-m", "oxbak", *args]
+    return subprocess.run(command, capture_output=True, env=env, timeout=300)
+
+
+@functools.cache
+def _can_import(user: int, path: str) -> bool:
+    probe = subprocess.run(
+        ["setpriv", f"--reuid={user}", f"--regid={user}", "--clear-groups",
+         sys.executable, "-c", "import oxbak"],
+        capture_output=True, env={**os.environ, "PYTHONPATH": path}, timeout=60,
+    )  # fmt: skip
+    return probe.returncode == 0

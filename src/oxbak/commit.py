@@ -184,7 +184,7 @@ def put_in_place(p: Plan, box: str, *, same_owner: bool) -> list[str]:
 
     Up to the commit point a failure leaves DEST as it was. What is returned (the box,
     holding the old tree or nothing of use; an old tree moved aside) is no longer part of
-    anything; the box is renamed, where it is inside DEST, to carry DEST's new time.
+    anything: :func:`clean_up` removes it.
     """
     root = os.path.join(box, TREE)
     if p.mode == "merge" and os.path.isdir(p.dest):
