@@ -41,39 +41,66 @@ dir_modes = st.sampled_from([0o755, 0o700, 0o750, 0o555, 0o1777])
 contents = st.one_of(st.binary(max_size=2048), st.just(b""), st.binary(min_size=600, max_size=600))
 
 
-def _files() -> st.SearchStrategy[Node]:
+#: Modes that leave the owner free to read, write and search (an edit needs no chmod first).
+owner_file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o640, 0o700, 0o1755, 0o4755])
+owner_dir_modes = st.sampled_from([0o755, 0o700, 0o750, 0o1777, 0o2755])
+
+
+def _files(modes: st.SearchStrategy[int] = file_modes) -> st.SearchStrategy[Node]:
     return st.builds(
-        lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, file_modes, mtimes
+        lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, modes, mtimes
     )
+
+
+symlink_targets = st.one_of(
+    names,
+    st.lists(st.sampled_from([b"..", b"a", b"b", b"."]), min_size=1, max_size=4).map(b"/".join),
+    st.just(b"/etc/passwd"),
+)
 
 
 def _symlinks() -> st.SearchStrategy[Node]:
-    targets = st.one_of(
-        names,
-        st.lists(st.sampled_from([b"..", b"a", b"b", b"."]), min_size=1, max_size=4).map(b"/".join),
-        st.just(b"/etc/passwd"),
-    )
-    return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), targets, mtimes)
+    return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), symlink_targets, mtimes)
 
 
-def _dirs(children: st.SearchStrategy[dict[bytes, Node]]) -> st.SearchStrategy[Node]:
+def _dirs(
+    children: st.SearchStrategy[dict[bytes, Node]], modes: st.SearchStrategy[int] = dir_modes
+) -> st.SearchStrategy[Node]:
     return st.builds(
-        lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, dir_modes, mtimes
+        lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, modes, mtimes
     )
 
 
 leaf = st.one_of(_files(), _files(), _symlinks())
-trees: st.SearchStrategy[dict[bytes, Node]] = st.recursive(
-    st.dictionaries(names, leaf, max_size=5),
-    lambda children: st.dictionaries(names, st.one_of(leaf, _dirs(children)), max_size=5),
-    max_leaves=25,
-)
+
+
+def trees_of(
+    fmodes: st.SearchStrategy[int] = file_modes,
+    dmodes: st.SearchStrategy[int] = dir_modes,
+    max_leaves: int = 25,
+) -> st.SearchStrategy[dict[bytes, Node]]:
+    """Trees of files, symlinks and directories with these modes, at most *max_leaves*."""
+    leaves = st.one_of(_files(fmodes), _files(fmodes), _symlinks())
+    return st.recursive(
+        st.dictionaries(names, leaves, max_size=5),
+        lambda children: st.dictionaries(
+            names, st.one_of(leaves, _dirs(children, dmodes)), max_size=5
+        ),
+        max_leaves=max_leaves,
+    )
+
+
+trees = trees_of()
+#: Trees whose every entry its owner may change without a chmod (tests that edit them).
+owner_trees = trees_of(owner_file_modes, owner_dir_modes, max_leaves=15)
 
 
 @st.composite
-def trees_with_hardlinks(draw: st.DrawFn) -> dict[bytes, Node]:
-    """A tree plus, at the top level, hardlinks to some of its top-level files."""
-    tree = draw(trees)
+def trees_with_hardlinks(
+    draw: st.DrawFn, base: st.SearchStrategy[dict[bytes, Node]] = trees
+) -> dict[bytes, Node]:
+    """A tree (of *base*) plus, at the top level, hardlinks to some of its top-level files."""
+    tree = draw(base)
     files = [name for name, node in tree.items() if node.kind == "file"]
     for i, name in enumerate(draw(st.lists(st.sampled_from(files), max_size=3)) if files else []):
         link = b"hl-%d-" % i + name[:200]
