@@ -36,6 +36,12 @@ names = st.one_of(
 mtimes = st.integers(min_value=0, max_value=2**33).flatmap(
     lambda s: st.integers(min_value=0, max_value=999_999_999).map(lambda ns: s * 1_000_000_000 + ns)
 )
+#: Mostly before today (a file settled long ago), sometimes any time up to 2242.
+past_mtimes = st.one_of(
+    st.integers(min_value=0, max_value=1_700_000_000 * 1_000_000_000),
+    st.integers(min_value=0, max_value=1_700_000_000 * 1_000_000_000),
+    mtimes,
+)
 file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o444, 0o700, 0o640, 0o000, 0o1755])
 dir_modes = st.sampled_from([0o755, 0o700, 0o750, 0o555, 0o1777])
 contents = st.one_of(st.binary(max_size=2048), st.just(b""), st.binary(min_size=600, max_size=600))
@@ -46,9 +52,11 @@ owner_file_modes = st.sampled_from([0o644, 0o600, 0o755, 0o640, 0o700, 0o1755, 0
 owner_dir_modes = st.sampled_from([0o755, 0o700, 0o750, 0o1777, 0o2755])
 
 
-def _files(modes: st.SearchStrategy[int] = file_modes) -> st.SearchStrategy[Node]:
+def _files(
+    modes: st.SearchStrategy[int] = file_modes, times: st.SearchStrategy[int] = mtimes
+) -> st.SearchStrategy[Node]:
     return st.builds(
-        lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, modes, mtimes
+        lambda d, m, t: Node("file", data=d, mode=m, mtime_ns=t), contents, modes, times
     )
 
 
@@ -59,15 +67,17 @@ symlink_targets = st.one_of(
 )
 
 
-def _symlinks() -> st.SearchStrategy[Node]:
-    return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), symlink_targets, mtimes)
+def _symlinks(times: st.SearchStrategy[int] = mtimes) -> st.SearchStrategy[Node]:
+    return st.builds(lambda t, m: Node("symlink", target=t, mtime_ns=m), symlink_targets, times)
 
 
 def _dirs(
-    children: st.SearchStrategy[dict[bytes, Node]], modes: st.SearchStrategy[int] = dir_modes
+    children: st.SearchStrategy[dict[bytes, Node]],
+    modes: st.SearchStrategy[int] = dir_modes,
+    times: st.SearchStrategy[int] = mtimes,
 ) -> st.SearchStrategy[Node]:
     return st.builds(
-        lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, modes, mtimes
+        lambda c, m, t: Node("dir", children=c, mode=m, mtime_ns=t), children, modes, times
     )
 
 
@@ -78,13 +88,15 @@ def trees_of(
     fmodes: st.SearchStrategy[int] = file_modes,
     dmodes: st.SearchStrategy[int] = dir_modes,
     max_leaves: int = 25,
+    times: st.SearchStrategy[int] = mtimes,
 ) -> st.SearchStrategy[dict[bytes, Node]]:
-    """Trees of files, symlinks and directories with these modes, at most *max_leaves*."""
-    leaves = st.one_of(_files(fmodes), _files(fmodes), _symlinks())
+    """Trees of files, symlinks and directories with these modes and mtimes, at most
+    *max_leaves*."""
+    leaves = st.one_of(_files(fmodes, times), _files(fmodes, times), _symlinks(times))
     return st.recursive(
         st.dictionaries(names, leaves, max_size=5),
         lambda children: st.dictionaries(
-            names, st.one_of(leaves, _dirs(children, dmodes)), max_size=5
+            names, st.one_of(leaves, _dirs(children, dmodes, times)), max_size=5
         ),
         max_leaves=max_leaves,
     )
@@ -92,7 +104,7 @@ def trees_of(
 
 trees = trees_of()
 #: Trees whose every entry its owner may change without a chmod (tests that edit them).
-owner_trees = trees_of(owner_file_modes, owner_dir_modes, max_leaves=15)
+owner_trees = trees_of(owner_file_modes, owner_dir_modes, max_leaves=15, times=past_mtimes)
 
 
 @st.composite
