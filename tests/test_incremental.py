@@ -7,6 +7,7 @@ would record it missing, or by its bytes being absent from the archive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -631,3 +632,94 @@ def test_a_wrong_chain_leaves_dest_as_it_was(tmp_path: Path, chain: Chain) -> No
                 oxbak.unpack(wrong, dest, mode=mode)  # type: ignore[arg-type]
             assert snapshot(dest) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".oxbak")] == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oxbak", *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def test_verify_a_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, _ = chain
+    names = list(map(str, archives))
+    report = oxbak.verify(archives)  # type: ignore[arg-type]
+    assert report.ok and report.archives == 3 and report.base is None, report.problems
+    run = _cli("verify", *names)
+    assert run.returncode == 0 and "ok: chain of 3 archives" in run.stderr, run.stderr
+    assert json.loads(_cli("verify", "--json", *names).stdout)["archives"] == 3
+    # Out of order: one line, naming the archive that does not fit.
+    run = _cli("verify", names[0], names[2], names[1])
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        run.stderr.strip()
+    ] and f"{names[2]} is not based on the archive before it" in run.stderr
+
+    # A damaged middle archive (a byte of its stored data): named, whatever else holds.
+    bad = tmp_path / "inc1.oxbak"
+    data = bytearray(archives[1].read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    report = oxbak.verify([archives[0], bad, archives[2]])
+    assert not report.ok
+    assert all(p.startswith(str(bad)) for p in report.problems), report.problems
+
+
+def test_link_problems_find_a_base_that_does_not_hold_the_content(
+    tmp_path: Path, chain: Chain
+) -> None:
+    """A chain whose links are checked from the TOCs: a base rebuilt with other content
+    under the same id cannot be made, so the fault is put in the incremental's TOC."""
+    from oxbak.chain import link_problems
+
+    archives, _ = chain
+    with contextlib.ExitStack() as stack:
+        sources = [
+            stack.enter_context(open_source(str(a), whole=False, incremental=True))
+            for a in archives
+        ]
+        assert all(isinstance(s, TocSource) for s in sources)
+        tocs = cast(list[TocSource], sources)
+        assert link_problems(tocs) == []
+        # The full archive in place of inc1: inc2's unchanged files are looked up there.
+        problems = link_problems([tocs[0], tocs[2]])
+    assert any("is recorded as unchanged since its base" in p for p in problems), problems
+    assert any("entries were deleted since" in p for p in problems), problems
+
+
+def test_list_and_diff_an_incremental_and_its_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    names = list(map(str, archives))
+    alone = {e.path: e for e in oxbak.list_entries(archives[2])}
+    assert set(alone) == set(snaps[2])  # the whole tree
+    assert alone[b"keep.bin"].archive == "base" and alone[b"d/edit.txt"].archive == ""
+    whole = {e.path: e for e in oxbak.list_entries(archives)}  # type: ignore[arg-type]
+    assert whole[b"keep.bin"].archive == names[0]  # two links back
+    assert whole[b"new.txt"].archive == names[1]  # added in inc1, unchanged since
+    assert whole[b"d/edit.txt"].archive == ""  # stored in the last
+    run = _cli("list", names[2], "--base", names[0], "--base", names[1])
+    assert run.returncode == 0, run.stderr
+    assert any(line.endswith(f"{names[0]} keep.bin") for line in run.stdout.splitlines())
+    rows = [json.loads(line) for line in _cli("list", "--json", names[2]).stdout.splitlines()]
+    assert {r["path"]: r.get("archive") for r in rows}["keep.bin"] == "base"
+
+    # The chain's last tree is the directory as it was packed: no difference.
+    out = tmp_path / "out"
+    oxbak.unpack(archives, out)
+    assert list(oxbak.diff(archives[2], out, content=True)) == []
+    assert list(oxbak.diff(archives, out, content=True)) == []  # type: ignore[arg-type]
+    (out / "keep.bin").write_bytes(b"changed")
+    assert _cli("diff", *names, str(out)).stdout == "M keep.bin (size 70000 -> 7, mtime)\n"
+    run = _cli("diff", names[0], names[2], str(out))
+    assert run.returncode == 2 and "is not based on" in run.stderr
+
+
+def test_an_incremental_cannot_be_encrypted(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
+    key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    with pytest.raises(oxbak.OxbakError, match="an incremental archive cannot be encrypted"):
+        oxbak.pack(
+            tmp_path / "src", tmp_path / "inc.oxbak", base=tmp_path / "full.oxbak", recipients=[key]
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.oxbak", "src"]

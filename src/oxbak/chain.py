@@ -10,6 +10,7 @@ one archive.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TypeVar
@@ -23,7 +24,7 @@ from .source import TocSource, header_of, open_source
 from .tarfmt import Header
 from .toc import Record
 
-__all__ = ["ChainSource", "check_chain", "open_chain"]
+__all__ = ["ChainSource", "check_chain", "link_problems", "open_chain"]
 
 _T = TypeVar("_T")
 
@@ -100,6 +101,13 @@ class ChainSource:
         self._holder = source
         return _named(source, source.read(header_of(holder)))
 
+    def holder(self, path: bytes, size: int, digest: bytes) -> str:
+        """The name of the archive storing the content of an unchanged file of the last.
+
+        Asked in archive order, as :meth:`read` is (``list`` asks it instead).
+        """
+        return self._resolve(Record(path, "file", size, digest))[0].name
+
     def _resolve(self, record: Record) -> tuple[TocSource, Record]:
         """The archive that stores *record*'s content, and its record there."""
         path = record.path
@@ -107,25 +115,13 @@ class ChainSource:
         for level in range(len(self._walks) - 1, -1, -1):
             base = self.sources[level]
             found = self._walks[level].find(path)
-            if found is None:
-                fault = "which it does not hold"
-            elif found.kind != "file" or found.changed or found.missing:
-                fault = f"where it is a {found.kind}" if found.kind != "file" else (
-                    "where it was not captured whole (changed or missing while packed)"
-                )
-            elif found.size != record.size or found.digest != record.digest:
-                fault = "where its size or digest is not the same"
-            else:
-                if not found.from_base:
-                    return base, found
-                claimant = base
-                continue
-            raise IntegrityError(
-                [
-                    f"{claimant.name}: {shown(path)!r} is recorded as unchanged since its "
-                    f"base {base.name}, {fault}"
-                ]
-            )
+            fault = _fault(record, found)
+            if fault:
+                raise IntegrityError([_claim(claimant, base, path, fault)])
+            assert found is not None
+            if not found.from_base:
+                return base, found
+            claimant = base
         raise IntegrityError(  # the first archive is full: decoding refuses from_base there
             [f"{claimant.name}: {shown(path)!r} is recorded as unchanged, and no base holds it"]
         )
@@ -136,6 +132,69 @@ class ChainSource:
 
     def finish(self) -> None:
         """Nothing: what was not asked for is not read."""
+
+
+def _fault(record: Record, found: Record | None) -> str:
+    """Why *found* cannot hold the content of *record*, a ``from_base`` record; or ``""``.
+
+    *found* is the base's record of the same path, if it has one.
+    """
+    if found is None:
+        return "which it does not hold"
+    if found.kind != "file":
+        return f"where it is a {found.kind}"
+    if found.changed or found.missing:
+        return "where it was not captured whole (changed or missing while packed)"
+    if found.size != record.size or found.digest != record.digest:
+        return "where its size or digest is not the same"
+    return ""
+
+
+def _claim(claimant: TocSource, base: TocSource, path: bytes, fault: str) -> str:
+    return (
+        f"{claimant.name}: {shown(path)!r} is recorded as unchanged since its base "
+        f"{base.name}, {fault}"
+    )
+
+
+def link_problems(sources: Sequence[TocSource]) -> list[str]:
+    """What is wrong with each link of a checked chain, from the TOCs alone.
+
+    Each incremental against its base, one merge-join of the two TOCs: every
+    ``from_base`` record must name a file of the same size and digest there (which is,
+    by the same check one link down, stored in some archive before it), and as many of
+    the base's records as the incremental says were deleted must have no record in it.
+    With each archive verified alone (its members against its records), this verifies
+    the chain: every file of every point of it is there, with the content recorded.
+    """
+    problems: list[str] = []
+    for base, inc in itertools.pairwise(sources):
+        records = base.records()
+        current = next(records, None)
+        deleted = 0
+        for record in inc.records():
+            key = sort_key(record.path)
+            while current is not None and sort_key(current.path) < key:
+                deleted += 1
+                current = next(records, None)
+            found = None
+            if current is not None and current.path == record.path:
+                found, current = current, next(records, None)
+            if record.from_base:
+                fault = _fault(record, found)
+                if fault:
+                    problems.append(_claim(inc, base, record.path, fault))
+        while current is not None:
+            deleted += 1
+            current = next(records, None)
+        header = inc.header
+        claimed = getattr(header, "deleted", None)
+        if claimed != deleted:
+            problems.append(
+                f"{inc.name}: says {claimed} of its base's entries were deleted since; "
+                f"{deleted} of {base.name}'s are not in it"
+            )
+    return problems
 
 
 def _named(source: TocSource, items: Iterable[_T]) -> Iterator[_T]:

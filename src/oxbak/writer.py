@@ -174,6 +174,12 @@ def pack(
     keys = parse_recipients(recipients) if recipients else None
     if base_check not in ("metadata", "content"):
         raise OxbakError(f"base check {base_check!r} is neither 'metadata' nor 'content'")
+    if base is not None and recipients:
+        raise OxbakError(
+            "an incremental archive cannot be encrypted: a chain is read through its "
+            "archives' tables of contents, which the age envelope hides (encrypt full "
+            "archives, or the chain's files where they are kept)"
+        )
     prior = _read_base(base) if base is not None else None
     if output is None:
         output = default_output_name(source, encrypted=keys is not None)
