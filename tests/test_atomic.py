@@ -28,7 +28,7 @@ import pytest
 
 from mounts import tmpfs
 from oxbak.commit import is_mount_point
-from tools import require_tool
+from tools import require_tool, sigint_default
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -53,12 +53,6 @@ def _env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _default_sigint() -> None:
-    # A shell may start the test run with SIGINT ignored (background job); exec keeps an
-    # ignored signal ignored, and Python then installs no KeyboardInterrupt handler.
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-
-
 def oxbak(*args: str | os.PathLike[str]) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
         [str(OXBAK), *map(str, args)],
@@ -76,7 +70,7 @@ def spawn(*args: str | os.PathLike[str]) -> subprocess.Popen[bytes]:
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
-        preexec_fn=_default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None,
+        preexec_fn=sigint_default(),
     )
 
 

@@ -7,6 +7,7 @@ would record it missing, or by its bytes being absent from the archive.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shlex
@@ -16,7 +17,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import pytest
 
@@ -25,12 +26,13 @@ from builders import Entry
 from oxbak import format as fmt
 from oxbak.chain import check_chain
 from oxbak.digest import digest
-from oxbak.errors import InputError, UnsupportedVersionError
+from oxbak.errors import InputError
 from oxbak.manifest import IncrementalManifest
 from oxbak.source import TocSource, open_source, read_info
 from oxbak.toc import FROM_BASE, IncrementalTocHeader, Record
 from toc_builders import V2, build_v2, record_of
 from tools import require_tool
+from treeutil import snapshot
 
 REPO = Path(__file__).parent.parent
 
@@ -95,14 +97,16 @@ def test_incremental_toc_describes_the_whole_tree(tmp_path: Path) -> None:
     assert {p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in inc.items()} == {
         p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in now.items()
     }
-    # Only the untouched file (and nothing else) comes from the base, without a member.
-    assert [p for p, r in inc.items() if r.from_base] == [b"keep.bin"]
-    assert inc[b"keep.bin"].offset == 0
+    # The untouched file, and the one only chmod-ed (read, and its content found the
+    # same), come from the base without a member; the chmod-ed one with its new mode.
+    assert [p for p, r in inc.items() if r.from_base] == [b"keep.bin", b"mode.txt"]
+    assert inc[b"keep.bin"].offset == 0 == inc[b"mode.txt"].offset
+    assert inc[b"mode.txt"].mode == 0o600
     assert b"d/gone.txt" not in inc and b"moved.txt" not in inc
     assert isinstance(header, IncrementalTocHeader)
-    assert (header.unchanged, header.deleted) == (1, 2)  # gone.txt, moved.txt
-    assert header.stored == len(inc) - 1
-    assert (result.unchanged, result.deleted, result.stored) == (1, 2, len(inc) - 1)
+    assert (header.unchanged, header.deleted) == (2, 2)  # gone.txt, moved.txt
+    assert header.stored == len(inc) - 2
+    assert (result.unchanged, result.deleted, result.stored) == (2, 2, len(inc) - 2)
 
     manifest = read_info(str(tmp_path / "inc.oxbak")).manifest
     assert isinstance(manifest, IncrementalManifest)
@@ -267,11 +271,11 @@ def test_base_from_a_pipe_is_refused(tmp_path: Path) -> None:
     assert len(lines) == 1 and "cannot be used" in lines[0], lines
 
 
-def test_this_version_refuses_to_restore_an_incremental(tmp_path: Path) -> None:
+def test_an_incremental_alone_is_refused_saying_how_to_restore_it(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
     oxbak.pack(tmp_path / "src", tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
-    with pytest.raises(UnsupportedVersionError, match="incremental"):
+    with pytest.raises(oxbak.OxbakError, match="give its whole chain, the full archive first"):
         oxbak.unpack(tmp_path / "inc.oxbak", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -518,3 +522,204 @@ def test_check_chain(tmp_path: Path) -> None:
     refused([full, inc2, inc1], str(inc2), "not based on the archive before it")
     refused([full, other], str(other), "is a full archive")
     refused([], "at least one archive")
+
+
+# -- chains restored: unpack FULL INC… DEST.
+
+
+Chain = tuple[list[Path], list[dict[bytes, tuple[object, ...]]]]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """A full archive and two incrementals, and the tree's snapshot at each (read only)."""
+    tmp_path = tmp_path_factory.mktemp("chain")
+    src = tmp_path / "src"
+    _tree(src)
+    _settle()
+    archives = [tmp_path / "full.oxbak", tmp_path / "inc1.oxbak", tmp_path / "inc2.oxbak"]
+    with pytest.MonkeyPatch.context() as env:  # module scope: before _real_clock
+        env.delenv("SOURCE_DATE_EPOCH", raising=False)
+        oxbak.pack(src, archives[0], threads=1)
+        snaps = [snapshot(src)]
+        _edit(src)
+        _settle()
+        oxbak.pack(src, archives[1], threads=1, base=archives[0])
+        snaps.append(snapshot(src))
+        (src / "keep.bin").chmod(0o640)  # content still the full archive's, mode new
+        (src / "d" / "edit.txt").write_bytes(b"third version, longer\n")
+        shutil.rmtree(src / "kind")
+        (src / "kind").symlink_to("new.txt")
+        oxbak.pack(src, archives[2], threads=1, base=archives[1])
+        snaps.append(snapshot(src))
+    return archives, snaps
+
+
+def test_restore_any_point_of_a_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    _, toc = _toc(archives[2])
+    assert toc[b"keep.bin"].from_base  # two steps back: inc1 has it from the full archive too
+    for n in (1, 2, 3):
+        out = tmp_path / f"out{n}"
+        result = oxbak.unpack(archives[:n], out)
+        assert snapshot(out) == snaps[n - 1], n
+        assert result.entries == len(snaps[n - 1])
+
+
+def test_restore_a_chain_in_every_mode(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    out = tmp_path / "out"
+    oxbak.unpack(archives[:1], out)
+    oxbak.unpack(archives, out, mode="replace")
+    assert snapshot(out) == snaps[2]
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "other.txt").write_bytes(b"stays\n")
+    oxbak.unpack(archives, merged, mode="merge")
+    got = snapshot(merged)
+    assert got.pop(b"other.txt")[0] == "file"
+    assert {p: v for p, v in got.items() if p} == {p: v for p, v in snaps[2].items() if p}
+
+    only = tmp_path / "only"
+    oxbak.unpack(archives, only, only=["keep.bin", "d"])
+    assert set(snapshot(only)) == {b"", b"keep.bin", b"d", b"d/edit.txt", b"d/moved.txt"}
+    assert snapshot(only)[b"keep.bin"] == snaps[2][b"keep.bin"]
+
+
+def test_chain_restore_from_the_command_line(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    oxbak_cli = [sys.executable, "-m", "oxbak"]
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", *map(str, archives), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert snapshot(tmp_path / "out") == snaps[2]
+    # A link left out: one line naming it, nothing written.
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", str(archives[0]), str(archives[2]), str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and f"{archives[2]} is not based on" in run.stderr
+    assert not (tmp_path / "bad").exists()
+    # Standard input cannot be read at random: usage error, before anything is read.
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", str(archives[0]), "-", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 2 and "standard input cannot be part of a chain" in run.stderr
+
+
+def test_a_wrong_chain_leaves_dest_as_it_was(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    dest = tmp_path / "dest"
+    oxbak.unpack(archives[:1], dest)
+    before = snapshot(dest)
+    for wrong in (
+        [archives[0], archives[2]],
+        [archives[0], archives[2], archives[1]],
+        [archives[1], archives[2]],
+        [archives[0], archives[1], archives[1]],
+    ):
+        for mode in ("replace", "merge"):
+            with pytest.raises(InputError):
+                oxbak.unpack(wrong, dest, mode=mode)  # type: ignore[arg-type]
+            assert snapshot(dest) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".oxbak")] == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "oxbak", *args], capture_output=True, text=True, cwd=REPO
+    )
+
+
+def test_verify_a_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, _ = chain
+    names = list(map(str, archives))
+    report = oxbak.verify(archives)  # type: ignore[arg-type]
+    assert report.ok and report.archives == 3 and report.base is None, report.problems
+    run = _cli("verify", *names)
+    assert run.returncode == 0 and "ok: chain of 3 archives" in run.stderr, run.stderr
+    assert json.loads(_cli("verify", "--json", *names).stdout)["archives"] == 3
+    # Out of order: one line, naming the archive that does not fit.
+    run = _cli("verify", names[0], names[2], names[1])
+    assert run.returncode == 1
+    assert run.stderr.splitlines() == [
+        run.stderr.strip()
+    ] and f"{names[2]} is not based on the archive before it" in run.stderr
+
+    # A damaged middle archive (a byte of its stored data): named, whatever else holds.
+    bad = tmp_path / "inc1.oxbak"
+    data = bytearray(archives[1].read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    report = oxbak.verify([archives[0], bad, archives[2]])
+    assert not report.ok
+    assert all(p.startswith(str(bad)) for p in report.problems), report.problems
+
+
+def test_link_problems_find_a_base_that_does_not_hold_the_content(
+    tmp_path: Path, chain: Chain
+) -> None:
+    """A chain whose links are checked from the TOCs: a base rebuilt with other content
+    under the same id cannot be made, so the fault is put in the incremental's TOC."""
+    from oxbak.chain import link_problems
+
+    archives, _ = chain
+    with contextlib.ExitStack() as stack:
+        sources = [
+            stack.enter_context(open_source(str(a), whole=False, incremental=True))
+            for a in archives
+        ]
+        assert all(isinstance(s, TocSource) for s in sources)
+        tocs = cast(list[TocSource], sources)
+        assert link_problems(tocs) == []
+        # The full archive in place of inc1: inc2's unchanged files are looked up there.
+        problems = link_problems([tocs[0], tocs[2]])
+    assert any("is recorded as unchanged since its base" in p for p in problems), problems
+    assert any("entries were deleted since" in p for p in problems), problems
+
+
+def test_list_and_diff_an_incremental_and_its_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    names = list(map(str, archives))
+    alone = {e.path: e for e in oxbak.list_entries(archives[2])}
+    assert set(alone) == set(snaps[2])  # the whole tree
+    assert alone[b"keep.bin"].archive == "base" and alone[b"d/edit.txt"].archive == ""
+    whole = {e.path: e for e in oxbak.list_entries(archives)}  # type: ignore[arg-type]
+    assert whole[b"keep.bin"].archive == names[0]  # two links back
+    assert whole[b"new.txt"].archive == names[1]  # added in inc1, unchanged since
+    assert whole[b"d/edit.txt"].archive == ""  # stored in the last
+    run = _cli("list", names[2], "--base", names[0], "--base", names[1])
+    assert run.returncode == 0, run.stderr
+    assert any(line.endswith(f"{names[0]} keep.bin") for line in run.stdout.splitlines())
+    rows = [json.loads(line) for line in _cli("list", "--json", names[2]).stdout.splitlines()]
+    assert {r["path"]: r.get("archive") for r in rows}["keep.bin"] == "base"
+
+    # The chain's last tree is the directory as it was packed: no difference.
+    out = tmp_path / "out"
+    oxbak.unpack(archives, out)
+    assert list(oxbak.diff(archives[2], out, content=True)) == []
+    assert list(oxbak.diff(archives, out, content=True)) == []  # type: ignore[arg-type]
+    (out / "keep.bin").write_bytes(b"changed")
+    assert _cli("diff", *names, str(out)).stdout == "M keep.bin (size 70000 -> 7, mtime)\n"
+    run = _cli("diff", names[0], names[2], str(out))
+    assert run.returncode == 2 and "is not based on" in run.stderr
+
+
+def test_an_incremental_cannot_be_encrypted(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
+    key = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p"
+    with pytest.raises(oxbak.OxbakError, match="an incremental archive cannot be encrypted"):
+        oxbak.pack(
+            tmp_path / "src", tmp_path / "inc.oxbak", base=tmp_path / "full.oxbak", recipients=[key]
+        )
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["full.oxbak", "src"]

@@ -38,6 +38,7 @@ from oxbak.compress import SeekTable
 from oxbak.errors import InputError, OutputError, OutputExistsError
 from oxbak.locations import open_output
 from s3server import S3Server
+from tools import sigint_default
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -68,6 +69,7 @@ def spawn(s3: S3Server, *args: str | os.PathLike[str], **env: str) -> subprocess
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=s3.env(**env),
+        preexec_fn=sigint_default(),
     )
 
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 import functools
 import os
 import shutil
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -69,3 +71,17 @@ def _can_import(user: int, path: str) -> bool:
         capture_output=True, env={**os.environ, "PYTHONPATH": path}, timeout=60,
     )  # fmt: skip
     return probe.returncode == 0
+
+
+def _default_sigint() -> None:
+    # A shell may start the test run with SIGINT ignored (background job); exec keeps an
+    # ignored signal ignored, and Python then installs no KeyboardInterrupt handler.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def sigint_default() -> Callable[[], None] | None:
+    """A ``preexec_fn`` giving a child SIGINT's default action if this process ignores it.
+
+    For tests that interrupt a child with SIGINT, as Ctrl-C would.
+    """
+    return _default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None

@@ -107,6 +107,20 @@ def _remember_archive(
     return value
 
 
+def _remember_archives(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Note a lone ARCHIVE argument; a chain's errors name the archive they are about."""
+    if len(value) == 1:
+        ctx.meta[_ARCHIVE] = value[0]
+    elif "-" in value:
+        raise click.BadParameter(
+            "standard input cannot be part of a chain: its archives are read at random",
+            param=param,
+        )
+    return value
+
+
 class _Group(click.Group):
     """Maps every failure to one line and an exit code (the error boundary)."""
 
@@ -566,7 +580,7 @@ def pack_cmd(
 
 
 @cli.command("unpack")
-@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
+@click.argument("archives", nargs=-1, metavar="ARCHIVE|-...", callback=_remember_archives)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
 @click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
@@ -618,7 +632,7 @@ def pack_cmd(
 @_quiet
 @_endpoint_url
 def unpack_cmd(
-    archive: str,
+    archives: tuple[str, ...],
     dest: str,
     replace: bool,
     merge: bool,
@@ -640,6 +654,11 @@ def unpack_cmd(
     By default DEST must not exist or be empty. Nothing in DEST changes unless the whole
     archive is intact and safe.
 
+    An incremental archive is restored with its chain: the full archive first, then each
+    incremental in the order they were packed (each the --base of the next). The chain
+    is checked before anything is written; each file is read from the archive that
+    stores it.
+
     With --only, just those paths are restored (with the directories leading to them),
     staged, verified and committed the same way; from a file only the parts of the
     archive that hold them are read.
@@ -647,6 +666,7 @@ def unpack_cmd(
     \b
     Examples:
       oxbak unpack state.oxbak restored
+      oxbak unpack full.oxbak 01.oxbak 02.oxbak restored
       oxbak unpack s3://backups/oxios/2026-11-30.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
       oxbak unpack state.oxbak restored --only memory/facts --exclude '*.tmp'
@@ -654,6 +674,8 @@ def unpack_cmd(
     """
     from .restore import unpack
 
+    if not archives:  # one argument: click gave it to DEST
+        raise click.UsageError("Missing argument 'DEST'.")
     _show_library_warnings(quiet)
     _large_buffers_from_the_heap()
     if replace and merge:
@@ -666,7 +688,7 @@ def unpack_cmd(
     started = time.monotonic()
     with _progress("unpacking", quiet) as progress:
         result = unpack(
-            archive,
+            list(archives),
             dest,
             mode=mode,
             owner=owner,
@@ -694,8 +716,9 @@ def unpack_cmd(
             )
         )
     elif not quiet:
+        chain = f" from a chain of {len(archives)} archives" if len(archives) > 1 else ""
         _say(
-            f"restored {result.entries:,} entries ({_size(result.bytes)}) "
+            f"restored {result.entries:,} entries ({_size(result.bytes)}){chain} "
             f"into {result.dest} in {seconds:.2f} s"
         )
     if result.partial:
@@ -852,6 +875,14 @@ def _text(data: bytes) -> str:
 @cli.command("list", context_settings={"help_option_names": ["--help"]})
 @click.argument("archive", metavar="ARCHIVE|-", required=False, callback=_remember_archive)
 @click.argument("paths", nargs=-1, metavar="[PATH]...")
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="ARCHIVE",
+    help="ARCHIVE is incremental: each archive of its chain before it, the full one first "
+    "(repeatable, in order); each unchanged file then names the archive storing it.",
+)
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
 @click.option(
@@ -863,6 +894,7 @@ def list_cmd(
     ctx: click.Context,
     archive: str | None,
     paths: tuple[str, ...],
+    bases: tuple[str, ...],
     identities: tuple[str, ...],
     as_json: bool,
     human: bool,
@@ -872,10 +904,15 @@ def list_cmd(
     From a file only the table of contents is read. PATH limits the listing to those
     entries (a directory: its subtree).
 
+    An incremental archive lists its whole tree, with a column naming where each entry's
+    content is: '.' in ARCHIVE itself, 'base' in its chain, or with --base the archive of
+    the chain that stores it (the chain is checked first).
+
     \b
     Examples:
       oxbak list state.oxbak memory/facts
       oxbak list state.oxbak --json | jq -r 'select(.size > 1000000) | .path'
+      oxbak list 02.oxbak --base full.oxbak --base 01.oxbak
     """
     if archive is None:
         if human:  # `oxbak list -h` asks for help, as `-h` does for every other command
@@ -884,11 +921,23 @@ def list_cmd(
         raise click.UsageError("Missing argument 'ARCHIVE|-'.", ctx)
     from .restore import list_entries
 
-    entries = list_entries(archive, paths, identities=identities)
+    if bases and "-" in (*bases, archive):
+        raise click.UsageError("standard input cannot be part of a chain", ctx)
+    chain = [*bases, archive] if bases else archive
+    entries = list_entries(chain, paths, identities=identities)
     if as_json:
         _list_json(entries)
     else:
-        _list_text(entries, human)
+        _list_text(entries, human, bool(bases) or _is_incremental(archive, identities))
+
+
+def _is_incremental(archive: str, identities: tuple[str, ...]) -> bool:
+    """Whether ARCHIVE is incremental (its listing then says where each entry is)."""
+    from .reader import read_manifest
+
+    if archive == "-":
+        return False  # a pipe is read once; an incremental cannot be listed from one
+    return read_manifest(archive, identities=identities).version >= fmt.INCREMENTAL_VERSION
 
 
 def _list_json(entries: Iterator[EntryInfo]) -> None:
@@ -909,6 +958,8 @@ def _list_json(entries: Iterator[EntryInfo]) -> None:
             row["digest"] = e.digest.hex()
         if e.ino:
             row["ctime_ns"], row["ino"] = e.ctime_ns, e.ino
+        if e.archive:
+            row["archive"] = e.archive
         if not _utf8(e.path):
             row["path_b64"] = base64.b64encode(e.path).decode()
         if e.type in ("symlink", "hardlink"):
@@ -927,8 +978,12 @@ def _json_name(name: bytes) -> str:
     return name.decode("utf-8") if _utf8(name) else display(name)
 
 
-def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
-    """``ls -l``-like lines, written in batches (60k lines one write() each is slow)."""
+def _list_text(entries: Iterator[EntryInfo], human: bool, where: bool = False) -> None:
+    """``ls -l``-like lines, written in batches (60k lines one write() each is slow).
+
+    With *where* (an incremental), a column before the path says which archive holds the
+    entry's content: ``.`` the one listed.
+    """
     modes: dict[tuple[str, int], str] = {}
     owners: dict[tuple[str, int, str, int], str] = {}
     lines: list[str] = []
@@ -948,6 +1003,8 @@ def _list_text(entries: Iterator[EntryInfo], human: bool) -> None:
         path = display(e.path) if e.path else "."
         if kind == "symlink" or kind == "hardlink":
             path += " -> " + display(e.target)
+        if where:
+            path = f"{e.archive or '.':<8} {path}"
         lines.append(f"{mode} {owner:<12} {size:>12} {stamp} {path}\n")
         if len(lines) >= 1024:
             write("".join(lines))
@@ -987,7 +1044,7 @@ def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
 
 
 @cli.command("diff")
-@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
+@click.argument("archives", nargs=-1, metavar="ARCHIVE|-...", callback=_remember_archives)
 @click.argument("directory", metavar="DIR", type=click.Path(path_type=str))
 @click.option(
     "--content",
@@ -1005,7 +1062,7 @@ def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per change (JSON Lines).")
 @_endpoint_url
 def diff_cmd(
-    archive: str,
+    archives: tuple[str, ...],
     directory: str,
     content: bool,
     excludes: tuple[str, ...],
@@ -1022,14 +1079,21 @@ def diff_cmd(
     archive's table of contents is read; a pipe or a version-1 archive is read and checked
     whole before the changes are shown.
 
+    An incremental archive is compared as the whole tree it describes; given with its
+    chain (the full archive first), the chain is checked too.
+
     Exit status: 0 if they are the same, 1 if they differ, 2 on trouble (as diff(1)).
 
     \b
     Examples:
       oxbak diff state.oxbak /var/lib/oxios
+      oxbak diff full.oxbak 01.oxbak 02.oxbak /var/lib/oxios
       oxbak diff state.oxbak /var/lib/oxios --content --json | jq -r .path
     """
     from .compare import Change, Stat, diff
+
+    if not archives:  # one argument: click gave it to DIR
+        raise click.UsageError("Missing argument 'DIR'.")
 
     def facts(s: Stat) -> dict[str, Any]:
         if s.type == "hardlink":
@@ -1062,7 +1126,7 @@ def diff_cmd(
     differ = False
     try:
         for change in diff(
-            archive, directory, content=content, excludes=excludes, identities=identities
+            list(archives), directory, content=content, excludes=excludes, identities=identities
         ):
             differ = True
             if as_json:
@@ -1094,33 +1158,45 @@ def diff_cmd(
 
 
 @cli.command("verify")
-@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
+@click.argument(
+    "archives", nargs=-1, required=True, metavar="ARCHIVE|-...", callback=_remember_archives
+)
 @_decompression_threads
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_quiet
 @_endpoint_url
 def verify_cmd(
-    archive: str, threads: int, identities: tuple[str, ...], as_json: bool, quiet: bool
+    archives: tuple[str, ...],
+    threads: int,
+    identities: tuple[str, ...],
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Check ARCHIVE completely without writing anything.
 
     Exit status 0 if intact, 1 if not, 3 if intact but partial (some file could not be
     captured when it was packed; the warning names them).
 
-    An incremental archive is checked by itself: what it stores, and that its records of
-    files unchanged since its base are consistent; their content is in its base.
+    An incremental archive alone is checked for what it stores, and that its records of
+    files unchanged since its base are consistent; their content is in its base. Given
+    with its chain (the full archive first, then each incremental in order), the whole
+    chain is checked: every archive, and every link between them.
 
     \b
-    Example:
+    Examples:
       oxbak verify state.oxbak && echo intact
+      oxbak verify full.oxbak 01.oxbak 02.oxbak
     """
     from .restore import verify
 
     _show_library_warnings(quiet)
     _large_buffers_from_the_heap()
+    archive = archives[-1]
     with _progress("verifying", quiet) as progress:
-        report = verify(archive, progress=progress, threads=threads, identities=identities)
+        report = verify(
+            list(archives), progress=progress, threads=threads, identities=identities
+        )
     if as_json:
         click.echo(
             _json.encode(
@@ -1137,12 +1213,19 @@ def verify_cmd(
                         if report.base is None
                         else {"base": report.base, "unchanged": report.unchanged}
                     ),
+                    **({"archives": report.archives} if report.archives > 1 else {}),
                 }
             )
         )
     elif report.ok:
         if quiet:
             pass
+        elif report.archives > 1:
+            _say(
+                f"ok: chain of {report.archives} archives, every one intact and each based "
+                f"on the one before; its last tree: {report.entries:,} entries, "
+                f"{_size(report.bytes)}, every digest matches"
+            )
         elif report.base is None:
             _say(f"ok: {report.entries:,} entries, {_size(report.bytes)}, every digest matches")
         else:
@@ -1161,12 +1244,15 @@ def verify_cmd(
             )
     elif report.manifest is None:
         # Not even a manifest: the one error every command gives (random bytes, a plain
-        # .tar.zst, damage at the very start, an envelope it cannot open).
-        _say(f"oxbak: error: {_naming(archive, report.problems[0])}")
+        # .tar.zst, damage at the very start, an envelope it cannot open); or, for a
+        # chain, the archive that does not fit (named).
+        where = archive if len(archives) == 1 else None
+        _say(f"oxbak: error: {_naming(where, report.problems[0])}")
     else:
         for problem in report.problems:
             _say(f"oxbak: problem: {problem}")
-        _say(f"oxbak: error: {archive} is damaged: {len(report.problems)} problem(s)")
+        what = archive if len(archives) == 1 else f"the chain {' '.join(archives)}"
+        _say(f"oxbak: error: {what} is damaged: {len(report.problems)} problem(s)")
     if not report.ok:
         sys.exit(1)
     if report.partial:

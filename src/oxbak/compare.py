@@ -56,17 +56,18 @@ import os
 import stat
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import BinaryIO, Literal, cast
 
 from . import format as fmt
+from .chain import ChainSource
 from .digest import Hasher
 from .envelope import IdentityFile
 from .errors import IntegrityError, SourceError
 from .locations import Archive
 from .paths import display, sort_key
-from .restore import Selection, _run, list_entries
+from .restore import Selection, _open_toc, _run, list_entries
 from .scan import Entry, scan_tree
-from .source import ArchiveSource, TocSource, open_source
+from .source import ArchiveSource, TocSource
 from .staging import HashOnly
 from .xattrs import Xattrs
 
@@ -128,7 +129,7 @@ class Change:
 
 
 def diff(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     directory: str | os.PathLike[str],
     *,
     content: bool = False,
@@ -147,6 +148,11 @@ def diff(
     is read and checked first (as :func:`~oxbak.restore.verify` does), then the changes
     come.
 
+    An incremental archive is compared as the whole tree its table of contents describes
+    (the digests of unchanged files are in it too). A chain (a list or tuple, the full
+    archive first) is checked to be one, its links from the TOCs, and its last tree is
+    compared.
+
     :param excludes: leave out paths matching these patterns on both sides, as
         ``pack --exclude`` does (a pattern with ``/`` matches the relative path, others a
         name at any depth; an excluded directory takes its subtree with it).
@@ -162,14 +168,17 @@ def diff(
     # Selection applies patterns as restore does; stripped of slashes they match exactly
     # what the scan's own patterns match (the scan strips them too).
     select = Selection((), excludes, links=False) if excludes else None
-    start = _position(archive)
-    with open_source(archive, whole=False, identities=identities) as source:
+    one = archive if not isinstance(archive, (list, tuple)) else None
+    start = None if one is None else _position(cast(Archive, one))
+    with _open_toc(archive, identities) as source:
+        if isinstance(source, ChainSource):
+            source = source.last
         if not isinstance(source, TocSource):
             yield from _streamed(source, directory, content, excludes, select)
             return
         missing = _missing_paths(source, select)
-    if start is not None and not isinstance(archive, (str, os.PathLike)):
-        archive.seek(start)  # list_entries reads this file object again from there
+    if start is not None:
+        cast(BinaryIO, one).seek(start)  # list_entries reads this file object again from there
     join = _Join(root, scan_tree(directory, excludes, xattrs=False), content, missing)
     push = join.push
     for e in list_entries(archive):

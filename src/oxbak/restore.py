@@ -14,15 +14,17 @@ first; ``list_entries`` runs the rules alone; ``cat`` sends one file to a stream
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from . import format as fmt
+from .chain import ChainSource, link_problems, open_chain
 from .commit import Mode
 from .digest import Hasher
 from .digest import digest as digest_of
@@ -31,6 +33,7 @@ from .errors import (
     ArchiveError,
     CorruptArchiveError,
     DestinationError,
+    InputError,
     IntegrityError,
     LimitExceededError,
     OxbakError,
@@ -59,7 +62,7 @@ from .source import (
 )
 from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
-from .toc import DIR, KIND_NAMES, MISSING, IncrementalTocHeader, Record
+from .toc import DIR, FROM_BASE, KIND_NAMES, MISSING, IncrementalTocHeader, Record
 from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
@@ -105,6 +108,9 @@ class VerifyResult:
     #: are the base's content, which only a check of the whole chain can read.
     base: str | None = None
     unchanged: int = 0
+    #: How many archives were verified: more than one for a chain (then ``base`` is None:
+    #: every file's content was checked, in the archive that stores it).
+    archives: int = 1
 
     @property
     def ok(self) -> bool:
@@ -416,6 +422,7 @@ def _run(
     report_at = 0
     remember = seen.add
     read = source.read
+    where = source.where
     for header, record in source.entries():
         if header is None:  # a TOC record: the header it stands for is built if it is read
             assert record is not None
@@ -461,7 +468,8 @@ def _run(
                 )
                 if record is not None and digest != record.digest:
                     problems.append(
-                        f"digest mismatch for {shown(rel)!r}: content is not what was packed"
+                        f"{where()}digest mismatch for {shown(rel)!r}: content is not what "
+                        f"was packed"
                     )
                 if wanted and select is not None:
                     select.written.add(rel)
@@ -472,7 +480,9 @@ def _run(
             continue
         digest = digest_of(target)
         if record is not None and digest != record.digest:
-            problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
+            problems.append(
+                f"{where()}digest mismatch for {shown(rel)!r}: content is not what was packed"
+            )
         if kind == "hardlink":
             if wanted:
                 if select is not None and select.links and target not in select.written:
@@ -698,7 +708,7 @@ def _default_threads(threads: int) -> int:
 
 
 def verify(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     *,
     progress: Progress | None = None,
     threads: int = 0,
@@ -710,12 +720,21 @@ def verify(
     result, not an exception. A seekable archive's frames are decompressed by *threads*
     threads (0: one per CPU) ahead of the checks.
 
+    An incremental archive alone is checked for what it stores, and its records of
+    unchanged files for consistency. A chain (a list or tuple: the full archive, then
+    each incremental on the one before) is checked whole: that it is one, each archive
+    completely as if alone, and each link (every unchanged file is a file of the same
+    size and digest in the base, the deletions counted right). Problems name the archive.
+
     An encrypted archive is decrypted with *identities*; a damaged envelope is a problem
     found, like any damage.
 
     :raises OxbakError: only if the archive cannot be opened at all.
     :raises IdentityError: it is encrypted and *identities* cannot open it.
     """
+    if isinstance(archive, (list, tuple)) and len(archive) > 1:
+        return _verify_chain(archive, progress, threads)
+    archive = _single(archive)
     problems: list[str] = []
     result = VerifyResult(manifest=None, problems=problems)
     try:
@@ -743,8 +762,41 @@ def verify(
     return result
 
 
+def _verify_chain(
+    archives: Sequence[Archive], progress: Progress | None, threads: int
+) -> VerifyResult:
+    """:func:`verify` of a chain: its links from the TOCs, then each archive in full."""
+    problems: list[str] = []
+    result = VerifyResult(manifest=None, problems=problems, archives=len(archives))
+    try:
+        with open_chain(archives) as chain:
+            names = [source.name for source in chain.sources]
+            problems += link_problems(chain.sources)
+    except (ArchiveError, InputError) as exc:
+        problems.append(str(exc))  # not a chain, or a TOC that cannot be read: no more
+        return result
+    for name, archive in zip(names, archives, strict=True):
+        alone = verify(archive, progress=progress, threads=threads)
+        problems += [p if p.startswith(f"{name}: ") else f"{name}: {p}" for p in alone.problems]
+    # The tree is the last archive's: its counts, and what it could not capture.
+    result.manifest = alone.manifest
+    result.entries, result.bytes = alone.entries, alone.bytes
+    result.partial, result.changed, result.missing = alone.partial, alone.changed, alone.missing
+    return result
+
+
+def _single(archive: Archive | Sequence[Archive]) -> Archive:
+    """*archive*, or the one archive of a list or tuple (a str is a sequence too)."""
+    if not isinstance(archive, (list, tuple)):
+        return cast(Archive, archive)
+    if len(archive) != 1:
+        raise InputError("no archive given" if not archive else "more than one archive given")
+    one: Archive = archive[0]
+    return one
+
+
 def unpack(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     dest: str | os.PathLike[str],
     *,
     mode: Mode = "new",
@@ -759,6 +811,12 @@ def unpack(
     identities: Sequence[IdentityFile] = (),
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
+
+    *archive* may be a chain (a list or tuple): a full archive, then incrementals, each
+    packed with the one before as its base. The chain is checked from the archives'
+    manifests and tables of contents before anything is created; the last archive's tree
+    is restored, each unchanged file's content read from the archive of the chain that
+    stores it and checked against the last archive's digest.
 
     Everything is extracted into a private staging directory beside *dest* and verified
     (zstd checksums, every digest in the archive's index, its totals) before *dest* is
@@ -799,14 +857,15 @@ def unpack(
     select = None
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
-    whole = not only
-    with open_source(
-        archive, whole=whole, threads=_default_threads(threads), identities=identities
+    with _open(
+        archive, whole=not only, threads=_default_threads(threads), identities=identities
     ) as source:
-        # The manifest is read and its version checked before anything is created.
+        # The manifest is read and its version checked (a chain: every link) before
+        # anything is created.
         manifest = source.manifest
-        if select is not None and isinstance(source, TocSource):
-            select.pull_in_targets(source)
+        toc = source.last if isinstance(source, ChainSource) else source
+        if select is not None and isinstance(toc, TocSource):
+            select.pull_in_targets(toc)
         staging = StagingDir(dest, mode=mode, same_owner=owners.chown, xattrs=xattrs)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
@@ -840,6 +899,11 @@ def unpack(
             raise DestinationError(
                 f"cannot unpack into {staging.dest!r}: {exc.strerror or exc}"
             ) from exc
+        except ArchiveError as exc:
+            staging.abort()
+            if isinstance(source, ChainSource):
+                raise source.named(exc) from exc
+            raise
         except BaseException:
             staging.abort()
             raise
@@ -857,6 +921,19 @@ def unpack(
         changed=changed,
         missing=missing,
     )
+
+
+def _open(
+    archive: Archive | Sequence[Archive],
+    *,
+    whole: bool,
+    threads: int,
+    identities: Sequence[IdentityFile],
+) -> contextlib.AbstractContextManager[ArchiveSource]:
+    """One archive's source, or a chain's (*archive* a list or tuple of several)."""
+    if isinstance(archive, (list, tuple)) and len(archive) > 1:
+        return open_chain(archive, threads=threads, identities=identities)
+    return open_source(_single(archive), whole=whole, threads=threads, identities=identities)
 
 
 class EntryInfo(NamedTuple):
@@ -880,6 +957,10 @@ class EntryInfo(NamedTuple):
     digest: bytes = b""
     ctime_ns: int = 0
     ino: int = 0
+    #: A file of an incremental unchanged since its base: the archive that stores its
+    #: content, its name when a chain is listed, ``"base"`` when the incremental is
+    #: listed alone. Empty for what the archive listed (a chain's last) stores itself.
+    archive: str = ""
 
     @property
     def name(self) -> str:
@@ -888,7 +969,7 @@ class EntryInfo(NamedTuple):
 
 
 def list_entries(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     paths: Sequence[str | bytes] = (),
     *,
     identities: Sequence[IdentityFile] = (),
@@ -899,15 +980,23 @@ def list_entries(
     rules ``unpack`` applies (names, order, parents, bounds); a hostile one raises
     instead of printing. With *paths*, only those entries (a directory: its subtree).
 
+    An incremental archive lists its whole tree, each file unchanged since its base
+    marked (:attr:`EntryInfo.archive`); a chain (a list or tuple, full archive first) is
+    checked first, and each such file names the archive that stores it.
+
     An encrypted archive (decrypted with *identities*) is read as a stream, whole.
 
     :raises OxbakError: a path of *paths* that is not in the archive (after the others).
     """
     select = Selection([os.fsencode(p) for p in paths]) if paths else None
-    with open_source(archive, whole=False, identities=identities) as source:
+    with _open_toc(archive, identities) as source:
         rules = _Rules(source.manifest, _Seen(), files=True)
-        if isinstance(source, TocSource):
-            yield from _list_toc(source, rules, select)
+        if isinstance(source, ChainSource):
+            yield from _list_toc(source.last, rules, select, source.holder)
+        elif isinstance(source, TocSource):
+            yield from _list_toc(
+                source, rules, select, _in_base if source.incremental else None
+            )
         else:
             yield from _list_stream(source, rules, select)
         rules.end()
@@ -945,12 +1034,56 @@ def _list_stream(
         )
 
 
+def _in_base(path: bytes, size: int, digest: bytes) -> str:
+    """Where an incremental listed alone has an unchanged file's content: its base."""
+    return "base"
+
+
+def _open_toc(
+    archive: Archive | Sequence[Archive], identities: Sequence[IdentityFile]
+) -> contextlib.AbstractContextManager[ArchiveSource]:
+    """An archive for ``list`` or ``diff``: through its TOC when it can be; a chain's."""
+    if isinstance(archive, (list, tuple)) and len(archive) > 1:
+        return _checked_chain(archive)
+    return _toc_or_stream(_single(archive), identities)
+
+
+@contextlib.contextmanager
+def _checked_chain(archives: Sequence[Archive]) -> Iterator[ArchiveSource]:
+    """A chain whose links hold (from the TOCs): what its last TOC says is restorable."""
+    with open_chain(archives) as chain:
+        problems = link_problems(chain.sources)
+        if problems:
+            raise IntegrityError(problems)
+        yield chain
+
+
+@contextlib.contextmanager
+def _toc_or_stream(
+    archive: Archive, identities: Sequence[IdentityFile]
+) -> Iterator[ArchiveSource]:
+    with open_source(archive, whole=False, identities=identities, incremental=True) as source:
+        if source.manifest.version >= fmt.INCREMENTAL_VERSION and not isinstance(
+            source, TocSource
+        ):
+            # Read as a stream, an incremental shows only its members: not its tree.
+            raise OxbakError(
+                f"{source.name} is an incremental archive: its tree is read from its table "
+                f"of contents, which needs the archive as a file (not a pipe, not encrypted)"
+            )
+        yield source
+
+
 def _list_toc(
-    source: TocSource, rules: _Rules, select: Selection | None
+    source: TocSource,
+    rules: _Rules,
+    select: Selection | None,
+    holder: Callable[[bytes, int, bytes], str] | None = None,
 ) -> Iterator[EntryInfo]:
     """``list_entries`` from the TOC's columns, without a tar header or a record per entry.
 
     The same rules apply (:meth:`_Rules.admit_record`); only the objects are fewer.
+    *holder* names the archive storing an unchanged file of an incremental.
     """
     admit = rules.admit_record
     names = KIND_NAMES
@@ -980,6 +1113,7 @@ def _list_toc(
             admit(path, kind, size, target)
             if select is not None and not (select(path) and select.covers(path)):
                 continue
+            digest = b"" if code == DIR_CODE else digests[i * step : i * step + step]
             yield EntryInfo(
                 path,
                 kind,
@@ -991,9 +1125,10 @@ def _list_toc(
                 gid,
                 users.get(uid, ""),
                 groups.get(gid, ""),
-                b"" if code == DIR_CODE else digests[i * step : i * step + step],
+                digest,
                 ctime,
                 ino,
+                holder(path, size, digest) if holder and flags & FROM_BASE else "",
             )
 
 

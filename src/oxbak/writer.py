@@ -174,6 +174,12 @@ def pack(
     keys = parse_recipients(recipients) if recipients else None
     if base_check not in ("metadata", "content"):
         raise OxbakError(f"base check {base_check!r} is neither 'metadata' nor 'content'")
+    if base is not None and recipients:
+        raise OxbakError(
+            "an incremental archive cannot be encrypted: a chain is read through its "
+            "archives' tables of contents, which the age envelope hides (encrypt full "
+            "archives, or the chain's files where they are kept)"
+        )
     prior = _read_base(base) if base is not None else None
     if output is None:
         output = default_output_name(source, encrypted=keys is not None)
@@ -448,13 +454,16 @@ class _Packer:
             return None
         if self.content_check:
             return record
+        if record.mtime_ns != entry.mtime_ns:
+            return None  # its content was written since: stored without reading it twice
         if (
             record.mode != entry.mode
-            or record.mtime_ns != entry.mtime_ns
             or record.ctime_ns != entry.ctime_ns
             or record.ino != entry.ino
         ):
-            return None
+            # Perhaps only its metadata changed (chmod, chown, attributes, a copy put back
+            # in place): its content decides, and a file that kept it is not stored again.
+            return record
         if entry.mtime_ns >= self.trusted_before or entry.ctime_ns >= self.trusted_before:
             return record  # racy: the stat cannot tell, the content must
         self._from_base(entry, record)
