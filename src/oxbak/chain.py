@@ -99,7 +99,11 @@ class ChainSource:
             return _named(self.last, self.last.read(entry))
         source, holder = self._resolve(record)
         self._holder = source
-        return _named(source, source.read(header_of(holder)))
+        try:
+            chunks = source.read(header_of(holder))  # finds the member: reads frames now
+        except ArchiveError as exc:
+            raise _in(source.name, exc) from exc
+        return _named(source, chunks)
 
     def holder(self, path: bytes, size: int, digest: bytes) -> str:
         """The name of the archive storing the content of an unchanged file of the last.
