@@ -20,7 +20,7 @@ from .errors import ArchiveError, InputError, IntegrityError
 from .locations import Archive
 from .manifest import IncrementalManifest, Index, Manifest
 from .paths import shown, sort_key
-from .source import TocSource, header_of, open_source
+from .source import TocSource, header_of, no_toc, open_source
 from .tarfmt import Header
 from .toc import Record
 
@@ -256,10 +256,12 @@ def open_chain(
                     )
                 )
                 if not isinstance(source, TocSource):
-                    raise InputError(
+                    raise no_toc(
+                        source,
+                        archive,
                         f"{source.name} cannot be part of a chain: only an unencrypted "
                         f"archive file of version 2 or later is read through its table of "
-                        f"contents"
+                        f"contents",
                     )
                 previous = _check_link(source, n, archives, previous)
             except ArchiveError as exc:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import os
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from itertools import accumulate
@@ -30,7 +31,7 @@ from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
 from .digest import Hasher
 from .envelope import EnvelopeInfo, IdentityFile, open_archive
-from .errors import CorruptArchiveError, OxbakError
+from .errors import CorruptArchiveError, InputError, OxbakError
 from .locations import Archive
 from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
@@ -49,7 +50,15 @@ from .toc import (
 )
 from .xattrs import Xattrs
 
-__all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
+__all__ = [
+    "ArchiveInfo",
+    "ArchiveSource",
+    "StreamSource",
+    "TocSource",
+    "no_toc",
+    "open_source",
+    "read_info",
+]
 
 _TOC_MEMBER = fmt.TOC_NAME.encode()
 #: In forward reading, a gap up to this long is skipped in the stream already open;
@@ -522,6 +531,26 @@ def open_source(
                 full.read_manifest()
                 starts = [s for s, n in zip(table.d_starts, table.d_sizes, strict=True) if n]
                 yield StreamSource(full, manifest, footer=footer, starts=starts)
+
+
+def no_toc(source: ArchiveSource, archive: Archive, refusal: str) -> OxbakError:
+    """The error for *source*, opened without *whole*, that is no :class:`TocSource`.
+
+    An unencrypted archive file of version 2 or later ends with a seek table unless it
+    was cut short or damaged: that is said first. Otherwise (a pipe, an encrypted or a
+    version-1 archive) *refusal*, as an :class:`InputError`.
+    """
+    if (
+        source.envelope is None
+        and source.manifest.version >= fmt.FIRST_SEEKABLE_VERSION
+        and isinstance(archive, (str, os.PathLike))
+        and os.path.isfile(archive)
+    ):
+        return CorruptArchiveError(
+            f"{source.name}: archive is truncated or damaged: it does not end with a seek "
+            f"table"
+        )
+    return InputError(refusal)
 
 
 @dataclass

@@ -23,7 +23,7 @@ from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
 from .envelope import encrypting, parse_recipients
-from .errors import InputError, OxbakError
+from .errors import OxbakError
 from .locations import ARCHIVE_MODE, Archive, check_absent, open_output
 from .manifest import (
     BaseRef,
@@ -38,7 +38,7 @@ from .manifest import (
 from .paths import display, link_stays_inside, member_name
 from .patterns import Excludes
 from .scan import Entry, Scan, scan_tree
-from .source import TocSource, open_source
+from .source import TocSource, no_toc, open_source
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, encode_header, file_header, padding
 from .toc import (
     CHANGED,
@@ -242,12 +242,15 @@ def _read_base(base: Archive) -> _Prior:
 
     :raises InputError: the base cannot be read through its TOC (a pipe, an encrypted
         or version-1 archive): it would have to be read whole, for a few records.
+    :raises CorruptArchiveError: the base is a file cut short (no seek table at its end).
     """
     with open_source(base, whole=False, incremental=True) as source:
         if not isinstance(source, TocSource):
-            raise InputError(
+            raise no_toc(
+                source,
+                base,
                 f"base {source.name} cannot be used: only an unencrypted archive file of "
-                f"version 2 or later is read through its table of contents"
+                f"version 2 or later is read through its table of contents",
             )
         records = {record.path: record for record in source.records()}
         return _Prior(source.toc_id(), source.manifest.created_at, records)
