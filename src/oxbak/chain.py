@@ -173,10 +173,10 @@ def link_problems(sources: Sequence[TocSource]) -> list[str]:
     """
     problems: list[str] = []
     for base, inc in itertools.pairwise(sources):
-        records = base.records()
+        records = _named(base, base.records())  # a TOC that cannot be decoded: named
         current = next(records, None)
         deleted = 0
-        for record in inc.records():
+        for record in _named(inc, inc.records()):
             key = sort_key(record.path)
             while current is not None and sort_key(current.path) < key:
                 deleted += 1
