@@ -22,7 +22,7 @@ from .manifest import IncrementalManifest, Index, Manifest
 from .paths import shown, sort_key
 from .source import TocSource, header_of, open_source
 from .tarfmt import Header
-from .toc import Record
+from .toc import Record, TocBlock, record_at
 
 __all__ = ["ChainSource", "check_chain", "link_problems", "open_chain"]
 
@@ -38,16 +38,36 @@ class _Walk:
     """
 
     def __init__(self, source: TocSource) -> None:
-        self._records = source.records()
-        self._current = next(self._records, None)
+        self._blocks = source.blocks()
+        self._block: TocBlock | None = None
+        self._paths: list[bytes] = []
+        self._at = 0
+        self._next_block()
+
+    def _next_block(self) -> None:
+        self._block = next(self._blocks, None)
+        self._paths = self._block.paths if self._block is not None else []
+        self._at = 0
 
     def find(self, path: bytes) -> Record | None:
-        key = sort_key(path)
-        current = self._current
-        while current is not None and sort_key(current.path) < key:
-            current = next(self._records, None)
-        self._current = current
-        return current if current is not None and current.path == path else None
+        # Walks the columns, not records: most of a base's entries are passed over, and
+        # the one asked for is most often the next one (compared without sort keys).
+        key: tuple[bytes, ...] | None = None
+        while self._block is not None:
+            paths, at = self._paths, self._at
+            while at < len(paths):
+                here = paths[at]
+                if here == path:
+                    self._at = at + 1
+                    return record_at(self._block, at)
+                if key is None:
+                    key = sort_key(path)
+                if sort_key(here) > key:
+                    self._at = at
+                    return None
+                at += 1
+            self._next_block()
+        return None
 
 
 class ChainSource:
