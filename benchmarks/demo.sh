@@ -30,14 +30,17 @@ step "oxbak unpack $out/state.oxbak $out/restored"
 # Compare everything GNU find can see: type, mode, size, link count, mtime to the
 # nanosecond, symlink target, and name; then every file's bytes.
 listing() { (cd "$1" && find . -printf '%y %m %s %n %T@ %p -> %l\n' | LC_ALL=C sort); }
+same_as_state() {
+  if diff <(listing "$out/state") <(listing "$1") >/dev/null \
+     && diff -r --no-dereference "$out/state" "$1" >/dev/null; then
+    echo "identical: $(listing "$out/state" | wc -l) entries"
+  else
+    echo "$1 differs from $out/state" >&2
+    exit 1
+  fi
+}
 step "compare $out/state and $out/restored (types, modes, sizes, links, ns mtimes, contents)"
-if diff <(listing "$out/state") <(listing "$out/restored") >/dev/null \
-   && diff -r --no-dereference "$out/state" "$out/restored" >/dev/null; then
-  echo "identical: $(listing "$out/state" | wc -l) entries"
-else
-  echo "the restored tree differs from the original" >&2
-  exit 1
-fi
+same_as_state "$out/restored"
 
 # Encrypted to an age key: a key made here (age-keygen makes the same kind).
 step "oxbak pack $out/state -o $out/state.oxbak.age --recipient \$(public key of $out/key.txt)"
@@ -52,7 +55,7 @@ step "oxbak info $out/state.oxbak.age   # without the key: only what the envelop
 
 step "oxbak unpack $out/state.oxbak.age $out/restored-age --identity $out/key.txt"
 "$bin/oxbak" unpack "$out/state.oxbak.age" "$out/restored-age" --identity "$out/key.txt"
-diff -r --no-dereference "$out/state" "$out/restored-age" >/dev/null && echo "identical"
+same_as_state "$out/restored-age"
 
 # Reading part of the archive: the table of contents at its end says where each entry is.
 # (sed, not head, reads all it is given: oxbak is not cut off by a closed pipe)
@@ -83,13 +86,7 @@ step "oxbak list $out/state-01.oxbak --base $out/state.oxbak seeds | sed -n 1,4p
 
 step "oxbak unpack $out/state.oxbak $out/state-01.oxbak $out/restored-01"
 "$bin/oxbak" unpack "$out/state.oxbak" "$out/state-01.oxbak" "$out/restored-01"
-if diff <(listing "$out/state") <(listing "$out/restored-01") >/dev/null \
-   && diff -r --no-dereference "$out/state" "$out/restored-01" >/dev/null; then
-  echo "identical: $(listing "$out/state" | wc -l) entries"
-else
-  echo "the tree restored from the chain differs" >&2
-  exit 1
-fi
+same_as_state "$out/restored-01"
 
 if command -v tar >/dev/null && tar --zstd --version >/dev/null 2>&1; then
   step "tar --zstd -tf $out/state.oxbak | sed -n 1,3p   # standard tools read it too"
@@ -139,11 +136,5 @@ print(*(s.getsockname()[1] for s in socks))')
 
   step "oxbak unpack s3://demo/state.oxbak $out/from-s3"
   "$bin/oxbak" unpack s3://demo/state.oxbak "$out/from-s3"
-  if diff <(listing "$out/state") <(listing "$out/from-s3") >/dev/null \
-     && diff -r --no-dereference "$out/state" "$out/from-s3" >/dev/null; then
-    echo "identical: $(listing "$out/state" | wc -l) entries"
-  else
-    echo "the tree restored from S3 differs" >&2
-    exit 1
-  fi
+  same_as_state "$out/from-s3"
 fi

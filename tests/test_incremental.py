@@ -373,30 +373,25 @@ def _verify_cli(archive: Path, *args: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_verify_an_incremental_alone(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    _tree(src)
-    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
-    _settle()
-    _edit(src)
-    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
-    _, recs = _toc(tmp_path / "inc.oxbak")
+def test_verify_an_incremental_alone(chain: Chain) -> None:
+    (full_path, inc_path, _), _ = chain
+    _, recs = _toc(inc_path)
     unchanged = sum(1 for r in recs.values() if r.from_base)
     assert unchanged >= 1
-    with open_source(str(tmp_path / "full.oxbak"), whole=False) as full:
+    with open_source(str(full_path), whole=False) as full:
         assert isinstance(full, TocSource)
         base_id = full.toc_id()
 
-    report = oxbak.verify(tmp_path / "inc.oxbak")
+    report = oxbak.verify(inc_path)
     assert report.ok, report.problems
     assert (report.base, report.unchanged) == (base_id, unchanged)
     assert report.entries == len(recs)  # the whole tree it describes
 
-    run = _verify_cli(tmp_path / "inc.oxbak")
+    run = _verify_cli(inc_path)
     assert run.returncode == 0, run.stderr
     assert "incremental" in run.stderr and base_id in run.stderr, run.stderr
     assert "only with its chain" in run.stderr
-    run = _verify_cli(tmp_path / "inc.oxbak", "--json")
+    run = _verify_cli(inc_path, "--json")
     shown = json.loads(run.stdout)
     assert (run.returncode, shown["ok"], shown["base"], shown["unchanged"]) == (
         0,
@@ -405,7 +400,7 @@ def test_verify_an_incremental_alone(tmp_path: Path) -> None:
         unchanged,
     )
     # A full archive's report is as before.
-    assert "base" not in json.loads(_verify_cli(tmp_path / "full.oxbak", "--json").stdout)
+    assert "base" not in json.loads(_verify_cli(full_path, "--json").stdout)
 
 
 def test_verify_a_crafted_incremental(tmp_path: Path) -> None:
@@ -447,17 +442,12 @@ def test_verify_refuses_a_lying_incremental(
     assert expected in run.stderr
 
 
-def test_info_shows_the_base(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    _tree(src)
-    oxbak.pack(src, tmp_path / "full.oxbak", threads=1)
-    _settle()
-    _edit(src)
-    oxbak.pack(src, tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
-    header, recs = _toc(tmp_path / "inc.oxbak")
+def test_info_shows_the_base(chain: Chain) -> None:
+    (full_path, inc_path, _), _ = chain
+    header, recs = _toc(inc_path)
     assert isinstance(header, IncrementalTocHeader)
-    base = read_info(str(tmp_path / "full.oxbak")).manifest
-    with open_source(str(tmp_path / "full.oxbak"), whole=False) as full:
+    base = read_info(str(full_path)).manifest
+    with open_source(str(full_path), whole=False) as full:
         assert isinstance(full, TocSource)
         base_id = full.toc_id()
     unchanged = sum(1 for r in recs.values() if r.from_base)
@@ -473,20 +463,20 @@ def test_info_shows_the_base(tmp_path: Path) -> None:
         )
         return run.stdout.decode()
 
-    text = info(str(tmp_path / "inc.oxbak"))
+    text = info(str(inc_path))
     assert f"base:          {base_id}\n" in text
     assert f"created {base.created_at}; {deleted} of its entries deleted since" in text
     assert f"{header.stored} entries stored here, {unchanged} files unchanged" in text
-    doc = json.loads(info("--json", str(tmp_path / "inc.oxbak")))
+    doc = json.loads(info("--json", str(inc_path)))
     assert doc["base"] == {"id": base_id, "created_at": base.created_at, "deleted": deleted}
     assert (doc["stored"], doc["unchanged"]) == (header.stored, unchanged)
     # From a pipe only the manifest is read: the base, but no counts from the TOC.
-    piped = info("-", stdin=(tmp_path / "inc.oxbak").read_bytes())
+    piped = info("-", stdin=(inc_path).read_bytes())
     assert f"base:          {base_id}\n" in piped and "entries stored here" not in piped
     # A full archive says nothing of a base.
-    full_doc = json.loads(info("--json", str(tmp_path / "full.oxbak")))
+    full_doc = json.loads(info("--json", str(full_path)))
     assert "base" not in full_doc and "stored" not in full_doc
-    assert "base:" not in info(str(tmp_path / "full.oxbak"))
+    assert "base:" not in info(str(full_path))
 
 
 # -- chains: checked before anything is written (oxbak.chain).

@@ -22,32 +22,74 @@ from .manifest import IncrementalManifest, Index, Manifest
 from .paths import shown, sort_key
 from .source import TocSource, header_of, no_toc, open_source
 from .tarfmt import Header
-from .toc import Record
+from .toc import Record, TocBlock, record_at
 
-__all__ = ["ChainSource", "check_chain", "link_problems", "open_chain"]
+__all__ = ["ChainSource", "RecordWalk", "check_chain", "link_problems", "open_chain"]
 
 _T = TypeVar("_T")
 
 
-class _Walk:
-    """One base's records, gone through once in path order to find the ones asked for.
+class RecordWalk:
+    """An archive's records, gone through once in path order to find the ones asked for.
 
-    Every TOC is in entry order, and the paths a chain asks a base for come in that order
-    too (each a subsequence of the last TOC's), so the whole resolution is one merge-join:
-    no base's records are held in memory.
+    Every TOC is in entry order, and the paths asked for come in that order too (a tree
+    being packed, or a subsequence of a later TOC's paths), so each lookup continues
+    where the last one stopped: one merge-join, and no archive's records held in memory.
+    A path asked for out of order is not found (reads nothing it should not).
     """
 
     def __init__(self, source: TocSource) -> None:
-        self._records = source.records()
-        self._current = next(self._records, None)
+        self._blocks = source.blocks()
+        self._block: TocBlock | None = None
+        self._paths: list[bytes] = []
+        self._at = 0
+        #: Records passed over without being asked for (:meth:`passed_over`).
+        self._passed = 0
+        self._next_block()
+
+    def _next_block(self) -> None:
+        self._block = next(self._blocks, None)
+        self._paths = self._block.paths if self._block is not None else []
+        self._at = 0
+
+    def _seek(self, path: bytes) -> int | None:
+        """Go to *path*'s record: its index in the current block, or None if absent."""
+        # Walks the columns, not records: most entries are passed over, and the one asked
+        # for is most often the next one (compared without sort keys).
+        key: tuple[bytes, ...] | None = None
+        while self._block is not None:
+            paths, at = self._paths, self._at
+            while at < len(paths):
+                here = paths[at]
+                if here == path:
+                    self._passed += at - self._at
+                    self._at = at + 1
+                    return at
+                if key is None:
+                    key = sort_key(path)
+                if sort_key(here) > key:
+                    self._passed += at - self._at
+                    self._at = at
+                    return None
+                at += 1
+            self._passed += len(paths) - self._at
+            self._next_block()
+        return None
 
     def find(self, path: bytes) -> Record | None:
-        key = sort_key(path)
-        current = self._current
-        while current is not None and sort_key(current.path) < key:
-            current = next(self._records, None)
-        self._current = current
-        return current if current is not None and current.path == path else None
+        """The record of *path*, if there is one."""
+        at = self._seek(path)
+        block = self._block
+        return None if at is None or block is None else record_at(block, at)
+
+    def passed_over(self, paths: Iterable[bytes]) -> int:
+        """How many records have none of *paths* (given in order), to the last record."""
+        for path in paths:
+            self._seek(path)
+        while self._block is not None:
+            self._passed += len(self._paths) - self._at
+            self._next_block()
+        return self._passed
 
 
 class ChainSource:
@@ -73,7 +115,7 @@ class ChainSource:
         self.manifest: Manifest = self.last.manifest
         for source in self.sources:
             source.forward = True  # each is read in archive order, with gaps
-        self._walks = [_Walk(source) for source in self.sources[:-1]]
+        self._walks = [RecordWalk(source) for source in self.sources[:-1]]
         self._record: Record | None = None
         self._holder = self.last
 

@@ -13,17 +13,18 @@ import pwd
 import stat
 import tempfile
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import BinaryIO, Literal
 
 from . import format as fmt
 from ._version import __version__
+from .chain import RecordWalk
 from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
 from .envelope import encrypting, parse_recipients
-from .errors import OxbakError
+from .errors import InputError, OxbakError
 from .locations import ARCHIVE_MODE, Archive, check_absent, open_output
 from .manifest import (
     BaseRef,
@@ -230,19 +231,31 @@ def pack(
 
 @dataclass
 class _Prior:
-    """What an incremental pack knows of its base: its id and its whole-tree records."""
+    """What an incremental pack knows of its base: where it is, its id and its time.
 
+    Its records are read as the pack needs them, in entry order (:class:`RecordWalk`),
+    never held all at once: a base of millions of files costs no memory to speak of.
+    """
+
+    archive: Archive
     id: str
     created_at: str
-    records: dict[bytes, Record]
 
 
 def _read_base(base: Archive) -> _Prior:
-    """Read the base's table of contents, and only that.
+    """Read the base's manifest and TOC header, and check that it can be a base."""
+    with _base_toc(base) as source:
+        return _Prior(base, source.toc_id(), source.manifest.created_at)
 
-    :raises InputError: the base cannot be read through its TOC (a pipe, an encrypted
-        or version-1 archive): it would have to be read whole, for a few records.
-    :raises CorruptArchiveError: the base is a file cut short (no seek table at its end).
+
+@contextlib.contextmanager
+def _base_toc(base: Archive, expected: str | None = None) -> Iterator[TocSource]:
+    """The base, read through its table of contents only.
+
+    :raises InputError: it cannot be read through its TOC (a pipe, an encrypted or
+        version-1 archive: it would have to be read whole, for a few records), or it is
+        no longer the archive of id *expected*.
+    :raises CorruptArchiveError: it is a file cut short (no seek table at its end).
     """
     with open_source(base, whole=False, incremental=True) as source:
         if not isinstance(source, TocSource):
@@ -252,8 +265,9 @@ def _read_base(base: Archive) -> _Prior:
                 f"base {source.name} cannot be used: only an unencrypted archive file of "
                 f"version 2 or later is read through its table of contents",
             )
-        records = {record.path: record for record in source.records()}
-        return _Prior(source.toc_id(), source.manifest.created_at, records)
+        if expected is not None and source.toc_id() != expected:
+            raise InputError(f"base {source.name} was replaced while packing")
+        yield source
 
 
 def _size_bound(scan: Scan) -> int:
@@ -276,6 +290,7 @@ class _Packer:
         budget: int,
         unreadable: Mapping[bytes, str] | None = None,
         prior: _Prior | None = None,
+        walk: RecordWalk | None = None,
         base_check: BaseCheck = "metadata",
         linked: frozenset[bytes] = frozenset(),
     ) -> None:
@@ -294,6 +309,7 @@ class _Packer:
         # within the bytes it declares: budget is what the rest of the scan may still use.
         self.budget = budget
         self.prior = prior
+        self.walk = walk  # the base's records, asked for in entry order
         self.content_check = base_check == "content"
         self.linked = linked  # files that hardlinks of this scan point to: always stored
         self.unchanged = 0
@@ -442,10 +458,10 @@ class _Packer:
         Returns None either way when it need not be read against the base: it is then
         recorded FROM_BASE here (unchanged by the quick check) or stored.
         """
-        prior = self.prior
-        if prior is None:
+        walk = self.walk
+        if walk is None:
             return None
-        record = prior.records.get(entry.path)
+        record = walk.find(entry.path)
         if (
             record is None
             or record.kind != "file"
@@ -768,6 +784,23 @@ def _write(
     prior: _Prior | None = None,
     base_check: BaseCheck = "metadata",
 ) -> PackResult:
+    if prior is None:
+        return _write_tree(scan, out, level, threads, labels, progress)
+    with _base_toc(prior.archive, prior.id) as base:
+        return _write_tree(scan, out, level, threads, labels, progress, prior, base, base_check)
+
+
+def _write_tree(
+    scan: Scan,
+    out: Output,
+    level: int,
+    threads: int,
+    labels: Mapping[str, str],
+    progress: Progress | None,
+    prior: _Prior | None = None,
+    base: TocSource | None = None,
+    base_check: BaseCheck = "metadata",
+) -> PackResult:
     for rel in scan.skipped:
         logger.warning("skipping %r: not a file, directory or symlink", display(rel))
     _warn_external_links(scan)
@@ -789,12 +822,13 @@ def _write(
     manifest: Manifest
     linked: frozenset[bytes] = frozenset()
     deleted = 0
-    if prior is None:
+    walk = None
+    if prior is None or base is None:
         manifest = Manifest(**fields)  # type: ignore[arg-type]
     else:
         # Deletions are implied by absence from the whole-tree TOC (FORMAT.md §11).
-        present = set(scan.paths)
-        deleted = sum(1 for path in prior.records if path not in present)
+        deleted = RecordWalk(base).passed_over(scan.paths)
+        walk = RecordWalk(base)
         linked = scan.link_targets()
         fields["version"] = fmt.INCREMENTAL_VERSION
         manifest = IncrementalManifest(
@@ -811,7 +845,7 @@ def _write(
         writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
         writer.cut()
         packer = _Packer(
-            scan.root, writer, totals.bytes, scan.unreadable, prior, base_check, linked
+            scan.root, writer, totals.bytes, scan.unreadable, prior, walk, base_check, linked
         )
         with packer.spool:  # closed on every path, errors included
             scanned_rest = totals.bytes
