@@ -1103,12 +1103,15 @@ def build_previous(rev: str, oxbak: str, where: Path) -> tuple[str | None, str]:
         return None, f"not run: the oxbak of {rev} does not import ({probe.stderr.strip()})"
     if fields[0] != "1":
         return None, f"not run: {rev} writes format version {fields[0]}, not 1"
+    # The report is committed: name the interpreter by its place in the checkout, if it
+    # is there, not by this machine's path to it.
+    shown = python.relative_to(repo) if python.is_relative_to(repo) else python
     return str(launcher), (
         f"oxbak at commit {commit} (format version 1): `git archive {commit} src/oxbak` "
         "extracted into a temporary directory outside the repository, byte-compiled, and "
         "run by a launcher script (`oxbak-v1` below) that puts that `src` first on "
         "`sys.path` and calls `oxbak.cli:main` with the benchmarked environment's Python "
-        f"({python}; same dependencies). `--previous REV` picks another commit, "
+        f"({shown}; same dependencies). `--previous REV` picks another commit, "
         "`--previous none` skips these rows"
     )
 
