@@ -752,6 +752,10 @@ class ChainPaths:
         """tar's level 0 of the tree after the first edit (tar's own full)."""
         return self.out_dir / f"{self.label}.level0-edited.tar.zst"
 
+    def tar_full_snapshot(self) -> Path:
+        """The snapshot file tar_full writes (removed before each run: a level 0)."""
+        return self.out_dir / f"{self.label}.level0-edited.snar"
+
     def dest(self, tool: str) -> Path:
         """Where a restore of the final tree goes."""
         return self.out_dir / f"{self.label}-restored-{tool}"
@@ -810,13 +814,13 @@ def incremental_commands(
     opts = ["--level", str(LEVEL), "--threads", str(THREADS)]
     if op == "pack":
         level = level_commands(oxbak, paths, 1)
-        fresh = paths.out_dir / f"{paths.label}.level0-edited.snar"
+        fresh = paths.tar_full_snapshot()
         return {
             "incremental": level["oxbak"],
             "full": [oxbak, "pack", str(paths.tree), "-o", str(paths.full(1)), *opts],
             "tar-l1": level["tar"],
             "tar-l0": sh(
-                f"rm -f {q(str(fresh))} && tar --listed-incremental={q(str(fresh))} -cf - "
+                f"tar --listed-incremental={q(str(fresh))} -cf - "
                 f"-C {q(str(paths.tree))} . | zstd -q -T{THREADS} -{LEVEL} "
                 f"-o {q(str(paths.tar_full()))}"
             ),
@@ -971,7 +975,10 @@ def bench_incremental(ds: Dataset, oxbak: str, out_dir: Path, rounds: int) -> In
                 "tar-l1": paths.level(1),
                 "tar-l0": paths.tar_full(),
             }
-            prepare = {"tar-l1": lambda: prepare_level(paths, 1)}
+            prepare = {
+                "tar-l1": lambda: prepare_level(paths, 1),
+                "tar-l0": lambda: remove(paths.tar_full_snapshot()),
+            }
             res.pack = bench_operation(label, "pack", argvs, outputs, rounds, {}, prepare)
             link = {"oxbak": res.pack["incremental"], "tar": res.pack["tar-l1"]}
         else:
@@ -1007,7 +1014,7 @@ def bench_incremental(ds: Dataset, oxbak: str, out_dir: Path, rounds: int) -> In
     for step in range(CHAIN_LENGTH):
         for path in (paths.link(step), paths.full(step), paths.level(step), paths.snapshot(step)):
             remove(path)
-    for path in (paths.tar_full(), paths.out_dir / f"{ds.label}.level0-edited.snar", paths.tree):
+    for path in (paths.tar_full(), paths.tar_full_snapshot(), paths.tree):
         remove(path)
     return res
 
@@ -1729,7 +1736,8 @@ def incremental_legend(incr: list[tuple[Dataset, Incremental]]) -> list[str]:
         "base; `SOURCE_DATE_EPOCH` is unset.",
         f"- Pack after one edit, in the same rounds, alternating: `{shown['pack']['incremental']}`"
         f" vs. `{shown['pack']['full']}` vs. `{shown['pack']['tar-l1']}` (on a copy of "
-        f"level 0's snapshot, made untimed before each run) vs. `{shown['pack']['tar-l0']}`.",
+        f"level 0's snapshot, made untimed before each run) vs. `{shown['pack']['tar-l0']}` "
+        "(its snapshot deleted untimed before each run: a level 0).",
         f"- Chain restore, in the same rounds, alternating: `{shown['unpack']['chain']}` vs. "
         f"`{shown['unpack']['full']}` (a full archive of the final tree) vs. "
         f"`{shown['unpack']['tar-chain']}`.",
