@@ -25,12 +25,13 @@ from builders import Entry
 from oxbak import format as fmt
 from oxbak.chain import check_chain
 from oxbak.digest import digest
-from oxbak.errors import InputError, UnsupportedVersionError
+from oxbak.errors import InputError
 from oxbak.manifest import IncrementalManifest
 from oxbak.source import TocSource, open_source, read_info
 from oxbak.toc import FROM_BASE, IncrementalTocHeader, Record
 from toc_builders import V2, build_v2, record_of
 from tools import require_tool
+from treeutil import snapshot
 
 REPO = Path(__file__).parent.parent
 
@@ -95,14 +96,16 @@ def test_incremental_toc_describes_the_whole_tree(tmp_path: Path) -> None:
     assert {p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in inc.items()} == {
         p: (r.kind, r.size, r.digest, r.mode, r.mtime_ns) for p, r in now.items()
     }
-    # Only the untouched file (and nothing else) comes from the base, without a member.
-    assert [p for p, r in inc.items() if r.from_base] == [b"keep.bin"]
-    assert inc[b"keep.bin"].offset == 0
+    # The untouched file, and the one only chmod-ed (read, and its content found the
+    # same), come from the base without a member; the chmod-ed one with its new mode.
+    assert [p for p, r in inc.items() if r.from_base] == [b"keep.bin", b"mode.txt"]
+    assert inc[b"keep.bin"].offset == 0 == inc[b"mode.txt"].offset
+    assert inc[b"mode.txt"].mode == 0o600
     assert b"d/gone.txt" not in inc and b"moved.txt" not in inc
     assert isinstance(header, IncrementalTocHeader)
-    assert (header.unchanged, header.deleted) == (1, 2)  # gone.txt, moved.txt
-    assert header.stored == len(inc) - 1
-    assert (result.unchanged, result.deleted, result.stored) == (1, 2, len(inc) - 1)
+    assert (header.unchanged, header.deleted) == (2, 2)  # gone.txt, moved.txt
+    assert header.stored == len(inc) - 2
+    assert (result.unchanged, result.deleted, result.stored) == (2, 2, len(inc) - 2)
 
     manifest = read_info(str(tmp_path / "inc.oxbak")).manifest
     assert isinstance(manifest, IncrementalManifest)
@@ -267,11 +270,11 @@ def test_base_from_a_pipe_is_refused(tmp_path: Path) -> None:
     assert len(lines) == 1 and "cannot be used" in lines[0], lines
 
 
-def test_this_version_refuses_to_restore_an_incremental(tmp_path: Path) -> None:
+def test_an_incremental_alone_is_refused_saying_how_to_restore_it(tmp_path: Path) -> None:
     (tmp_path / "src").mkdir()
     oxbak.pack(tmp_path / "src", tmp_path / "full.oxbak", threads=1)
     oxbak.pack(tmp_path / "src", tmp_path / "inc.oxbak", threads=1, base=tmp_path / "full.oxbak")
-    with pytest.raises(UnsupportedVersionError, match="incremental"):
+    with pytest.raises(oxbak.OxbakError, match="give its whole chain, the full archive first"):
         oxbak.unpack(tmp_path / "inc.oxbak", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -518,3 +521,113 @@ def test_check_chain(tmp_path: Path) -> None:
     refused([full, inc2, inc1], str(inc2), "not based on the archive before it")
     refused([full, other], str(other), "is a full archive")
     refused([], "at least one archive")
+
+
+# -- chains restored: unpack FULL INC… DEST.
+
+
+Chain = tuple[list[Path], list[dict[bytes, tuple[object, ...]]]]
+
+
+@pytest.fixture(scope="module")
+def chain(tmp_path_factory: pytest.TempPathFactory) -> Chain:
+    """A full archive and two incrementals, and the tree's snapshot at each (read only)."""
+    tmp_path = tmp_path_factory.mktemp("chain")
+    src = tmp_path / "src"
+    _tree(src)
+    _settle()
+    archives = [tmp_path / "full.oxbak", tmp_path / "inc1.oxbak", tmp_path / "inc2.oxbak"]
+    with pytest.MonkeyPatch.context() as env:  # module scope: before _real_clock
+        env.delenv("SOURCE_DATE_EPOCH", raising=False)
+        oxbak.pack(src, archives[0], threads=1)
+        snaps = [snapshot(src)]
+        _edit(src)
+        _settle()
+        oxbak.pack(src, archives[1], threads=1, base=archives[0])
+        snaps.append(snapshot(src))
+        (src / "keep.bin").chmod(0o640)  # content still the full archive's, mode new
+        (src / "d" / "edit.txt").write_bytes(b"third version, longer\n")
+        shutil.rmtree(src / "kind")
+        (src / "kind").symlink_to("new.txt")
+        oxbak.pack(src, archives[2], threads=1, base=archives[1])
+        snaps.append(snapshot(src))
+    return archives, snaps
+
+
+def test_restore_any_point_of_a_chain(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    _, toc = _toc(archives[2])
+    assert toc[b"keep.bin"].from_base  # two steps back: inc1 has it from the full archive too
+    for n in (1, 2, 3):
+        out = tmp_path / f"out{n}"
+        result = oxbak.unpack(archives[:n], out)
+        assert snapshot(out) == snaps[n - 1], n
+        assert result.entries == len(snaps[n - 1])
+
+
+def test_restore_a_chain_in_every_mode(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    out = tmp_path / "out"
+    oxbak.unpack(archives[:1], out)
+    oxbak.unpack(archives, out, mode="replace")
+    assert snapshot(out) == snaps[2]
+
+    merged = tmp_path / "merged"
+    merged.mkdir()
+    (merged / "other.txt").write_bytes(b"stays\n")
+    oxbak.unpack(archives, merged, mode="merge")
+    got = snapshot(merged)
+    assert got.pop(b"other.txt")[0] == "file"
+    assert {p: v for p, v in got.items() if p} == {p: v for p, v in snaps[2].items() if p}
+
+    only = tmp_path / "only"
+    oxbak.unpack(archives, only, only=["keep.bin", "d"])
+    assert set(snapshot(only)) == {b"", b"keep.bin", b"d", b"d/edit.txt", b"d/moved.txt"}
+    assert snapshot(only)[b"keep.bin"] == snaps[2][b"keep.bin"]
+
+
+def test_chain_restore_from_the_command_line(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    oxbak_cli = [sys.executable, "-m", "oxbak"]
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", *map(str, archives), str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 0, run.stderr
+    assert snapshot(tmp_path / "out") == snaps[2]
+    # A link left out: one line naming it, nothing written.
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", str(archives[0]), str(archives[2]), str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+    )
+    assert run.returncode == 1
+    assert run.stderr.count("\n") == 1 and f"{archives[2]} is not based on" in run.stderr
+    assert not (tmp_path / "bad").exists()
+    # Standard input cannot be read at random: usage error, before anything is read.
+    run = subprocess.run(
+        [*oxbak_cli, "unpack", str(archives[0]), "-", str(tmp_path / "bad")],
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert run.returncode == 2 and "standard input cannot be part of a chain" in run.stderr
+
+
+def test_a_wrong_chain_leaves_dest_as_it_was(tmp_path: Path, chain: Chain) -> None:
+    archives, snaps = chain
+    dest = tmp_path / "dest"
+    oxbak.unpack(archives[:1], dest)
+    before = snapshot(dest)
+    for wrong in (
+        [archives[0], archives[2]],
+        [archives[0], archives[2], archives[1]],
+        [archives[1], archives[2]],
+        [archives[0], archives[1], archives[1]],
+    ):
+        for mode in ("replace", "merge"):
+            with pytest.raises(InputError):
+                oxbak.unpack(wrong, dest, mode=mode)  # type: ignore[arg-type]
+            assert snapshot(dest) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".oxbak")] == []

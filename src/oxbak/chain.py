@@ -1,61 +1,243 @@
 """Chains of archives (FORMAT.md §11): a full archive, then incrementals, each on the last.
 
-Restoring an incremental needs every archive of its chain. :func:`check_chain` is what a
-chain reader does first, before it creates anything: it reads only each archive's
-manifest and table of contents.
+Restoring an incremental needs every archive of its chain. :func:`open_chain` checks the
+chain before anything is created (it reads only each archive's manifest and table of
+contents) and hands out a :class:`ChainSource`: the last archive's tree, each unchanged
+file's content read from the archive that stores it, to the restore loop as if it were
+one archive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TypeVar
 
-from .errors import InputError
+from .envelope import EnvelopeInfo, IdentityFile
+from .errors import ArchiveError, InputError, IntegrityError
 from .locations import Archive
-from .manifest import IncrementalManifest
-from .source import TocSource, open_source
+from .manifest import IncrementalManifest, Index, Manifest
+from .paths import shown, sort_key
+from .source import TocSource, header_of, open_source
+from .tarfmt import Header
+from .toc import Record
 
-__all__ = ["check_chain"]
+__all__ = ["ChainSource", "check_chain", "open_chain"]
+
+_T = TypeVar("_T")
 
 
-def check_chain(archives: Sequence[Archive]) -> list[str]:
-    """Check that *archives* form one chain, in order; return their ids.
+class _Walk:
+    """One base's records, gone through once in path order to find the ones asked for.
+
+    Every TOC is in entry order, and the paths a chain asks a base for come in that order
+    too (each a subsequence of the last TOC's), so the whole resolution is one merge-join:
+    no base's records are held in memory.
+    """
+
+    def __init__(self, source: TocSource) -> None:
+        self._records = source.records()
+        self._current = next(self._records, None)
+
+    def find(self, path: bytes) -> Record | None:
+        key = sort_key(path)
+        current = self._current
+        while current is not None and sort_key(current.path) < key:
+            current = next(self._records, None)
+        self._current = current
+        return current if current is not None and current.path == path else None
+
+
+class ChainSource:
+    """The tree of a chain's last archive, as one :class:`~oxbak.source.ArchiveSource`.
+
+    Its entries are the last TOC's records, the whole tree. A stored entry is read from
+    the last archive; a ``from_base`` file is resolved back through the bases to the one
+    that stores it, and its content read there. At every step the base's record must be a
+    file of the same size and digest; the member found must be what that record says,
+    and the loop checks the content read against the digest, as for any entry.
+    """
+
+    reads_everything = False
+    #: Always None: archives of a chain are read through their TOCs, never encrypted.
+    envelope: EnvelopeInfo | None = None
+
+    def __init__(self, sources: Sequence[TocSource], ids: Sequence[str]) -> None:
+        self.sources = list(sources)
+        #: Each archive's id (FORMAT.md §11), in chain order.
+        self.ids = list(ids)
+        self.last = self.sources[-1]
+        self.name = self.last.name
+        self.manifest: Manifest = self.last.manifest
+        for source in self.sources:
+            source.forward = True  # each is read in archive order, with gaps
+        self._walks = [_Walk(source) for source in self.sources[:-1]]
+        self._record: Record | None = None
+        self._holder = self.last
+
+    def where(self) -> str:
+        """The archive the current entry's content comes from, to start a message with."""
+        return f"{self._holder.name}: "
+
+    def named(self, exc: ArchiveError) -> ArchiveError:
+        """*exc* naming the archive it is about: the last one, unless it names another."""
+        return _in(self.last.name, exc, [source.name for source in self.sources])
+
+    def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
+        """Every record of the last TOC (stored or from a base), in archive order."""
+        for header, record in _named(self.last, self.last.entries()):
+            self._record = record
+            yield header, record
+
+    def read(self, entry: Header) -> Iterable[memoryview]:
+        """The entry just handed out: from the last archive, or from the base holding it."""
+        record = self._record
+        if record is None or not record.from_base:
+            self._holder = self.last
+            return _named(self.last, self.last.read(entry))
+        source, holder = self._resolve(record)
+        self._holder = source
+        return _named(source, source.read(header_of(holder)))
+
+    def _resolve(self, record: Record) -> tuple[TocSource, Record]:
+        """The archive that stores *record*'s content, and its record there."""
+        path = record.path
+        claimant = self.last
+        for level in range(len(self._walks) - 1, -1, -1):
+            base = self.sources[level]
+            found = self._walks[level].find(path)
+            if found is None:
+                fault = "which it does not hold"
+            elif found.kind != "file" or found.changed or found.missing:
+                fault = f"where it is a {found.kind}" if found.kind != "file" else (
+                    "where it was not captured whole (changed or missing while packed)"
+                )
+            elif found.size != record.size or found.digest != record.digest:
+                fault = "where its size or digest is not the same"
+            else:
+                if not found.from_base:
+                    return base, found
+                claimant = base
+                continue
+            raise IntegrityError(
+                [
+                    f"{claimant.name}: {shown(path)!r} is recorded as unchanged since its "
+                    f"base {base.name}, {fault}"
+                ]
+            )
+        raise IntegrityError(  # the first archive is full: decoding refuses from_base there
+            [f"{claimant.name}: {shown(path)!r} is recorded as unchanged, and no base holds it"]
+        )
+
+    def final(self) -> tuple[Index, Iterator[Record]]:
+        """The last TOC's header and its flagged records."""
+        return self.last.final()
+
+    def finish(self) -> None:
+        """Nothing: what was not asked for is not read."""
+
+
+def _named(source: TocSource, items: Iterable[_T]) -> Iterator[_T]:
+    """*items*; an error met while reading them names *source* (a chain has several)."""
+    try:
+        yield from items
+    except ArchiveError as exc:
+        raise _in(source.name, exc) from exc
+
+
+def _in(name: str, exc: ArchiveError, names: Sequence[str] = ()) -> ArchiveError:
+    """*exc*, its message starting with the archive's name.
+
+    A message that names the archive, or one of *names*, already is left as it is.
+    """
+    starts = tuple(f"{n}{sep}" for n in (name, *names) for sep in (": ", " "))
+    if isinstance(exc, IntegrityError):
+        problems = [p if p.startswith(starts) else f"{name}: {p}" for p in exc.problems]
+        return exc if problems == exc.problems else IntegrityError(problems)
+    if str(exc).startswith(starts):
+        return exc
+    return type(exc)(f"{name}: {exc}")
+
+
+@contextlib.contextmanager
+def open_chain(
+    archives: Sequence[Archive], *, threads: int = 1, identities: Sequence[IdentityFile] = ()
+) -> Iterator[ChainSource]:
+    """Open the archives of a chain, check that they form one, and hand out its tree.
 
     The first must be full; each next one's ``base.id`` must be the id of the one before
-    it (its TOC member's BLAKE3-256, :meth:`~oxbak.source.TocSource.toc_id`). Their
-    contents are not read: the TOCs bind them, and a restore checks them as it reads.
+    it (its TOC member's BLAKE3-256, :meth:`~oxbak.source.TocSource.toc_id`). Only
+    manifests and TOCs are read for this, before the caller creates anything; the TOCs
+    bind the contents, which the restore checks as it reads them.
 
     :raises InputError: one line naming the archive that does not fit (or cannot be read
         through its TOC: a pipe, an encrypted or version-1 archive).
-    :raises ArchiveError: an archive's manifest or TOC is damaged.
+    :raises ArchiveError: an archive's manifest or TOC is damaged (named).
     """
     if not archives:
         raise InputError("a chain needs at least one archive")
-    ids: list[str] = []
-    for n, archive in enumerate(archives):
-        with open_source(archive, whole=False, incremental=True) as source:
-            if not isinstance(source, TocSource):
-                raise InputError(
-                    f"{source.name} cannot be part of a chain: only an unencrypted archive "
-                    f"file of version 2 or later is read through its table of contents"
+    with contextlib.ExitStack() as stack:
+        sources: list[TocSource] = []
+        ids: list[str] = []
+        previous = ""
+        for n, archive in enumerate(archives):
+            try:
+                source = stack.enter_context(
+                    open_source(
+                        archive,
+                        whole=False,
+                        threads=threads,
+                        identities=identities,
+                        incremental=True,
+                    )
                 )
-            manifest = source.manifest
-            base = manifest.base.id if isinstance(manifest, IncrementalManifest) else None
-            if n == 0 and base is not None:
-                raise InputError(
-                    f"{source.name} is incremental (base {base[:16]}…): a chain starts "
-                    f"with a full archive"
-                )
-            if n > 0 and base is None:
-                raise InputError(
-                    f"{source.name} is a full archive: after the first, a chain holds only "
-                    f"incrementals"
-                )
-            if base is not None and base != ids[-1]:
-                raise InputError(
-                    f"{source.name} is not based on the archive before it "
-                    f"({archives[n - 1]}): its base is {base[:16]}…, that archive is "
-                    f"{ids[-1][:16]}…"
-                )
-            ids.append(source.toc_id())
-    return ids
+                if not isinstance(source, TocSource):
+                    raise InputError(
+                        f"{source.name} cannot be part of a chain: only an unencrypted "
+                        f"archive file of version 2 or later is read through its table of "
+                        f"contents"
+                    )
+                previous = _check_link(source, n, archives, previous)
+            except ArchiveError as exc:
+                raise _in(_name_of(archive), exc) from exc
+            sources.append(source)
+            ids.append(previous)
+        yield ChainSource(sources, ids)
 
+
+def _check_link(source: TocSource, n: int, archives: Sequence[Archive], previous: str) -> str:
+    """Check that *source* follows the archive whose id is *previous*; return its own id."""
+    manifest = source.manifest
+    base = manifest.base.id if isinstance(manifest, IncrementalManifest) else None
+    if n == 0 and base is not None:
+        raise InputError(
+            f"{source.name} is incremental (base {base[:16]}…): a chain starts with a full "
+            f"archive"
+        )
+    if n > 0 and base is None:
+        raise InputError(
+            f"{source.name} is a full archive: after the first, a chain holds only "
+            f"incrementals"
+        )
+    if base is not None and base != previous:
+        raise InputError(
+            f"{source.name} is not based on the archive before it "
+            f"({_name_of(archives[n - 1])}): its base is {base[:16]}…, that archive is "
+            f"{previous[:16]}… (give the archives in the order they were packed, none left "
+            f"out)"
+        )
+    return source.toc_id()
+
+
+def _name_of(archive: Archive) -> str:
+    if isinstance(archive, (str, os.PathLike)):
+        return os.fsdecode(archive)
+    name = getattr(archive, "name", None)
+    return name if isinstance(name, str) else "<archive>"
+
+
+def check_chain(archives: Sequence[Archive]) -> list[str]:
+    """Check that *archives* form one chain, in order (as :func:`open_chain`); their ids."""
+    with open_chain(archives) as chain:
+        return chain.ids

@@ -107,6 +107,20 @@ def _remember_archive(
     return value
 
 
+def _remember_archives(
+    ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
+) -> tuple[str, ...]:
+    """Note a lone ARCHIVE argument; a chain's errors name the archive they are about."""
+    if len(value) == 1:
+        ctx.meta[_ARCHIVE] = value[0]
+    elif "-" in value:
+        raise click.BadParameter(
+            "standard input cannot be part of a chain: its archives are read at random",
+            param=param,
+        )
+    return value
+
+
 class _Group(click.Group):
     """Maps every failure to one line and an exit code (the error boundary)."""
 
@@ -566,7 +580,8 @@ def pack_cmd(
 
 
 @cli.command("unpack")
-@click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
+@click.argument("archives", nargs=-1, required=True, metavar="ARCHIVE|-...",
+                callback=_remember_archives)
 @click.argument("dest", type=click.Path(path_type=str))
 @click.option("--replace", is_flag=True, help="Swap DEST's contents for the archive's, atomically.")
 @click.option("--merge", is_flag=True, help="Overlay the archive onto DEST; other files stay.")
@@ -618,7 +633,7 @@ def pack_cmd(
 @_quiet
 @_endpoint_url
 def unpack_cmd(
-    archive: str,
+    archives: tuple[str, ...],
     dest: str,
     replace: bool,
     merge: bool,
@@ -640,6 +655,11 @@ def unpack_cmd(
     By default DEST must not exist or be empty. Nothing in DEST changes unless the whole
     archive is intact and safe.
 
+    An incremental archive is restored with its chain: the full archive first, then each
+    incremental in the order they were packed (each the --base of the next). The chain
+    is checked before anything is written; each file is read from the archive that
+    stores it.
+
     With --only, just those paths are restored (with the directories leading to them),
     staged, verified and committed the same way; from a file only the parts of the
     archive that hold them are read.
@@ -647,6 +667,7 @@ def unpack_cmd(
     \b
     Examples:
       oxbak unpack state.oxbak restored
+      oxbak unpack full.oxbak 01.oxbak 02.oxbak restored
       oxbak unpack s3://backups/oxios/2026-11-30.oxbak restored
       oxbak unpack state.oxbak /var/lib/oxios --replace
       oxbak unpack state.oxbak restored --only memory/facts --exclude '*.tmp'
@@ -666,7 +687,7 @@ def unpack_cmd(
     started = time.monotonic()
     with _progress("unpacking", quiet) as progress:
         result = unpack(
-            archive,
+            list(archives),
             dest,
             mode=mode,
             owner=owner,

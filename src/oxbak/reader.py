@@ -156,6 +156,17 @@ class ArchiveReader:
         """Offset in the tar stream of the next unread byte (unread data included)."""
         return self._offset + self._pos + self._pending
 
+    def skip_to(self, offset: int) -> None:
+        """Go forward to *offset* (where a member's first header block starts).
+
+        What lies between is passed over by the next :meth:`next_header`, as the rest of
+        the current member is.
+        """
+        gap = offset - self.position
+        if gap < 0:
+            raise ValueError(f"cannot go back from {self.position} to {offset}")
+        self._pending += gap
+
     def next_header(self) -> Header | None:
         """The next member's header (pax applied), or None at the end-of-archive marker.
 

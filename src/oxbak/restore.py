@@ -14,15 +14,17 @@ first; ``list_entries`` runs the rules alone; ``cat`` sends one file to a stream
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import posixpath
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, NamedTuple
+from typing import BinaryIO, NamedTuple, cast
 
 from . import format as fmt
+from .chain import ChainSource, open_chain
 from .commit import Mode
 from .digest import Hasher
 from .digest import digest as digest_of
@@ -31,6 +33,7 @@ from .errors import (
     ArchiveError,
     CorruptArchiveError,
     DestinationError,
+    InputError,
     IntegrityError,
     LimitExceededError,
     OxbakError,
@@ -416,6 +419,7 @@ def _run(
     report_at = 0
     remember = seen.add
     read = source.read
+    where = source.where
     for header, record in source.entries():
         if header is None:  # a TOC record: the header it stands for is built if it is read
             assert record is not None
@@ -461,7 +465,8 @@ def _run(
                 )
                 if record is not None and digest != record.digest:
                     problems.append(
-                        f"digest mismatch for {shown(rel)!r}: content is not what was packed"
+                        f"{where()}digest mismatch for {shown(rel)!r}: content is not what "
+                        f"was packed"
                     )
                 if wanted and select is not None:
                     select.written.add(rel)
@@ -472,7 +477,9 @@ def _run(
             continue
         digest = digest_of(target)
         if record is not None and digest != record.digest:
-            problems.append(f"digest mismatch for {shown(rel)!r}: content is not what was packed")
+            problems.append(
+                f"{where()}digest mismatch for {shown(rel)!r}: content is not what was packed"
+            )
         if kind == "hardlink":
             if wanted:
                 if select is not None and select.links and target not in select.written:
@@ -744,7 +751,7 @@ def verify(
 
 
 def unpack(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     dest: str | os.PathLike[str],
     *,
     mode: Mode = "new",
@@ -759,6 +766,12 @@ def unpack(
     identities: Sequence[IdentityFile] = (),
 ) -> UnpackResult:
     """Restore *archive* into *dest*, all or nothing.
+
+    *archive* may be a chain (a list or tuple): a full archive, then incrementals, each
+    packed with the one before as its base. The chain is checked from the archives'
+    manifests and tables of contents before anything is created; the last archive's tree
+    is restored, each unchanged file's content read from the archive of the chain that
+    stores it and checked against the last archive's digest.
 
     Everything is extracted into a private staging directory beside *dest* and verified
     (zstd checksums, every digest in the archive's index, its totals) before *dest* is
@@ -799,14 +812,15 @@ def unpack(
     select = None
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
-    whole = not only
-    with open_source(
-        archive, whole=whole, threads=_default_threads(threads), identities=identities
+    with _open(
+        archive, whole=not only, threads=_default_threads(threads), identities=identities
     ) as source:
-        # The manifest is read and its version checked before anything is created.
+        # The manifest is read and its version checked (a chain: every link) before
+        # anything is created.
         manifest = source.manifest
-        if select is not None and isinstance(source, TocSource):
-            select.pull_in_targets(source)
+        toc = source.last if isinstance(source, ChainSource) else source
+        if select is not None and isinstance(toc, TocSource):
+            select.pull_in_targets(toc)
         staging = StagingDir(dest, mode=mode, same_owner=owners.chown, xattrs=xattrs)
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
@@ -840,6 +854,11 @@ def unpack(
             raise DestinationError(
                 f"cannot unpack into {staging.dest!r}: {exc.strerror or exc}"
             ) from exc
+        except ArchiveError as exc:
+            staging.abort()
+            if isinstance(source, ChainSource):
+                raise source.named(exc) from exc
+            raise
         except BaseException:
             staging.abort()
             raise
@@ -857,6 +876,25 @@ def unpack(
         changed=changed,
         missing=missing,
     )
+
+
+def _open(
+    archive: Archive | Sequence[Archive],
+    *,
+    whole: bool,
+    threads: int,
+    identities: Sequence[IdentityFile],
+) -> contextlib.AbstractContextManager[ArchiveSource]:
+    """One archive's source, or a chain's (*archive* a list or tuple of several)."""
+    if isinstance(archive, (list, tuple)):
+        if len(archive) > 1:
+            return open_chain(archive, threads=threads, identities=identities)
+        if not archive:
+            raise InputError("no archive given")
+        one: Archive = archive[0]
+    else:
+        one = cast(Archive, archive)  # a str is a sequence too: only lists make chains
+    return open_source(one, whole=whole, threads=threads, identities=identities)
 
 
 class EntryInfo(NamedTuple):

@@ -30,7 +30,7 @@ from . import format as fmt
 from .compress import FrameReader, FrameWalker, SeekTable, ZstdReader, parse_seek_table
 from .digest import Hasher
 from .envelope import EnvelopeInfo, IdentityFile, open_archive
-from .errors import CorruptArchiveError, UnsupportedVersionError
+from .errors import CorruptArchiveError, OxbakError
 from .locations import Archive
 from .manifest import Index, Manifest
 from .paths import member_name, shown, sort_key
@@ -52,6 +52,9 @@ from .xattrs import Xattrs
 __all__ = ["ArchiveInfo", "ArchiveSource", "StreamSource", "TocSource", "open_source", "read_info"]
 
 _TOC_MEMBER = fmt.TOC_NAME.encode()
+#: In forward reading, a gap up to this long is skipped in the stream already open;
+#: past it, the stream is opened again at the entry (what lies between is not needed).
+_FORWARD_SKIP = 4 * fmt.FRAME_TARGET
 
 
 class ArchiveSource(Protocol):
@@ -63,6 +66,13 @@ class ArchiveSource(Protocol):
     reads_everything: bool
     #: What the archive's age header says, when it is encrypted.
     envelope: EnvelopeInfo | None
+
+    def where(self) -> str:
+        """What starts a message about the current entry's content.
+
+        ``""`` for one archive (the command names it); in a chain, the name of the
+        archive the content comes from.
+        """
 
     def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
         """Every tree entry in archive order.
@@ -103,6 +113,10 @@ class StreamSource:
         # checked against the stream at its end.
         self._footer = footer
         self._starts = starts
+
+    def where(self) -> str:
+        """Nothing: there is one archive."""
+        return ""
 
     def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
         """Tree members as they come."""
@@ -179,6 +193,9 @@ class TocSource:
         self._cursor: ArchiveReader | None = None
         self._firsts: list[tuple[bytes, ...]] | None = None
         self._flagged: list[Record] = []
+        #: Set by a reader that asks for entries in archive order (a chain's restore):
+        #: frames are then decompressed ahead, and short gaps between entries skipped.
+        self.forward = False
 
     # -- the table of contents -------------------------------------------------------------
     def block(self, number: int) -> TocBlock:
@@ -239,11 +256,22 @@ class TocSource:
             return None
 
     # -- the source ------------------------------------------------------------------------
+    def where(self) -> str:
+        """Nothing: there is one archive."""
+        return ""
+
     def entries(self) -> Iterator[tuple[Header | None, Record | None]]:
-        """Every stored entry, from the TOC; flagged records are kept for :meth:`final`."""
+        """Every entry, from the TOC; flagged records are kept for :meth:`final`.
+
+        An incremental's ``from_base`` records are handed out too; they have no member
+        here (:meth:`read` refuses them), a chain reads their content from a base.
+        """
         previous = 0
         limit = self.toc_offset
         for record in self.records():
+            if record.from_base:
+                yield None, record  # no member here: its content is in the chain
+                continue
             if record.changed or record.missing:
                 self._flagged.append(record)
                 if record.absent:
@@ -264,7 +292,16 @@ class TocSource:
                 f"outside the tree's members"
             )
         cursor = self._cursor
-        if cursor is None or cursor.position != entry.offset:
+        if (
+            self.forward
+            and cursor is not None
+            and cursor.position < entry.offset <= cursor.position + _FORWARD_SKIP
+        ):
+            # Entries read in archive order with a few left out between: the frames
+            # decompressed ahead are used, not decompressed again for the next entry.
+            cursor.skip_to(entry.offset)
+        elif cursor is None or cursor.position != entry.offset:
+            forward = self.forward
             cursor = ArchiveReader(
                 # A large member spans frames: decompress them ahead, in parallel, up to
                 # its end. Its headers take a block or more, so every frame that starts
@@ -273,8 +310,8 @@ class TocSource:
                 # reached).
                 self.frames.stream(
                     entry.offset,
-                    ahead=entry.size >= fmt.FRAME_TARGET,
-                    until=entry.offset + fmt.BLOCK_SIZE + entry.size,
+                    ahead=forward or entry.size >= fmt.FRAME_TARGET,
+                    until=-1 if forward else entry.offset + fmt.BLOCK_SIZE + entry.size,
                 ),
                 name=self.name,
                 offset=entry.offset,
@@ -449,9 +486,9 @@ def open_source(
 ) -> Iterator[ArchiveSource]:
     """Open *archive* and check its manifest (format, version) before anything else.
 
-    An incremental archive (version 3) is opened only with *incremental* (its TOC is
-    read: ``info``, ``pack --base``); the rest of the reading side does not restore
-    chains yet, and must not take an incremental for a whole tree.
+    An incremental archive (version 3) is opened only with *incremental* (``info``,
+    ``verify``, ``pack --base``, a chain's reader): a reader of one archive must not take
+    an incremental for a whole tree.
 
     With *whole* (unpack, verify), every entry will be read: the source streams the whole
     archive, from its frames in parallel when it is seekable. Without, a seekable
@@ -463,10 +500,10 @@ def open_source(
         with contextlib.closing(reader):
             manifest = reader.read_manifest()
             if manifest.version >= fmt.INCREMENTAL_VERSION and not incremental:
-                raise UnsupportedVersionError(
-                    f"{inp.name} is an incremental archive (format version "
-                    f"{manifest.version}); this oxbak reads only its table of contents "
-                    f"(info, pack --base), not the tree"
+                raise OxbakError(
+                    f"{inp.name} is an incremental archive: it holds only what changed "
+                    f"since its base; give its whole chain, the full archive first "
+                    f"(oxbak unpack FULL … {inp.name} DEST)"
                 )
             table = None
             if inp.random is not None and manifest.version >= fmt.FIRST_SEEKABLE_VERSION:

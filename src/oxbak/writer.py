@@ -448,13 +448,16 @@ class _Packer:
             return None
         if self.content_check:
             return record
+        if record.mtime_ns != entry.mtime_ns:
+            return None  # its content was written since: stored without reading it twice
         if (
             record.mode != entry.mode
-            or record.mtime_ns != entry.mtime_ns
             or record.ctime_ns != entry.ctime_ns
             or record.ino != entry.ino
         ):
-            return None
+            # Perhaps only its metadata changed (chmod, chown, attributes, a copy put back
+            # in place): its content decides, and a file that kept it is not stored again.
+            return record
         if entry.mtime_ns >= self.trusted_before or entry.ctime_ns >= self.trusted_before:
             return record  # racy: the stat cannot tell, the content must
         self._from_base(entry, record)
