@@ -1834,6 +1834,8 @@ def report(
         "",
         f"- Date (UTC): {now:%Y-%m-%d %H:%M:%S}",
         f"- Machine: {env['cpu']}, {env['cores']} cores, {env['ram']} RAM",
+        f"- Load average (1 min) at the start and at the end: {env['load']}, "
+        f"{os.getloadavg()[0]:.2f} (anything else running on the cores is in the times)",
         f"- Python: {platform.python_version()} ({platform.python_implementation()})",
         f"- zstd: {env['zstd']}",
         f"- tar: {env['tar']}",
@@ -2007,6 +2009,7 @@ def main() -> int:
         if shutil.which(tool) is None:
             sys.exit(f"bench.py: {tool} is not installed")
     env = machine_info() | {
+        "load": f"{os.getloadavg()[0]:.2f}",
         "zstd": tool_version(["zstd", "--version"]),
         "tar": tool_version(["tar", "--version"]),
         "oxbak": tool_version([args.oxbak, "--version"]),
