@@ -110,11 +110,13 @@ class ChainSource:
         self.sources = list(sources)
         #: Each archive's id (FORMAT.md §11), in chain order.
         self.ids = list(ids)
-        self.last = self.sources[-1]
+        self.first, self.last = self.sources[0], self.sources[-1]
         self.name = self.last.name
         self.manifest: Manifest = self.last.manifest
         for source in self.sources:
             source.forward = True  # each is read in archive order, with gaps
+            if source is not self.first:
+                source.frames.share_threads(self.first.frames)  # closed last: opened first
         self._walks = [RecordWalk(source) for source in self.sources[:-1]]
         self._record: Record | None = None
         self._holder = self.last

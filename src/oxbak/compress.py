@@ -668,8 +668,19 @@ class FrameReader:
         self.threads = max(threads, 1)
         self._local = threading.local()
         self._pool: ThreadPoolExecutor | None = None
+        self._lender: FrameReader | None = None
         self._lock = threading.Lock()
         self.bytes_in = 0
+
+    def share_threads(self, lender: FrameReader) -> None:
+        """Decompress ahead in *lender*'s threads, not in threads of its own.
+
+        For the archives of a chain, read together: each thread has its own malloc
+        arena, where the frames it decompressed stay cached, so threads per archive
+        would multiply the memory a restore holds (benchmarks/NOTES.md). *lender* must be
+        closed last.
+        """
+        self._lender = lender
 
     def frame(self, index: int) -> bytes:
         """The decompressed content of frame *index*."""
@@ -728,11 +739,12 @@ class FrameReader:
         The thread that reads the frames (parsing, hashing, writing) is not counted: on a
         large archive it spends most of its time waiting for frames (benchmarks/NOTES.md).
         """
-        if self._pool is None:
+        owner = self._lender or self
+        if owner._pool is None:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(self.threads, "oxbak-unzstd")
-        return self._pool.submit(self.frame, index)
+            owner._pool = ThreadPoolExecutor(owner.threads, "oxbak-unzstd")
+        return owner._pool.submit(self.frame, index)
 
     def close(self) -> None:
         """Stop the background threads."""
