@@ -1256,3 +1256,60 @@ def test_unpack_into_mount_point_kill_slice(trees: Trees, area: Path) -> None:
     figures = mount_kill_sweep(trees, area, "replace", staging=1, commit=3, cleanup=1)
     assert figures["killed"] == figures["moments"] == 10, figures
     assert figures["journaled"] >= 4, figures
+
+
+# --------------------------------------------------------------------------- chains
+
+
+def _chain_of_old(trees: Trees, work: Path) -> tuple[list[Path], Snapshot]:
+    """The old tree's archive and an incremental on it: a tenth of the files rewritten,
+    a directory gone, one added; and the snapshot of the incremental's tree."""
+    root = work / "edited"
+    old_root = trees.old_archive.parent / "old"
+    subprocess.run(["cp", "-a", str(old_root), str(root)], check=True)
+    for d in range(0, 30, 3):
+        (root / f"dir{d:02}" / "file005.txt").write_bytes(b"rewritten after the full pack\n")
+    shutil.rmtree(root / "dir29")
+    (root / "later").mkdir()
+    (root / "later" / "note.txt").write_bytes(b"added after the full pack\n")
+    inc = work / "inc.oxbak"
+    assert_ok(oxbak("pack", root, "-o", inc, "--base", trees.old_archive))
+    return [trees.old_archive, inc], snapshot(root)
+
+
+def chain_kill_sweep(trees: Trees, area: Path, count: int) -> dict[str, int]:
+    """Kill ``unpack --replace FULL INC DEST`` (DEST the old tree) at *count* of its
+    file-changing system calls; after ``recover`` DEST must be exactly the old tree or
+    exactly the chain's, and nothing may be left beside it."""
+    chain, edited = _chain_of_old(trees, area.parent)
+    dest = area / "dest"
+    assert_ok(oxbak("unpack", trees.old_archive, dest))
+    calls = measured_calls(area, "unpack", "--replace", *chain, dest)
+    assert snapshot(dest) == edited
+    tally = {"moments": 0, "killed": 0, "old": 0, "chain": 0}
+    for call in spread(calls, count):
+        assert_ok(oxbak("unpack", "--replace", trees.old_archive, dest))
+        tally["moments"] += 1
+        tally["killed"] += kill_at_call(call, "unpack", "--replace", *chain, dest)
+        assert_ok(oxbak("recover", dest))
+        after = snapshot(dest)
+        assert after in (trees.old, edited), call
+        tally["old" if after == trees.old else "chain"] += 1
+        assert oxbak_leftovers(area) == []
+    return tally
+
+
+@pytest.mark.torture
+def test_unpack_chain_kill_sweep(trees: Trees, area: Path) -> None:
+    require_strace()
+    tally = chain_kill_sweep(trees, area, 40)
+    _figures(f"chain --replace: {tally}")
+    assert tally["killed"] == tally["moments"] == 40, tally
+    assert tally["old"] and tally["chain"], tally
+
+
+def test_unpack_chain_kill_slice(trees: Trees, area: Path) -> None:
+    require_strace()
+    tally = chain_kill_sweep(trees, area, 4)
+    assert tally["killed"] == tally["moments"] == 4, tally
+    assert tally["old"] and tally["chain"], tally
