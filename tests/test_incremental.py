@@ -280,18 +280,24 @@ def test_an_incremental_alone_is_refused_saying_how_to_restore_it(tmp_path: Path
     assert not (tmp_path / "out").exists()
 
 
+#: The last commit of oxbak before incremental archives: its reader knows version 2 only.
+_VERSION_2_READER = "c28f43329e84624ebe3e6956b86c08c9e078e3e7"
+
+
 def test_a_version_2_reader_asks_for_an_upgrade(tmp_path: Path) -> None:
-    """oxbak as it was before incrementals (branch main) refuses one before writing."""
+    """oxbak as it was before incrementals refuses one before writing."""
     if subprocess.run(
-        ["git", "-C", str(REPO), "rev-parse", "--verify", "-q", "main"],
+        ["git", "-C", str(REPO), "cat-file", "-e", f"{_VERSION_2_READER}^{{commit}}"],
         capture_output=True,
         check=False,
     ).returncode:
-        pytest.skip("no main branch to take the version-2 reader from")
+        pytest.skip(f"commit {_VERSION_2_READER} (the version-2 reader) is not in this checkout")
     old = tmp_path / "old"
     old.mkdir()
     archive = subprocess.run(
-        ["git", "-C", str(REPO), "archive", "main", "src"], capture_output=True, check=True
+        ["git", "-C", str(REPO), "archive", _VERSION_2_READER, "src"],
+        capture_output=True,
+        check=True,
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(old)], input=archive, check=True)
     (tmp_path / "src").mkdir()
