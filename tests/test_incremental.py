@@ -8,6 +8,7 @@ would record it missing, or by its bytes being absent from the archive.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import shlex
@@ -719,3 +720,20 @@ def test_an_incremental_cannot_be_encrypted(tmp_path: Path) -> None:
             tmp_path / "src", tmp_path / "inc.oxbak", base=tmp_path / "full.oxbak", recipients=[key]
         )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["full.oxbak", "src"]
+
+
+def test_cat_of_an_incremental_and_its_chain(chain: Chain) -> None:
+    archives, _ = chain
+    names = list(map(str, archives))
+    out = io.BytesIO()
+    oxbak.cat(archives[2], "d/edit.txt", out)  # stored in the last: read there alone
+    assert out.getvalue() == b"third version, longer\n"
+    with pytest.raises(oxbak.OxbakError, match="unchanged since its base"):
+        oxbak.cat(archives[2], "keep.bin", io.BytesIO())
+    out = io.BytesIO()
+    oxbak.cat(archives, "keep.bin", out)  # type: ignore[arg-type]
+    assert len(out.getvalue()) == 70_000  # from the full archive, two links back
+    run = _cli("cat", names[2], "new.txt", "--base", names[0], "--base", names[1])
+    assert (run.returncode, run.stdout) == (0, "added\n"), run.stderr
+    run = _cli("cat", names[2], "keep.bin", "--base", names[1])  # a link left out
+    assert run.returncode == 1 and "is incremental" in run.stderr, run.stderr

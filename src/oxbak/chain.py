@@ -141,7 +141,7 @@ class ChainSource:
         if record is None or not record.from_base:
             self._holder = self.last
             return _named(self.last, self.last.read(entry))
-        source, holder = self._resolve(record)
+        source, holder = self.locate(record)
         self._holder = source
         try:
             chunks = source.read(header_of(holder))  # finds the member: reads frames now
@@ -154,10 +154,14 @@ class ChainSource:
 
         Asked in archive order, as :meth:`read` is (``list`` asks it instead).
         """
-        return self._resolve(Record(path, "file", size, digest))[0].name
+        return self.locate(Record(path, "file", size, digest))[0].name
 
-    def _resolve(self, record: Record) -> tuple[TocSource, Record]:
-        """The archive that stores *record*'s content, and its record there."""
+    def locate(self, record: Record) -> tuple[TocSource, Record]:
+        """The archive storing the content of *record*, and its record there.
+
+        *record* is a ``from_base`` record of the last archive; every link on the way is
+        checked. Records are asked for in archive order.
+        """
         path = record.path
         claimant = self.last
         for level in range(len(self._walks) - 1, -1, -1):

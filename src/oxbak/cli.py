@@ -1023,23 +1023,40 @@ def _utf8(data: bytes) -> bool:
 @cli.command("cat")
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("path")
+@click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="ARCHIVE",
+    help="ARCHIVE is incremental: each archive of its chain before it, the full one first "
+    "(repeatable, in order), for a file unchanged since.",
+)
 @_identity
 @_endpoint_url
-def cat_cmd(archive: str, path: str, identities: tuple[str, ...]) -> None:
+def cat_cmd(
+    archive: str, path: str, bases: tuple[str, ...], identities: tuple[str, ...]
+) -> None:
     """Write the content of the file PATH in ARCHIVE to stdout.
 
     From a file only the frames holding PATH are read. The content's digest is checked
     before its last bytes are written; on a mismatch the output stops short and the exit
     status is 1.
 
+    Of an incremental ARCHIVE, a file unchanged since its base is read from the archive
+    of its chain that stores it: give them with --base.
+
     \b
-    Example:
+    Examples:
       oxbak cat state.oxbak memory/facts/000001.json | jq .
+      oxbak cat 02.oxbak seeds/000001.json --base full.oxbak --base 01.oxbak
     """
     from .restore import cat
 
+    if bases and "-" in (*bases, archive):
+        raise click.UsageError("standard input cannot be part of a chain")
     _large_buffers_from_the_heap()
-    cat(archive, path, sys.stdout.buffer, identities=identities)
+    chain = [*bases, archive] if bases else archive
+    cat(chain, path, sys.stdout.buffer, identities=identities)
     sys.stdout.buffer.flush()
 
 

@@ -1198,7 +1198,7 @@ class _CatSink(HashOnly):
 
 
 def cat(
-    archive: Archive,
+    archive: Archive | Sequence[Archive],
     path: str | bytes,
     out: BinaryIO,
     *,
@@ -1213,16 +1213,29 @@ def cat(
     so a consumer of *out* sees a failure, not a complete file. A hardlink gives its
     target's content.
 
+    Of an incremental archive, a file it stores is read from it; a file unchanged since
+    its base needs the chain (*archive* a list or tuple, the full archive first), and is
+    read from the archive that stores it.
+
     :raises OxbakError: *path* is not a file of the archive.
     """
     rel = os.fsencode(path).strip(b"/")
     parse_member_name(member_name(rel))  # the same name rules as every member
     held = _HeldBack(out)
-    with open_source(
-        archive, whole=False, threads=_default_threads(threads), identities=identities
-    ) as source:
+    with _open_one_file(archive, _default_threads(threads), identities) as source:
+        chain = source if isinstance(source, ChainSource) else None
+        if chain is not None:
+            source = chain.last
         if isinstance(source, TocSource):
             record = _file_record(source, rel)
+            if record.from_base:
+                if chain is None:
+                    raise OxbakError(
+                        f"{source.name}: {display(rel)!r} is unchanged since its base: its "
+                        f"content is in the archives before it (oxbak cat {source.name} "
+                        f"PATH --base FULL [--base INC]…)"
+                    )
+                source, record = chain.locate(record)
             digest = held.feed(source.read(header_of(record)))
             if digest != record.digest:
                 raise IntegrityError(
@@ -1237,6 +1250,15 @@ def cat(
             _check_kind(rel, sink.kind, source.envelope is not None)
     held.release()
     return held.size
+
+
+def _open_one_file(
+    archive: Archive | Sequence[Archive], threads: int, identities: Sequence[IdentityFile]
+) -> contextlib.AbstractContextManager[ArchiveSource]:
+    """``cat``'s archive: a chain is checked link by link for the one file only."""
+    if isinstance(archive, (list, tuple)) and len(archive) > 1:
+        return open_chain(archive, threads=threads)
+    return _toc_or_stream(_single(archive), identities)
 
 
 def _file_record(source: TocSource, rel: bytes) -> Record:
