@@ -107,6 +107,25 @@ def _remember_archive(
     return value
 
 
+_chain_bases = click.option(
+    "--base",
+    "bases",
+    multiple=True,
+    metavar="ARCHIVE",
+    help="ARCHIVE is incremental: each archive of its chain before it, the full one first "
+    "(repeatable, in order), for the files unchanged since.",
+)
+
+
+def _chain(bases: tuple[str, ...], archive: str) -> str | list[str]:
+    """ARCHIVE, or its chain when --base names the archives before it."""
+    if not bases:
+        return archive
+    if "-" in (*bases, archive):
+        raise click.UsageError("standard input cannot be part of a chain")
+    return [*bases, archive]
+
+
 def _remember_archives(
     ctx: click.Context, param: click.Parameter, value: tuple[str, ...]
 ) -> tuple[str, ...]:
@@ -875,14 +894,7 @@ def _text(data: bytes) -> str:
 @cli.command("list", context_settings={"help_option_names": ["--help"]})
 @click.argument("archive", metavar="ARCHIVE|-", required=False, callback=_remember_archive)
 @click.argument("paths", nargs=-1, metavar="[PATH]...")
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    metavar="ARCHIVE",
-    help="ARCHIVE is incremental: each archive of its chain before it, the full one first "
-    "(repeatable, in order); each unchanged file then names the archive storing it.",
-)
+@_chain_bases
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per entry (JSON Lines).")
 @click.option(
@@ -921,10 +933,7 @@ def list_cmd(
         raise click.UsageError("Missing argument 'ARCHIVE|-'.", ctx)
     from .restore import list_entries
 
-    if bases and "-" in (*bases, archive):
-        raise click.UsageError("standard input cannot be part of a chain", ctx)
-    chain = [*bases, archive] if bases else archive
-    entries = list_entries(chain, paths, identities=identities)
+    entries = list_entries(_chain(bases, archive), paths, identities=identities)
     if as_json:
         _list_json(entries)
     else:
@@ -1023,14 +1032,7 @@ def _utf8(data: bytes) -> bool:
 @cli.command("cat")
 @click.argument("archive", metavar="ARCHIVE|-", callback=_remember_archive)
 @click.argument("path")
-@click.option(
-    "--base",
-    "bases",
-    multiple=True,
-    metavar="ARCHIVE",
-    help="ARCHIVE is incremental: each archive of its chain before it, the full one first "
-    "(repeatable, in order), for a file unchanged since.",
-)
+@_chain_bases
 @_identity
 @_endpoint_url
 def cat_cmd(
@@ -1052,10 +1054,8 @@ def cat_cmd(
     """
     from .restore import cat
 
-    if bases and "-" in (*bases, archive):
-        raise click.UsageError("standard input cannot be part of a chain")
+    chain = _chain(bases, archive)
     _large_buffers_from_the_heap()
-    chain = [*bases, archive] if bases else archive
     cat(chain, path, sys.stdout.buffer, identities=identities)
     sys.stdout.buffer.flush()
 

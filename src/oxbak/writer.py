@@ -209,17 +209,19 @@ def pack(
     bound = _size_bound(scan)
     if keys is not None:
         bound += bound // (64 << 10) * 16 + (64 << 10)  # age: a tag per 64 KiB, the header
-    with open_output(output, force=force, mode=mode, size_hint=bound) as sink:
+    with (
+        open_output(output, force=force, mode=mode, size_hint=bound) as sink,
+        _opened_base(prior) as base_toc,
+    ):
         if keys is None:
             result = _write(
-                scan, sink.stream, level, threads, labels or {}, progress, prior, base_check
+                scan, sink.stream, level, threads, labels or {}, progress, prior, base_toc,
+                base_check,
             )
         else:
             # The envelope wraps the sink's bytes: only ciphertext reaches any location.
             with encrypting(sink.stream, keys) as sealed:
-                result = _write(
-                    scan, sealed, level, threads, labels or {}, progress, prior, base_check
-                )
+                result = _write(scan, sealed, level, threads, labels or {}, progress)
             result.bytes_out = sealed.bytes_out
     result.output = sink.name
     result.excluded = rules.count
@@ -246,6 +248,13 @@ def _read_base(base: Archive) -> _Prior:
     """Read the base's manifest and TOC header, and check that it can be a base."""
     with _base_toc(base) as source:
         return _Prior(base, source.toc_id(), source.manifest.created_at)
+
+
+def _opened_base(prior: _Prior | None) -> contextlib.AbstractContextManager[TocSource | None]:
+    """The base for the length of the pack (none for a full pack)."""
+    if prior is None:
+        return contextlib.nullcontext()
+    return _base_toc(prior.archive, prior.id)
 
 
 @contextlib.contextmanager
@@ -775,22 +784,6 @@ def _read_all(fd: int, limit: int) -> bytes:
 
 
 def _write(
-    scan: Scan,
-    out: Output,
-    level: int,
-    threads: int,
-    labels: Mapping[str, str],
-    progress: Progress | None,
-    prior: _Prior | None = None,
-    base_check: BaseCheck = "metadata",
-) -> PackResult:
-    if prior is None:
-        return _write_tree(scan, out, level, threads, labels, progress)
-    with _base_toc(prior.archive, prior.id) as base:
-        return _write_tree(scan, out, level, threads, labels, progress, prior, base, base_check)
-
-
-def _write_tree(
     scan: Scan,
     out: Output,
     level: int,
