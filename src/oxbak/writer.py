@@ -24,7 +24,7 @@ from .compress import FrameWriter, Output
 from .digest import Hasher
 from .digest import digest as digest_of
 from .envelope import encrypting, parse_recipients
-from .errors import InputError, OxbakError
+from .errors import OxbakError
 from .locations import ARCHIVE_MODE, Archive, check_absent, open_output
 from .manifest import (
     BaseRef,
@@ -181,91 +181,80 @@ def pack(
             "archives' tables of contents, which the age envelope hides (encrypt full "
             "archives, or the chain's files where they are kept)"
         )
-    prior = _read_base(base) if base is not None else None
-    if output is None:
-        output = default_output_name(source, encrypted=keys is not None)
-    old_output: tuple[int, int] | None = None
-    if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
-        check_absent(output, force=force)  # before the scan: it may take a while
-        with contextlib.suppress(OSError):
-            st = os.stat(output)
-            old_output = (st.st_dev, st.st_ino)  # --force over it: never pack it into itself
-    rules = Excludes(excludes)
-    scan = scan_tree(
-        source,
-        rules,
-        one_file_system=one_file_system,
-        exclude_caches=exclude_caches,
-        xattrs=xattrs,
-        partial=True,
-        skip=old_output,
-    )
-    for rel in scan.archive_itself:
-        logger.warning("skipping %r: it is the archive being replaced", display(rel))
-    for pattern in rules.unused():
-        logger.warning("exclude pattern %r matched nothing", pattern)
-    if not 0 <= mode <= 0o7777:
-        raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
-    bound = _size_bound(scan)
-    if keys is not None:
-        bound += bound // (64 << 10) * 16 + (64 << 10)  # age: a tag per 64 KiB, the header
-    with (
-        open_output(output, force=force, mode=mode, size_hint=bound) as sink,
-        _opened_base(prior) as base_toc,
-    ):
-        if keys is None:
-            result = _write(
-                scan, sink.stream, level, threads, labels or {}, progress, prior, base_toc,
-                base_check,
-            )
-        else:
-            # The envelope wraps the sink's bytes: only ciphertext reaches any location.
-            with encrypting(sink.stream, keys) as sealed:
-                result = _write(scan, sealed, level, threads, labels or {}, progress)
-            result.bytes_out = sealed.bytes_out
-    result.output = sink.name
-    result.excluded = rules.count
-    if sink.size is not None:
-        result.bytes_out = sink.size
-    result.seconds = time.monotonic() - started
-    return result
+    # The base is read (its TOC, and its id) before the scan, and stays open until the
+    # archive is written: its records are read as the pack reaches their paths.
+    with _opened_base(base) as prior:
+        if output is None:
+            output = default_output_name(source, encrypted=keys is not None)
+        old_output: tuple[int, int] | None = None
+        if isinstance(output, (str, os.PathLike)) and os.fspath(output) != "-":
+            check_absent(output, force=force)  # before the scan: it may take a while
+            with contextlib.suppress(OSError):
+                st = os.stat(output)
+                old_output = (st.st_dev, st.st_ino)  # --force over it: never pack it into itself
+        rules = Excludes(excludes)
+        scan = scan_tree(
+            source,
+            rules,
+            one_file_system=one_file_system,
+            exclude_caches=exclude_caches,
+            xattrs=xattrs,
+            partial=True,
+            skip=old_output,
+        )
+        for rel in scan.archive_itself:
+            logger.warning("skipping %r: it is the archive being replaced", display(rel))
+        for pattern in rules.unused():
+            logger.warning("exclude pattern %r matched nothing", pattern)
+        if not 0 <= mode <= 0o7777:
+            raise OxbakError(f"archive mode {mode:o} is not a set of permission bits")
+        bound = _size_bound(scan)
+        if keys is not None:
+            bound += bound // (64 << 10) * 16 + (64 << 10)  # age: a tag per 64 KiB, the header
+        with open_output(output, force=force, mode=mode, size_hint=bound) as sink:
+            if keys is None:
+                result = _write(
+                    scan, sink.stream, level, threads, labels or {}, progress, prior, base_check
+                )
+            else:
+                # The envelope wraps the sink's bytes: only ciphertext reaches any location.
+                with encrypting(sink.stream, keys) as sealed:
+                    result = _write(scan, sealed, level, threads, labels or {}, progress)
+                result.bytes_out = sealed.bytes_out
+        result.output = sink.name
+        result.excluded = rules.count
+        if sink.size is not None:
+            result.bytes_out = sink.size
+        result.seconds = time.monotonic() - started
+        return result
 
 
 @dataclass
 class _Prior:
-    """What an incremental pack knows of its base: where it is, its id and its time.
+    """What an incremental pack knows of its base: its TOC, id and time.
 
     Its records are read as the pack needs them, in entry order (:class:`RecordWalk`),
     never held all at once: a base of millions of files costs no memory to speak of.
     """
 
-    archive: Archive
+    source: TocSource
     id: str
     created_at: str
 
 
-def _read_base(base: Archive) -> _Prior:
-    """Read the base's manifest and TOC header, and check that it can be a base."""
-    with _base_toc(base) as source:
-        return _Prior(base, source.toc_id(), source.manifest.created_at)
-
-
-def _opened_base(prior: _Prior | None) -> contextlib.AbstractContextManager[TocSource | None]:
-    """The base for the length of the pack (none for a full pack)."""
-    if prior is None:
-        return contextlib.nullcontext()
-    return _base_toc(prior.archive, prior.id)
-
-
 @contextlib.contextmanager
-def _base_toc(base: Archive, expected: str | None = None) -> Iterator[TocSource]:
-    """The base, read through its table of contents only.
+def _opened_base(base: Archive | None) -> Iterator[_Prior | None]:
+    """The base, read through its table of contents only, for the length of the pack.
+
+    None for a full pack.
 
     :raises InputError: it cannot be read through its TOC (a pipe, an encrypted or
-        version-1 archive: it would have to be read whole, for a few records), or it is
-        no longer the archive of id *expected*.
+        version-1 archive: it would have to be read whole, for a few records).
     :raises CorruptArchiveError: it is a file cut short (no seek table at its end).
     """
+    if base is None:
+        yield None
+        return
     with open_source(base, whole=False, incremental=True) as source:
         if not isinstance(source, TocSource):
             raise no_toc(
@@ -274,9 +263,7 @@ def _base_toc(base: Archive, expected: str | None = None) -> Iterator[TocSource]
                 f"base {source.name} cannot be used: only an unencrypted archive file of "
                 f"version 2 or later is read through its table of contents",
             )
-        if expected is not None and source.toc_id() != expected:
-            raise InputError(f"base {source.name} was replaced while packing")
-        yield source
+        yield _Prior(source, source.toc_id(), source.manifest.created_at)
 
 
 def _size_bound(scan: Scan) -> int:
@@ -791,7 +778,6 @@ def _write(
     labels: Mapping[str, str],
     progress: Progress | None,
     prior: _Prior | None = None,
-    base: TocSource | None = None,
     base_check: BaseCheck = "metadata",
 ) -> PackResult:
     for rel in scan.skipped:
@@ -816,12 +802,12 @@ def _write(
     linked: frozenset[bytes] = frozenset()
     deleted = 0
     walk = None
-    if prior is None or base is None:
+    if prior is None:
         manifest = Manifest(**fields)  # type: ignore[arg-type]
     else:
         # Deletions are implied by absence from the whole-tree TOC (FORMAT.md §11).
-        deleted = RecordWalk(base).passed_over(scan.paths)
-        walk = RecordWalk(base)
+        deleted = RecordWalk(prior.source).passed_over(scan.paths)
+        walk = RecordWalk(prior.source)
         linked = scan.link_targets()
         fields["version"] = fmt.INCREMENTAL_VERSION
         manifest = IncrementalManifest(
