@@ -39,7 +39,7 @@ class RecordWalk:
     """
 
     def __init__(self, source: TocSource) -> None:
-        self._blocks = source.blocks()
+        self._blocks = _named(source, source.blocks())  # a TOC that cannot be decoded
         self._block: TocBlock | None = None
         self._paths: list[bytes] = []
         self._at = 0
@@ -75,6 +75,10 @@ class RecordWalk:
             self._passed += len(paths) - self._at
             self._next_block()
         return None
+
+    def skip_to(self, path: bytes) -> bool:
+        """Go past *path*'s record, without making it; whether there is one."""
+        return self._seek(path) is not None
 
     def find(self, path: bytes) -> Record | None:
         """The record of *path*, if there is one."""
@@ -221,24 +225,15 @@ def link_problems(sources: Sequence[TocSource]) -> list[str]:
     """
     problems: list[str] = []
     for base, inc in itertools.pairwise(sources):
-        records = _named(base, base.records())  # a TOC that cannot be decoded: named
-        current = next(records, None)
-        deleted = 0
+        walk = RecordWalk(base)
         for record in _named(inc, inc.records()):
-            key = sort_key(record.path)
-            while current is not None and sort_key(current.path) < key:
-                deleted += 1
-                current = next(records, None)
-            found = None
-            if current is not None and current.path == record.path:
-                found, current = current, next(records, None)
-            if record.from_base:
-                fault = _fault(record, found)
-                if fault:
-                    problems.append(_claim(inc, base, record.path, fault))
-        while current is not None:
-            deleted += 1
-            current = next(records, None)
+            if not record.from_base:
+                walk.skip_to(record.path)
+                continue
+            fault = _fault(record, walk.find(record.path))
+            if fault:
+                problems.append(_claim(inc, base, record.path, fault))
+        deleted = walk.passed_over(())
         header = inc.header
         claimed = getattr(header, "deleted", None)
         if claimed != deleted:
