@@ -1040,19 +1040,29 @@ def _in_base(path: bytes, size: int, digest: bytes) -> str:
 
 
 def _open_toc(
-    archive: Archive | Sequence[Archive], identities: Sequence[IdentityFile]
+    archive: Archive | Sequence[Archive],
+    identities: Sequence[IdentityFile],
+    *,
+    threads: int = 1,
+    links: bool = True,
 ) -> contextlib.AbstractContextManager[ArchiveSource]:
-    """An archive for ``list`` or ``diff``: through its TOC when it can be; a chain's."""
+    """An archive read through its TOC when it can be (``list``, ``diff``, ``cat``).
+
+    A chain (a list or tuple of several) is checked first; with *links*, every link
+    from the TOCs (:func:`~oxbak.chain.link_problems`), else only as far as the entries
+    asked for resolve. Read as a stream, an incremental is refused.
+    """
     if isinstance(archive, (list, tuple)) and len(archive) > 1:
-        return _checked_chain(archive)
-    return _toc_or_stream(_single(archive), identities)
+        return _checked_chain(archive, threads, links)
+    return _toc_or_stream(_single(archive), identities, threads)
 
 
 @contextlib.contextmanager
-def _checked_chain(archives: Sequence[Archive]) -> Iterator[ArchiveSource]:
-    """A chain whose links hold (from the TOCs): what its last TOC says is restorable."""
-    with open_chain(archives) as chain:
-        problems = link_problems(chain.sources)
+def _checked_chain(
+    archives: Sequence[Archive], threads: int, links: bool
+) -> Iterator[ArchiveSource]:
+    with open_chain(archives, threads=threads) as chain:
+        problems = link_problems(chain.sources) if links else []
         if problems:
             raise IntegrityError(problems)
         yield chain
@@ -1060,9 +1070,11 @@ def _checked_chain(archives: Sequence[Archive]) -> Iterator[ArchiveSource]:
 
 @contextlib.contextmanager
 def _toc_or_stream(
-    archive: Archive, identities: Sequence[IdentityFile]
+    archive: Archive, identities: Sequence[IdentityFile], threads: int
 ) -> Iterator[ArchiveSource]:
-    with open_source(archive, whole=False, identities=identities, incremental=True) as source:
+    with open_source(
+        archive, whole=False, threads=threads, identities=identities, incremental=True
+    ) as source:
         if source.manifest.version >= fmt.INCREMENTAL_VERSION and not isinstance(
             source, TocSource
         ):
@@ -1222,7 +1234,9 @@ def cat(
     rel = os.fsencode(path).strip(b"/")
     parse_member_name(member_name(rel))  # the same name rules as every member
     held = _HeldBack(out)
-    with _open_one_file(archive, _default_threads(threads), identities) as source:
+    with _open_toc(
+        archive, identities, threads=_default_threads(threads), links=False
+    ) as source:
         chain = source if isinstance(source, ChainSource) else None
         if chain is not None:
             source = chain.last
@@ -1250,15 +1264,6 @@ def cat(
             _check_kind(rel, sink.kind, source.envelope is not None)
     held.release()
     return held.size
-
-
-def _open_one_file(
-    archive: Archive | Sequence[Archive], threads: int, identities: Sequence[IdentityFile]
-) -> contextlib.AbstractContextManager[ArchiveSource]:
-    """``cat``'s archive: a chain is checked link by link for the one file only."""
-    if isinstance(archive, (list, tuple)) and len(archive) > 1:
-        return open_chain(archive, threads=threads)
-    return _toc_or_stream(_single(archive), identities)
 
 
 def _file_record(source: TocSource, rel: bytes) -> Record:
