@@ -28,7 +28,7 @@ import pytest
 
 from mounts import tmpfs
 from oxbak.commit import is_mount_point
-from tools import require_tool, sigint_default
+from tools import require_tool, sigint_default, wait_until
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -86,14 +86,6 @@ def assert_one_error(result: subprocess.CompletedProcess[bytes], code: int = 1) 
     assert len(lines) == 1 and lines[0].startswith("oxbak: error: "), err
     assert result.stdout == b""
     return lines[0]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 30.0, poll: float = 0.005) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(poll)
 
 
 def snapshot(root: Path) -> Snapshot:

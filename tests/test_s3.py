@@ -25,7 +25,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
@@ -38,7 +37,7 @@ from oxbak.compress import SeekTable
 from oxbak.errors import InputError, OutputError, OutputExistsError
 from oxbak.locations import open_output
 from s3server import S3Server
-from tools import sigint_default
+from tools import sigint_default, wait_until
 from treeutil import set_mtimes
 
 OXBAK = Path(sys.executable).parent / "oxbak"
@@ -85,14 +84,6 @@ def one_error(result: subprocess.CompletedProcess[bytes], code: int = 1) -> str:
     lines = err.splitlines()
     assert len(lines) == 1 and lines[0].startswith("oxbak: error: "), err
     return lines[0]
-
-
-def wait_until(condition: Callable[[], bool], timeout: float = 60.0, poll: float = 0.002) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not reached in time")
-        time.sleep(poll)
 
 
 def new_key(prefix: str = "t") -> str:
@@ -501,7 +492,11 @@ def test_a_pack_overtaken_by_another_does_not_overwrite_its_object(
     client = s3.client()
     first = spawn(s3, "pack", first_tree, "-o", url, "-j", "1", OXBAK_S3_PART_SIZE="5")
     try:
-        wait_until(lambda: parts_uploaded(client, s3.bucket, key) >= 1 or first.poll() is not None)
+        wait_until(
+            lambda: parts_uploaded(client, s3.bucket, key) >= 1 or first.poll() is not None,
+            timeout=60.0,
+            poll=0.002,
+        )
         assert first.poll() is None, "the first pack ended before it could be overtaken"
         first.send_signal(signal.SIGSTOP)
         second = ok(run(s3, "pack", second_tree, "-o", url))
@@ -573,7 +568,7 @@ def _pack_until(
             seen = parts_uploaded(client, s3.bucket, key)
             return seen >= parts or proc.poll() is not None
 
-        wait_until(reached)
+        wait_until(reached, timeout=60.0, poll=0.002)
         if proc.poll() is None:
             proc.send_signal(sig)
         else:
@@ -642,7 +637,11 @@ def test_an_upload_aborted_under_a_pack_fails_it_cleanly(s3: S3Server, kill_tree
     key = new_key("gone")
     client = s3.client()
     proc = spawn(s3, "pack", kill_tree, "-o", s3.url(key), "-j", "1", OXBAK_S3_PART_SIZE="5")
-    wait_until(lambda: parts_uploaded(client, s3.bucket, key) >= 1 or proc.poll() is not None)
+    wait_until(
+        lambda: parts_uploaded(client, s3.bucket, key) >= 1 or proc.poll() is not None,
+        timeout=60.0,
+        poll=0.002,
+    )
     assert proc.poll() is None, "the pack ended before its upload could be aborted"
     proc.send_signal(signal.SIGSTOP)  # held mid-upload while its upload is aborted
     try:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -85,3 +86,12 @@ def sigint_default() -> Callable[[], None] | None:
     For tests that interrupt a child with SIGINT, as Ctrl-C would.
     """
     return _default_sigint if signal.getsignal(signal.SIGINT) == signal.SIG_IGN else None
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 30.0, poll: float = 0.005) -> None:
+    """Poll *condition* every *poll* seconds until it holds; fail after *timeout*."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(poll)
