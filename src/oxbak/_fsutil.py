@@ -234,3 +234,10 @@ def current_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
     return mask
+
+
+def prctl(option: int, value: int) -> None:
+    """Set a process attribute with the prctl system call (a no-op without the C library)."""
+    fn = getattr(_libc(), "prctl", None)
+    if fn is not None:
+        fn(option, value, 0, 0, 0)

@@ -164,6 +164,27 @@ class FrameWriter:
         """Decompressed bytes in the frame being filled."""
         return self._size
 
+    @property
+    def frame_sizes(self) -> list[tuple[int, int]]:
+        """(compressed, decompressed) size of every frame written so far."""
+        return self._sizes
+
+    def emit(self, frames: bytes, sizes: Sequence[tuple[int, int]], done: int) -> None:
+        """Write *frames*, compressed elsewhere with this writer's parameters, of *sizes*.
+
+        The frame being filled must be empty: they follow the frames cut before them.
+        """
+        assert not self._size, "frames compressed elsewhere follow a cut"
+        while self._pending:
+            self._drain_one()
+        with _writing():
+            self._sink.write(frames)
+        self._sizes.extend(sizes)
+        self._offset += sum(size for _, size in sizes)
+        self.bytes_out += len(frames)
+        self._done = done
+        self._report(done)
+
     def write(self, data: bytes | bytearray | memoryview) -> None:
         """Append *data* to the current frame (a bytearray is copied: it could change)."""
         self._parts.append(bytes(data) if isinstance(data, bytearray) else data)

@@ -88,22 +88,28 @@ class Scan:
         )
 
     def __iter__(self) -> Iterator[Entry]:
+        return self.entries(0, len(self.paths))
+
+    def entries(self, start: int, stop: int) -> Iterator[Entry]:
+        """Entries *start* to *stop* (excluded), in archive order."""
         names = _KIND_NAMES
         xattrs = self.xattrs.get
+        part = slice(start, stop)
         for n, (path, kind, mode, size, mtime, ctime, ino, uid, gid, target) in enumerate(
             zip(
-                self.paths,
-                self.kinds,
-                self.modes,
-                self.sizes,
-                self.mtimes,
-                self.ctimes,
-                self.inos,
-                self.uids,
-                self.gids,
-                self.targets,
+                self.paths[part],
+                self.kinds[part],
+                self.modes[part],
+                self.sizes[part],
+                self.mtimes[part],
+                self.ctimes[part],
+                self.inos[part],
+                self.uids[part],
+                self.gids[part],
+                self.targets[part],
                 strict=True,
-            )
+            ),
+            start,
         ):
             yield Entry(
                 path, names[kind], mode, size, mtime, ctime, ino, uid, gid, target, xattrs(n, ())

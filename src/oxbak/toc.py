@@ -14,6 +14,7 @@ record agrees with the member actually found at its offset is the reading side's
 
 from __future__ import annotations
 
+import bisect
 import struct
 from collections.abc import Callable, Iterator
 from itertools import accumulate
@@ -53,6 +54,7 @@ _KIND_BYTES = FILE + DIR + SYMLINK + HARDLINK
 _FLAG_BYTES = bytes(range((CHANGED | MISSING) + 1))
 _FLAG_BYTES_INCREMENTAL = _FLAG_BYTES + bytes([FROM_BASE])
 _NO_DIGEST = bytes(fmt.DIGEST_SIZE)
+_DIGEST = fmt.DIGEST_SIZE
 _MAX_ID = 2**32 - 1
 _MAX_U64 = 2**64 - 1
 _MAX_I64 = 2**63
@@ -272,9 +274,7 @@ def decode_columns(
     try:
         block = _block_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(
-            f"table of contents block {number} is malformed: {exc}"
-        ) from exc
+        raise CorruptArchiveError(f"table of contents block {number} is malformed: {exc}") from exc
     n = ref.entries
     lists = (
         block.paths,
@@ -397,7 +397,9 @@ class TocBuilder:
     Finished blocks are handed to *spool* (a file object), so memory holds one block.
     """
 
-    def __init__(self, spool: _Spool) -> None:
+    def __init__(self, spool: _Spool | None) -> None:
+        # Without a spool, records are only collected: a part of the archive packed by a
+        # worker, added to the archive's builder with :meth:`extend`.
         self._spool = spool
         self.refs: list[BlockRef] = []
         self._at = 0
@@ -471,9 +473,61 @@ class TocBuilder:
         ):
             self.flush()
 
+    def extend(self, part: TocBuilder, at: int) -> None:
+        """Add the records *part* collected, whose members start at offset *at*.
+
+        Blocks end exactly where adding the records one by one would end them.
+        """
+        limit, most = fmt.TOC_BLOCK_NAME_BYTES, fmt.TOC_BLOCK_ENTRIES
+        file_code = KIND_CODES["file"]
+        # A record without a member (unchanged since the base, or a file that could not be
+        # read) keeps offset 0; the others move to where the part lands.
+        offsets = [
+            0 if flags & FROM_BASE or (flags & MISSING and kind == file_code) else offset + at
+            for offset, flags, kind in zip(part._offsets, part._flags, part._kinds, strict=True)
+        ]
+        names = [len(p) + len(t) for p, t in zip(part._paths, part._targets, strict=True)]
+        for n, xattrs in part._xattrs.items():
+            names[n] += sum(len(name) + len(value) for name, value in xattrs)
+        count, start = len(offsets), 0
+        while start < count:
+            stop = min(count, start + most - len(self._paths))
+            reached = list(accumulate(names[start:stop], initial=self._name_bytes))
+            full = bisect.bisect_left(reached, limit, 1)
+            if full < len(reached):
+                stop = start + full  # this record takes the block past its name bytes
+            self._append(part, start, stop, offsets)
+            self._name_bytes = reached[stop - start]
+            if len(self._paths) >= most or self._name_bytes >= limit:
+                self.flush()
+            start = stop
+
+    def _append(self, part: TocBuilder, start: int, stop: int, offsets: list[int]) -> None:
+        here = len(self._paths)
+        self._paths += part._paths[start:stop]
+        self._kinds += part._kinds[start:stop]
+        self._modes += part._modes[start:stop]
+        self._uids += part._uids[start:stop]
+        self._gids += part._gids[start:stop]
+        for uid in set(part._uids[start:stop]).difference(self._users):
+            self._users[uid] = part._users[uid]
+        for gid in set(part._gids[start:stop]).difference(self._groups):
+            self._groups[gid] = part._groups[gid]
+        self._sizes += part._sizes[start:stop]
+        self._mtimes += part._mtimes[start:stop]
+        self._ctimes += part._ctimes[start:stop]
+        self._inodes += part._inodes[start:stop]
+        self._targets += part._targets[start:stop]
+        self._digests += part._digests[start * _DIGEST : stop * _DIGEST]
+        self._flags += part._flags[start:stop]
+        self._offsets += offsets[start:stop]
+        for n, xattrs in part._xattrs.items():
+            if start <= n < stop:
+                self._xattrs[here + n - start] = xattrs
+
     def flush(self) -> None:
         """Encode the records collected so far as one block."""
-        if not self._paths:
+        if not self._paths or self._spool is None:
             return
         block = TocBlock(
             paths=self._paths,

@@ -7,6 +7,7 @@ import datetime as _dt
 import errno
 import functools
 import grp
+import io
 import logging
 import os
 import pwd
@@ -15,7 +16,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import BinaryIO, Literal
+from typing import BinaryIO, Literal, NamedTuple
 
 from . import format as fmt
 from ._version import __version__
@@ -66,6 +67,9 @@ _TREE = fmt.TREE_PREFIX.encode() + b"/"
 _RECENT_NS = 2_000_000_000  # a file modified this recently is read twice
 _ZEROS = bytes(512)
 _OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+# Frames of small entries per part of work: small enough to share a tree's work among
+# many workers, large enough that handing a part out costs little beside packing it.
+_PART_FRAMES = 2
 
 
 @dataclass
@@ -284,6 +288,7 @@ class _Packer:
         root: bytes,
         writer: FrameWriter,
         budget: int,
+        toc: TocBuilder,
         unreadable: Mapping[bytes, str] | None = None,
         prior: _Prior | None = None,
         walk: RecordWalk | None = None,
@@ -293,10 +298,8 @@ class _Packer:
         self.root = root
         self.prefix = root + b"/"
         self.writer = writer
-        self.spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
-        self.toc = TocBuilder(self.spool)
+        self.toc = toc
         self.totals = Totals()  # of what is stored, as stored
-        self.per_dir: dict[bytes, int] = {}
         self.changed: list[bytes] = []
         self.missing: list[bytes] = []  # directories end with "/"
         self.unreadable = unreadable or {}  # directories the scan could not read in full
@@ -315,14 +318,13 @@ class _Packer:
             self.trusted_before = _created_ns(prior.created_at) - fmt.RACY_WINDOW_NS
 
     def begin_member(self, size: int = 0) -> int:
-        """Cut the frame if it is full or a large member starts; return the member's offset.
+        """Cut the frame if a large member starts; return the member's offset.
 
         *size* is the member's data size; the offset is where it starts in the tar stream.
+        Frames of small members are cut where the plan says (:func:`_plan`), not here.
         """
         writer = self.writer
-        if writer.frame_bytes >= fmt.FRAME_TARGET or (
-            size >= fmt.FRAME_TARGET and writer.frame_bytes
-        ):
+        if size >= fmt.FRAME_TARGET and writer.frame_bytes:
             writer.cut(self.bytes_in)
         return writer.position
 
@@ -378,6 +380,21 @@ class _Packer:
             () if missing else entry.xattrs,
         )
 
+    def absorb(self, done: _Done, at: int) -> None:
+        """Count a part packed apart; its members (if any here) start at offset *at*."""
+        if done.records is not None:
+            self.toc.extend(done.records, at)
+        totals, more = self.totals, done.totals
+        totals.files += more.files
+        totals.hardlinks += more.hardlinks
+        totals.directories += more.directories
+        totals.symlinks += more.symlinks
+        totals.bytes += more.bytes
+        self.bytes_in += done.bytes_in
+        self.unchanged += done.unchanged
+        self.changed += done.changed
+        self.missing += done.missing
+
     def store(self, entry: Entry) -> None:
         """Count *entry*, now in the archive, in the totals and its directory's section."""
         totals = self.totals
@@ -392,8 +409,6 @@ class _Packer:
             totals.symlinks += 1
         else:
             totals.hardlinks += 1
-        parent = entry.path.rpartition(b"/")[0]
-        self.per_dir[parent] = self.per_dir.get(parent, 0) + 1
 
     def add_simple(self, entry: Entry) -> None:
         offset = self.begin_member()
@@ -722,6 +737,154 @@ class _Packer:
             self._warn_changed(entry)
 
 
+class _Part(NamedTuple):
+    """Entries ``start``–``stop`` of the scan, packed as one piece of work.
+
+    A *solo* part is one file of ``FRAME_TARGET`` bytes or more, in frames of its own.
+    Otherwise the part is a few frames of small entries, cut before each entry of *cuts*.
+    *nbytes* is what the scan found in its files: what its members may hold.
+    """
+
+    start: int
+    stop: int
+    cuts: tuple[int, ...]
+    nbytes: int
+    solo: bool
+
+
+def _plan(scan: Scan) -> list[_Part]:
+    """Where the archive's frames and parts of work begin: from the scan alone.
+
+    Nothing read later moves a cut, so the bytes of the archive do not depend on how the
+    parts are shared out, and a worker can pack a part without the parts before it. A
+    frame of small entries ends at the first entry after ``FRAME_TARGET`` bytes of tar
+    stream (a header block per entry, the data padded to blocks; pax records not counted).
+    """
+    parts: list[_Part] = []
+    start = fill = nbytes = 0
+    cuts: list[int] = []
+    target, per_part, block = fmt.FRAME_TARGET, _PART_FRAMES, fmt.BLOCK_SIZE
+    for n, (kind, size) in enumerate(zip(scan.kinds, scan.sizes, strict=True)):
+        if size >= target and kind == _FILE:
+            if n > start:
+                parts.append(_Part(start, n, tuple(cuts), nbytes, False))
+            parts.append(_Part(n, n + 1, (), size, True))
+            start, fill, nbytes, cuts = n + 1, 0, 0, []
+            continue
+        if fill >= target:
+            if len(cuts) + 1 < per_part:
+                cuts.append(n)
+            else:
+                parts.append(_Part(start, n, tuple(cuts), nbytes, False))
+                start, nbytes, cuts = n, 0, []
+            fill = 0
+        fill += block + size + -size % block
+        nbytes += size
+    if len(scan) > start:
+        parts.append(_Part(start, len(scan), tuple(cuts), nbytes, False))
+    return parts
+
+
+_FILE = 0  # the scan's kind code of a regular file
+
+
+@dataclass
+class _Done:
+    """A part packed: its frames (unless written already) and what it adds to the TOC."""
+
+    frames: bytes
+    sizes: list[tuple[int, int]]
+    records: TocBuilder | None
+    totals: Totals
+    bytes_in: int
+    unchanged: int
+    changed: list[bytes]
+    missing: list[bytes]
+
+
+class _Work:
+    """Packs the parts of one plan, here or in a worker (which has all of this already)."""
+
+    def __init__(
+        self,
+        scan: Scan,
+        level: int,
+        prior: _Prior | None,
+        walk: RecordWalk | None,
+        base_check: BaseCheck,
+        linked: frozenset[bytes],
+    ) -> None:
+        self.scan = scan
+        self.level = level
+        self.prior = prior
+        self.walk = walk
+        self.base_check = base_check
+        self.linked = linked
+
+    def __call__(self, part: _Part) -> _Done:
+        """Pack *part* into frames of its own, for another process to write and count."""
+        frames = io.BytesIO()
+        writer = FrameWriter(frames, level=self.level, threads=1)
+        records = TocBuilder(None)
+        done = self.pack(part, writer, 0, records)
+        writer.cut()
+        done.frames, done.sizes, done.records = frames.getvalue(), writer.frame_sizes, records
+        return done
+
+    def pack(self, part: _Part, writer: FrameWriter, bytes_in: int, toc: TocBuilder) -> _Done:
+        """Write *part*'s members to *writer*, its records to *toc*.
+
+        *bytes_in* counts the file bytes before it.
+        """
+        scan = self.scan
+        packer = _Packer(
+            scan.root,
+            writer,
+            bytes_in + part.nbytes,
+            toc,
+            scan.unreadable,
+            self.prior,
+            self.walk,
+            self.base_check,
+            self.linked,
+        )
+        packer.bytes_in = bytes_in
+        scanned_rest = part.nbytes
+        cuts = iter(part.cuts)
+        cut = next(cuts, -1)
+        for n, entry in enumerate(scan.entries(part.start, part.stop), part.start):
+            if n == cut:
+                writer.cut(packer.bytes_in)
+                cut = next(cuts, -1)
+            if entry.kind == "file":
+                scanned_rest -= entry.size
+                packer.add_file(entry, scanned_rest)
+            else:
+                packer.add_simple(entry)
+        return _Done(
+            b"",
+            [],
+            None,
+            packer.totals,
+            packer.bytes_in - bytes_in,
+            packer.unchanged,
+            packer.changed,
+            packer.missing,
+        )
+
+
+@contextlib.contextmanager
+def _doing(work: _Work, parts: list[_Part], processes: int) -> Iterator[Iterator[_Done] | None]:
+    """The packed *parts*, in order, from *processes* workers; None for one: pack here."""
+    if processes <= 1:
+        yield None
+        return
+    from .workers import Workers
+
+    with Workers(processes, work) as workers:
+        yield workers.map(parts)
+
+
 def _why(exc: OSError | None) -> str:
     return str(exc.strerror or exc) if exc is not None else "unknown error"
 
@@ -800,7 +963,7 @@ def _write(
     )
     manifest: Manifest
     linked: frozenset[bytes] = frozenset()
-    deleted = 0
+    deleted = None
     walk = None
     if prior is None:
         manifest = Manifest(**fields)  # type: ignore[arg-type]
@@ -817,27 +980,38 @@ def _write(
     manifest_data = encode_manifest(manifest)
     mtime_ns = _created_ns(manifest.created_at)
     total = totals.bytes
+    plan = _plan(scan)
+    work = _Work(scan, level, prior, walk, base_check, linked)
+    ranges = [part for part in plan if not part.solo]
+    # An incremental pack reads its base's records in order, so in this process only.
+    processes = min(threads, len(ranges)) if prior is None else 1
     # Progress is counted where frames leave the compressor, in file bytes read into them.
     on_written = None if progress is None else lambda done: progress(done, total)
-    writer = FrameWriter(out, level=level, threads=threads, progress=on_written)
-    try:
-        writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
-        writer.cut()
-        packer = _Packer(
-            scan.root, writer, totals.bytes, scan.unreadable, prior, walk, base_check, linked
-        )
-        with packer.spool:  # closed on every path, errors included
-            scanned_rest = totals.bytes
-            for entry in scan:
-                if entry.kind == "file":
-                    scanned_rest -= entry.size
-                    packer.add_file(entry, scanned_rest)
+    spool = tempfile.SpooledTemporaryFile(max_size=1 << 20)  # noqa: SIM115
+    # Workers are forked before the compression threads start: a fork copies one thread.
+    with spool, _doing(work, ranges, processes) as results:  # closed on every path
+        writer = FrameWriter(out, level=level, threads=threads, progress=on_written)
+        try:
+            writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
+            writer.cut()
+            toc = TocBuilder(spool)
+            packer = _Packer(scan.root, writer, 0, toc)
+            for part in plan:
+                if results is None or part.solo:
+                    # Here, into the archive: a large file's frames are compressed by this
+                    # process's threads. The frames end where the plan says, wherever the
+                    # part is packed.
+                    packer.absorb(work.pack(part, writer, packer.bytes_in, toc), 0)
+                    writer.cut(packer.bytes_in)
                 else:
-                    packer.add_simple(entry)
-            header = _write_toc(packer, mtime_ns, deleted)
-    except BaseException:
-        writer.close(wait=False)
-        raise
+                    done = next(results)
+                    at = writer.position
+                    writer.emit(done.frames, done.sizes, packer.bytes_in + done.bytes_in)
+                    packer.absorb(done, at)
+            header = _write_toc(packer, toc, spool, mtime_ns, deleted)
+        except BaseException:
+            writer.close(wait=False)
+            raise
     if progress is not None:
         progress(total, total)  # done, whatever vanished on the way
     return PackResult(
@@ -854,17 +1028,22 @@ def _write(
         base_id=None if prior is None else prior.id,
         stored=header.stored if isinstance(header, IncrementalTocHeader) else 0,
         unchanged=packer.unchanged,
-        deleted=deleted,
+        deleted=deleted or 0,
     )
 
 
-def _write_toc(packer: _Packer, mtime_ns: int, deleted: int = 0) -> TocHeader:
+def _write_toc(
+    packer: _Packer,
+    toc: TocBuilder,
+    spool: tempfile.SpooledTemporaryFile[bytes],
+    mtime_ns: int,
+    deleted: int | None,
+) -> TocHeader:
     """The TOC member (a frame for its header, one per block), the end, the footer."""
-    toc = packer.toc
     toc.flush()
     final = packer.totals
     # A full archive's header is a plain TocHeader: its bytes are those of version 2.
-    kind = TocHeader if packer.prior is None else IncrementalTocHeader
+    kind = TocHeader if deleted is None else IncrementalTocHeader
     header = kind(
         format=fmt.TOC_FORMAT_NAME,
         version=fmt.TOC_VERSION,
@@ -880,9 +1059,8 @@ def _write_toc(packer: _Packer, mtime_ns: int, deleted: int = 0) -> TocHeader:
         entries = header.entries
         header.unchanged = packer.unchanged
         header.stored = entries - packer.unchanged - _absent_files(packer)
-        header.deleted = deleted
+        header.deleted = deleted or 0
     head = toc.header(header)
-    spool = packer.spool
     size = len(head) + spool.tell()
     writer = packer.writer
     writer.cut()

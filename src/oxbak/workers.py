@@ -1,0 +1,241 @@
+"""Worker processes: tasks done in processes forked from this one, results in order.
+
+Python runs one thread of Python code at a time, so the per-file work of a pack or an
+unpack (system calls, hashing, tar headers) is spread over processes. Workers are forked
+once the caller has what they need (a scan, a table of contents): they inherit it, and a
+task is only a few numbers. Task *n* goes to worker ``n % count`` and results are taken
+back in task order, so the order of the work done, and of its warnings, is the order of
+the tasks whatever the number of workers.
+
+A worker never outlives the process that forked it (``PR_SET_PDEATHSIG``): a pack or an
+unpack that is killed leaves no process behind that could still write.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import struct
+import sys
+from collections.abc import Callable, Iterable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import OxbakError
+
+__all__ = ["Workers", "available_cores"]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+_HEAD = struct.Struct("<QB")  # payload length, kind
+_RESULT, _ERROR = 0, 1
+_AHEAD = 2  # tasks handed to each worker before its first result is taken
+_PR_SET_PDEATHSIG = 1
+
+logger = logging.getLogger("oxbak")
+
+
+def available_cores() -> int:
+    """The CPUs this process may run on (its affinity mask, not the machine's count)."""
+    return len(os.sched_getaffinity(0))
+
+
+class Workers(Generic[T, R]):
+    """*count* processes forked now, each running *do* on the tasks it is given.
+
+    What *do* logs through the ``oxbak`` logger in a worker is logged again here, with
+    its result, in task order. An exception *do* raises is raised again here, in place
+    of its result.
+    """
+
+    def __init__(self, count: int, do: Callable[[T], R]) -> None:
+        self._do = do
+        self._parent = os.getpid()
+        self._pids: list[int] = []
+        self._tasks: list[int] = []  # the write end of each worker's task pipe
+        self._results: list[int] = []  # the read end of each worker's result pipe
+        for _ in range(count):
+            ends: list[int] = []
+            try:
+                task_r, task_w = os.pipe()
+                ends += (task_r, task_w)
+                result_r, result_w = os.pipe()
+                ends += (result_r, result_w)
+                pid = os.fork()
+            except BaseException:
+                for fd in ends:
+                    os.close(fd)
+                self.close(kill=True)
+                raise
+            if pid == 0:  # pragma: no cover - the child, which never returns
+                for fd in (*self._tasks, *self._results, task_w, result_r):
+                    os.close(fd)
+                self._serve(task_r, result_w)
+            os.close(task_r)
+            os.close(result_w)
+            self._pids.append(pid)
+            self._tasks.append(task_w)
+            self._results.append(result_r)
+
+    def __enter__(self) -> Workers[T, R]:
+        return self
+
+    def __exit__(self, kind: object, exc: object, tb: object) -> None:
+        self.close(kill=exc is not None)
+
+    def map(self, tasks: Iterable[T]) -> Iterator[R]:
+        """The result of every task, in order; tasks are taken from *tasks* as needed."""
+        count = len(self._pids)
+        pending: collections.deque[int] = collections.deque()
+        todo = iter(tasks)
+        turn = 0
+
+        def hand_out() -> None:
+            nonlocal turn
+            for task in todo:
+                _send(self._tasks[turn], _RESULT, pickle.dumps(task, pickle.HIGHEST_PROTOCOL))
+                pending.append(turn)
+                turn = (turn + 1) % count
+                return
+
+        for _ in range(count * _AHEAD):
+            hand_out()
+        while pending:
+            worker = pending.popleft()
+            result = self._take(worker)
+            hand_out()
+            yield result
+
+    def close(self, *, kill: bool = False) -> None:
+        """Stop the workers (at once with *kill*) and wait for them to end."""
+        for fd in self._tasks:
+            os.close(fd)  # a worker waiting for a task sees the end, and exits
+        self._tasks = []
+        if kill:
+            for pid in self._pids:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        for fd in self._results:
+            os.close(fd)
+        self._results = []
+        for pid in self._pids:
+            os.waitpid(pid, 0)
+        self._pids = []
+
+    def _take(self, worker: int) -> R:
+        message = _receive(self._results[worker])
+        if message is None:
+            pid = self._pids[worker]
+            self._pids.remove(pid)
+            _, status = os.waitpid(pid, 0)
+            how = (
+                f"was killed by signal {os.WTERMSIG(status)}"
+                if os.WIFSIGNALED(status)
+                else f"exited with status {os.waitstatus_to_exitcode(status)}"
+            )
+            self._pids.insert(worker, pid)
+            raise OxbakError(f"worker process {pid} {how} before finishing its work")
+        kind, payload = message
+        value, records = pickle.loads(payload)
+        for record in records:
+            logger.handle(record)
+        if kind == _ERROR:
+            raise value
+        return value  # type: ignore[no-any-return]
+
+    def _serve(self, tasks: int, results: int) -> None:  # pragma: no cover - in the child
+        """The worker's life: tasks in, results out, until the task pipe ends."""
+        status = 0
+        try:
+            _die_with(self._parent)
+            # Ctrl-C reaches the whole process group: the parent stops the workers.
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            records = _capture_log()
+            while (message := _receive(tasks)) is not None:
+                task = pickle.loads(message[1])
+                kind = _RESULT
+                try:
+                    value: object = self._do(task)
+                except BaseException as exc:  # noqa: BLE001 - handed to the parent
+                    kind, value = _ERROR, _portable(exc)
+                payload = pickle.dumps((value, records[:]), pickle.HIGHEST_PROTOCOL)
+                records.clear()
+                _send(results, kind, payload)
+        except BaseException:  # noqa: BLE001 - the parent sees the pipe end, and says so
+            status = 1
+        finally:
+            os._exit(status)  # never the parent's clean-up: it is not this process's
+
+
+def _die_with(parent: int) -> None:  # pragma: no cover - in the child
+    """Be killed when *parent* ends, however it ends."""
+    from ._fsutil import prctl
+
+    prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it ended before the line above
+        os._exit(1)
+
+
+def _capture_log() -> list[logging.LogRecord]:  # pragma: no cover - in the child
+    """Hold what the ``oxbak`` logger says in this worker, for the parent to log."""
+    records: list[logging.LogRecord] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            record.msg, record.args = record.getMessage(), None
+            record.exc_info = record.exc_text = None
+            records.append(record)
+
+    logger.handlers = [Keep()]
+    logger.propagate = False
+    return records
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """*exc*, or an :class:`OxbakError` of its message where it does not pickle as itself."""
+    try:
+        again = pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
+        if type(again) is type(exc) and str(again) == str(exc):
+            return exc
+    except Exception:  # noqa: BLE001, S110 - replaced below
+        pass
+    error = OxbakError(f"{type(exc).__name__} in a worker process: {exc}")
+    return error
+
+
+def _send(fd: int, kind: int, payload: bytes) -> None:
+    data = memoryview(_HEAD.pack(len(payload), kind) + payload)
+    while data:
+        data = data[os.write(fd, data) :]
+
+
+def _receive(fd: int) -> tuple[int, bytes] | None:
+    """One message, or None at the end of the pipe (its writer is gone)."""
+    head = _read(fd, _HEAD.size)
+    if head is None:
+        return None
+    size, kind = _HEAD.unpack(head)
+    payload = _read(fd, size)
+    if payload is None:
+        return None
+    return kind, payload
+
+
+def _read(fd: int, size: int) -> bytes | None:
+    parts: list[bytes] = []
+    left = size
+    while left:
+        part = os.read(fd, min(left, 1 << 20))
+        if not part:
+            return None
+        parts.append(part)
+        left -= len(part)
+    return b"".join(parts)
+
+
+if sys.platform != "linux":  # pragma: no cover
+    raise ImportError("oxbak.workers needs Linux (fork, PR_SET_PDEATHSIG)")
