@@ -178,6 +178,7 @@ OTHERS = ("sync", "bsdtar", "restic", "borg")
 OTHER_OPERATIONS = ("pack", "unpack")
 REPOSITORIES = ("restic", "borg")  # other tools that pack into a repository (a directory)
 OTHER_COMMAND = {"sync": "sync", "bsdtar": "bsdtar", "restic": "restic", "borg": "borg"}
+OTHER_VERSION = {"restic": ["version"]}  # how a tool tells its version, if not --version
 # Tools beyond oxbak and the pipeline, each run against the archive of the tool named here
 # (an operation is skipped for a tool whose archive could not be packed).
 ARCHIVE_OF = {
@@ -2634,7 +2635,7 @@ def main() -> int:
     setup = Setup(ops=args.ops)
     setup.others, setup.other_notes = other_tools(args)
     for tool in setup.others:
-        env[tool] = tool_version([OTHER_COMMAND[tool], "--version"])
+        env[tool] = tool_version([OTHER_COMMAND[tool], *OTHER_VERSION.get(tool, ["--version"])])
     setup.jobs = () if args.no_scaling else scaling_jobs(CPUS)
     other_tools_env(workdir)
     previous_dir = Path(tempfile.mkdtemp(prefix="oxbak-bench-v1-"))
