@@ -4,7 +4,7 @@
 Run it with the Python of the virtual environment oxbak is installed in (the ``oxbak``
 command is looked up next to that interpreter)::
 
-    .venv/bin/python benchmarks/bench.py [--datasets small,large,mixed] [--rounds 5]
+    .venv/bin/python benchmarks/bench.py [--datasets small,large,mixed] [--rounds 3]
         [--out benchmarks/RESULTS.md] [--workdir DIR] [--keep] [--scale F]
         [--ops pack,unpack,verify,info,list,cat,cat-big,diff,incremental] [--previous REV|none]
         [--others sync,bsdtar,restic,borg|none] [--no-scaling] [--sample-ms MS]
@@ -2485,7 +2485,7 @@ def parse_args() -> argparse.Namespace:
         "huge-count only on request)",
     )
     p.add_argument(
-        "--rounds", type=int, default=5, help="measured rounds after the warm-up (default 5)"
+        "--rounds", type=int, default=3, help="measured rounds after the warm-up (default 3)"
     )
     p.add_argument(
         "--out",
