@@ -42,6 +42,7 @@ from .errors import (
 from .locations import Archive
 from .manifest import IncrementalManifest, Index, Manifest, Totals, sections
 from .owners import OwnerMode, Owners
+from .parts import PartsReader, processes_for
 from .paths import (
     check_path,
     display,
@@ -420,6 +421,7 @@ def _run(
     reads_everything = source.reads_everything
     hash_only = HashOnly()
     report_at = 0
+    later: list[tuple[bytes, bytes]] = []  # files written elsewhere: path, packed digest
     remember = seen.add
     read = source.read
     where = source.where
@@ -457,7 +459,7 @@ def _run(
                     # The file's bytes are counted (in totals) already: its own progress
                     # is shown as it goes, not only once it is done.
                     chunks = _counted(chunks, totals.bytes - header.size, max_bytes, progress)
-                digest = sink.file(
+                written = sink.file(
                     rel,
                     header.mode,
                     header.mtime_ns,
@@ -466,11 +468,17 @@ def _run(
                     chunks,
                     header.xattrs,
                 )
-                if record is not None and digest != record.digest:
-                    problems.append(
-                        f"{where()}digest mismatch for {shown(rel)!r}: content is not what "
-                        f"was packed"
-                    )
+                if written is None:  # by a worker: checked below, once it has reported
+                    assert record is not None
+                    later.append((rel, record.digest))
+                    digest = _NO_DIGEST
+                else:
+                    digest = written
+                    if record is not None and digest != record.digest:
+                        problems.append(
+                            f"{where()}digest mismatch for {shown(rel)!r}: content is not "
+                            f"what was packed"
+                        )
                 if wanted and select is not None:
                     select.written.add(rel)
             remember(rel, _FILE, header.size, digest, hash(metadata_key(header, b"")))
@@ -502,6 +510,11 @@ def _run(
                 dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
             remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
     rules.end()
+    for (rel, expected), digest in zip(later, dest.digests(), strict=True):
+        if digest != expected:
+            problems.append(
+                f"{where()}digest mismatch for {shown(rel)!r}: content is not what was packed"
+            )
     if progress is not None:
         progress(totals.bytes, totals.bytes)  # the manifest's bytes are a bound; this is all
     final, records = source.final()
@@ -741,10 +754,19 @@ def verify(
         # An incremental is checked by itself: its members against its records, its
         # FROM_BASE records for consistency only (their content is in its chain).
         with open_source(
-            archive, threads=_default_threads(threads), identities=identities, incremental=True
+            archive,
+            threads=_default_threads(threads),
+            identities=identities,
+            incremental=True,
+            parts=_default_threads(threads) > 1,
         ) as source:
             result.manifest = source.manifest
-            manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
+            parts = _parts(source, HashOnly(), threads, progress, write=False)
+            if parts is None:
+                manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
+            else:
+                with parts:
+                    manifest, seen, flagged = _run(parts, parts, problems, None)
     except ArchiveError as exc:
         problems.append(str(exc))
         return result
@@ -858,7 +880,11 @@ def unpack(
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
     with _open(
-        archive, whole=not only, threads=_default_threads(threads), identities=identities
+        archive,
+        whole=not only,
+        threads=_default_threads(threads),
+        identities=identities,
+        parts=select is None and _default_threads(threads) > 1,
     ) as source:
         # The manifest is read and its version checked (a chain: every link) before
         # anything is created.
@@ -870,9 +896,15 @@ def unpack(
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
-            manifest, seen, flagged = _run(
-                source, staging, problems, progress, select, owners
-            )
+            parts = _parts(source, staging, threads, progress)
+            with parts or contextlib.nullcontext():
+                if parts is None:
+                    manifest, seen, flagged = _run(
+                        source, staging, problems, progress, select, owners
+                    )
+                else:
+                    manifest, seen, flagged = _run(parts, parts, problems, None, select, owners)
+                    parts.finish_links()
             if problems:
                 raise IntegrityError(problems)
             if select is not None and select.missed():
@@ -929,11 +961,32 @@ def _open(
     whole: bool,
     threads: int,
     identities: Sequence[IdentityFile],
+    parts: bool = False,
 ) -> contextlib.AbstractContextManager[ArchiveSource]:
     """One archive's source, or a chain's (*archive* a list or tuple of several)."""
     if isinstance(archive, (list, tuple)) and len(archive) > 1:
         return open_chain(archive, threads=threads, identities=identities)
-    return open_source(_single(archive), whole=whole, threads=threads, identities=identities)
+    return open_source(
+        _single(archive), whole=whole, threads=threads, identities=identities, parts=parts
+    )
+
+
+def _parts(
+    source: ArchiveSource,
+    dest: Destination,
+    threads: int,
+    progress: Progress | None,
+    *,
+    write: bool = True,
+) -> PartsReader | None:
+    """Workers to read *source* in parts, or None to read it here.
+
+    Only a source opened for them: a full archive, read whole through its TOC.
+    """
+    if not isinstance(source, TocSource) or source.incremental or not source.reads_parts:
+        return None
+    processes = processes_for(source, threads)
+    return PartsReader(source, dest, processes, write=write, progress=progress)
 
 
 class EntryInfo(NamedTuple):

@@ -994,6 +994,7 @@ def _write(
         try:
             writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
             writer.cut()
+            writer.drain()  # the archive starts now, whatever the first part takes
             toc = TocBuilder(spool)
             packer = _Packer(scan.root, writer, 0, toc)
             for part in plan:
