@@ -48,21 +48,6 @@ from treeutil import set_mtimes, snapshot
 
 OXBAK = str(Path(sys.executable).parent / "oxbak")
 
-# A bug these tests found (the test that shows it is marked xfail with it).
-WORKER_DEATH_BUG = (
-    "engine bug: when a worker dies, Workers._take reaps it (waitpid) and puts its pid back "
-    "in Workers._pids, so Workers.close(), on the way out, calls waitpid on it again: the "
-    "ChildProcessError (ECHILD) replaces the OxbakError naming the worker, and pack "
-    "reports \"cannot write OUT: No child processes\" (the other workers are not waited for)"
-)
-SIGNAL_AT_FORK_BUG = (
-    "engine bug: a SIGINT or SIGTERM that reaches the process group while the workers are "
-    "being forked is taken inside os.fork()'s at-fork hooks, where Python only prints "
-    "\"Exception ignored … KeyboardInterrupt\": the pack may then run to the end and exit 0 "
-    "(the Ctrl-C lost), or a worker dies before serving and pack reports \"cannot write "
-    "OUT: Broken pipe\" (signals are not blocked around the forks)"
-)
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -744,7 +729,6 @@ def _kill_a_worker(me: int, before: set[int], killed: list[int]) -> Callable[[in
     return progress
 
 
-@pytest.mark.xfail(strict=True, reason=WORKER_DEATH_BUG)
 def test_library_pack_when_a_worker_is_killed(slow_tree: Path, tmp_path: Path) -> None:
     me = os.getpid()
     before = children(me)
@@ -761,7 +745,6 @@ def test_library_pack_when_a_worker_is_killed(slow_tree: Path, tmp_path: Path) -
     )
 
 
-@pytest.mark.xfail(strict=True, reason=WORKER_DEATH_BUG)
 def test_cli_pack_when_a_worker_is_killed(slow_tree: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.oxbak"
     with watched("pack", slow_tree, "-o", out, "-j", "2", "--level", "19") as run:
@@ -870,7 +853,6 @@ def test_signal_to_the_process_group_while_workers_pack(
     assert os.listdir(tmp_path) == []
 
 
-@pytest.mark.xfail(strict=True, reason=SIGNAL_AT_FORK_BUG)
 def test_ctrl_c_while_the_workers_start(slow_tree: Path, tmp_path: Path) -> None:
     """SIGINT to the group as soon as the first worker exists (the pack is forking the
     others). Some tries in a row; the first one that goes wrong is reported."""

@@ -26,6 +26,7 @@ import sys
 from collections.abc import Callable, Iterable, Iterator
 from typing import Generic, TypeVar
 
+from ._fsutil import prctl
 from .errors import OxbakError
 
 __all__ = ["Workers", "available_cores", "in_worker", "report"]
@@ -37,6 +38,7 @@ _HEAD = struct.Struct("<QB")  # payload length, kind
 _RESULT, _ERROR, _REPORT = 0, 1, 2
 _AHEAD = 2  # tasks handed to each worker before its first result is taken
 _PR_SET_PDEATHSIG = 1
+_STOPPING = {signal.SIGINT, signal.SIGTERM}
 
 logger = logging.getLogger("oxbak")
 
@@ -67,29 +69,44 @@ class Workers(Generic[T, R]):
         self._unread: list[collections.deque[int]] = [collections.deque() for _ in range(count)]
         self._early: dict[int, tuple[int, bytes]] = {}  # results read before their turn
         self._sent = self._taken = 0
-        for _ in range(count):
-            ends: list[int] = []
-            try:
-                task_r, task_w = os.pipe()
-                ends += (task_r, task_w)
-                result_r, result_w = os.pipe()
-                ends += (result_r, result_w)
-                pid = os.fork()
-            except BaseException:
-                for fd in ends:
-                    os.close(fd)
-                self.close(kill=True)
-                raise
-            if pid == 0:  # pragma: no cover - the child, which never returns
-                for fd in (*self._tasks, *self._results, task_w, result_r):
-                    os.close(fd)
-                self._serve(task_r, result_w)
-            os.close(task_r)
-            os.close(result_w)
-            os.set_blocking(task_w, False)  # written between reads of the worker's results
-            self._pids.append(pid)
-            self._tasks.append(task_w)
-            self._results.append(result_r)
+        # Ctrl-C or a TERM now would land in fork()'s own hooks, which cannot raise it: the
+        # signals wait until every worker is forked, and are raised below if they came.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _STOPPING)
+        try:
+            for _ in range(count):
+                self._fork(mask)
+        except BaseException:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self.close(kill=True)
+            raise
+        try:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        except BaseException:  # the signal that came meanwhile
+            self.close(kill=True)
+            raise
+
+    def _fork(self, mask: set[int | signal.Signals]) -> None:
+        ends: list[int] = []
+        try:
+            task_r, task_w = os.pipe()
+            ends += (task_r, task_w)
+            result_r, result_w = os.pipe()
+            ends += (result_r, result_w)
+            pid = os.fork()
+        except BaseException:
+            for fd in ends:
+                os.close(fd)
+            raise
+        if pid == 0:  # pragma: no cover - the child, which never returns
+            for fd in (*self._tasks, *self._results, task_w, result_r):
+                os.close(fd)
+            self._serve(task_r, result_w, mask)
+        os.close(task_r)
+        os.close(result_w)
+        os.set_blocking(task_w, False)  # written between reads of the worker's results
+        self._pids.append(pid)
+        self._tasks.append(task_w)
+        self._results.append(result_r)
 
     def __enter__(self) -> Workers[T, R]:
         return self
@@ -113,10 +130,16 @@ class Workers(Generic[T, R]):
         while data:
             # A task larger than the pipe holds: read the worker's results meanwhile.
             ready = select.select([self._results[worker]], [fd], [])
-            if ready[1]:
-                data = data[_write_some(fd, data) :]
-            elif ready[0]:
+            if ready[0]:
                 self._read_early(worker)
+            elif ready[1]:
+                try:
+                    data = data[os.write(fd, data) :]
+                except BlockingIOError:
+                    pass
+                except BrokenPipeError:  # it is gone: say how
+                    self._receive_from(worker)
+                    raise
         self._unread[worker].append(self._sent)
         self._sent += 1
 
@@ -154,7 +177,8 @@ class Workers(Generic[T, R]):
         self._results = []
         for pid in self._pids:
             if pid > 0:
-                os.waitpid(pid, 0)
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(pid, 0)
         self._pids = []
 
     def _receive_from(self, worker: int) -> tuple[int, bytes]:
@@ -191,13 +215,18 @@ class Workers(Generic[T, R]):
             raise value
         return value  # type: ignore[no-any-return]
 
-    def _serve(self, tasks: int, results: int) -> None:  # pragma: no cover - in the child
+    def _serve(  # pragma: no cover - in the child
+        self, tasks: int, results: int, mask: set[int | signal.Signals]
+    ) -> None:
         """The worker's life: tasks in, results out, until the task pipe ends."""
         status = 0
         try:
             _die_with(self._parent)
-            # Ctrl-C reaches the whole process group: the parent stops the workers.
+            # Ctrl-C reaches the whole process group: the parent stops the workers. A TERM
+            # aimed at a worker ends it; the parent says so.
             signal.signal(signal.SIGINT, signal.SIG_IGN)
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             global _reports
             _reports = results
             records = _capture_log()
@@ -232,8 +261,6 @@ def in_worker() -> bool:
 
 def _die_with(parent: int) -> None:  # pragma: no cover - in the child
     """Be killed when *parent* ends, however it ends."""
-    from ._fsutil import prctl
-
     prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
     if os.getppid() != parent:  # it ended before the line above
         os._exit(1)
@@ -270,14 +297,6 @@ def _send(fd: int, kind: int, payload: bytes) -> None:
     data = memoryview(_HEAD.pack(len(payload), kind) + payload)
     while data:
         data = data[os.write(fd, data) :]
-
-
-def _write_some(fd: int, data: memoryview) -> int:
-    """Write what the pipe takes now (none of it, where the pipe is full)."""
-    try:
-        return os.write(fd, data)
-    except BlockingIOError:
-        return 0
 
 
 def _receive(fd: int) -> tuple[int, bytes] | None:
