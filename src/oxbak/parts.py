@@ -59,11 +59,10 @@ class _Task(NamedTuple):
 
 
 class _Done(NamedTuple):
-    """A part read: the digest of each of its files, and what could not be restored."""
+    """A part read: the digest of each of its files, and the attributes not restored."""
 
     digests: bytes
     failed: dict[str, dict[bytes, list[bytes]]]
-    nbytes: int
 
 
 def processes_for(toc: TocSource, threads: int) -> int:
@@ -246,7 +245,7 @@ class PartsReader:
         dest: Destination = self.dest if self.write else _HASH_ONLY
         digests = bytearray()
         ids = iter(task.ids) if task.ids is not None else itertools.repeat(0)
-        nbytes = unreported = 0
+        unreported = 0
         tell = report if in_worker() else self._progress
         for record in itertools.islice(records, task.members):
             expected = header_of(record)
@@ -271,7 +270,6 @@ class PartsReader:
             )
             assert digest is not None
             digests += digest
-            nbytes += expected.size
             unreported += expected.size
             if unreported >= _REPORT_STEP:
                 tell(unreported)
@@ -289,7 +287,7 @@ class PartsReader:
         if unreported:
             tell(unreported)
         failed = self.dest.xattrs.take() if isinstance(self.dest, StagingDir) else {}
-        return _Done(bytes(digests), failed, nbytes)
+        return _Done(bytes(digests), failed)
 
 
 _HASH_ONLY = HashOnly()

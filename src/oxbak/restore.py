@@ -64,6 +64,7 @@ from .source import (
 from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 from .toc import DIR, FROM_BASE, KIND_NAMES, MISSING, IncrementalTocHeader, Record
+from .workers import available_cores
 from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
@@ -423,6 +424,9 @@ def _run(
     report_at = 0
     later: list[tuple[bytes, bytes]] = []  # files written elsewhere: path, packed digest
     remember = seen.add
+    # What each member's TOC record must agree on, for the index check at the end; a
+    # source read through its TOC has no other index to check against.
+    key = _metadata_hash if reads_everything else _no_hash
     read = source.read
     where = source.where
     for header, record in source.entries():
@@ -447,7 +451,7 @@ def _run(
         if kind == "dir":
             if wanted:
                 dest.directory(rel, header.mode, header.mtime_ns, uid, gid, header.xattrs)
-            remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
+            remember(rel, _DIR, 0, _NO_DIGEST, key(header, b""))
             continue
         if kind == "file":
             sink = dest if wanted else hash_only if reads_everything else None
@@ -481,7 +485,7 @@ def _run(
                         )
                 if wanted and select is not None:
                     select.written.add(rel)
-            remember(rel, _FILE, header.size, digest, hash(metadata_key(header, b"")))
+            remember(rel, _FILE, header.size, digest, key(header, b""))
             if progress is not None and totals.bytes >= report_at:
                 progress(totals.bytes, max_bytes)
                 report_at = totals.bytes + (1 << 20)
@@ -503,12 +507,12 @@ def _run(
                         f"{shown(target)!r}, which this selection leaves out (add it{how})"
                     )
                 dest.hardlink(rel, target)
-            remember(rel, _HARDLINK, 0, digest, hash(metadata_key(header, target)))
+            remember(rel, _HARDLINK, 0, digest, key(header, target))
         else:
             if wanted:
                 seen.links[rel] = target
                 dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
-            remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
+            remember(rel, _SYMLINK, 0, digest, key(header, target))
     rules.end()
     for (rel, expected), digest in zip(later, dest.digests(), strict=True):
         if digest != expected:
@@ -529,6 +533,14 @@ def _run(
     source.finish()
     _check_totals(manifest, final, seen, problems)
     return manifest, seen, flagged
+
+
+def _metadata_hash(header: Header, target: bytes) -> int:
+    return hash(metadata_key(header, target))
+
+
+def _no_hash(header: Header, target: bytes) -> int:
+    return 0
 
 
 def _counted(
@@ -717,7 +729,7 @@ def _flag_lists(flagged: list[Record]) -> tuple[list[str], list[str]]:
 
 
 def _default_threads(threads: int) -> int:
-    return threads if threads > 0 else len(os.sched_getaffinity(0))
+    return threads if threads > 0 else available_cores()
 
 
 def verify(
@@ -730,8 +742,8 @@ def verify(
     """Run every check of :func:`unpack` without writing anything.
 
     Returns a :class:`VerifyResult` naming every problem found; a damaged archive is a
-    result, not an exception. A seekable archive's frames are decompressed by *threads*
-    threads (0: one per CPU) ahead of the checks.
+    result, not an exception. An archive file is read in parts by *threads* worker
+    processes (0: one per CPU; 1: in this process, its frames decompressed ahead).
 
     An incremental archive alone is checked for what it stores, and its records of
     unchanged files for consistency. A chain (a list or tuple: the full archive, then
@@ -862,7 +874,9 @@ def unpack(
         their hardlinks. From a seekable archive only the frames holding them are read;
         from a stream everything is read and checked, and only they are written.
     :param excludes: leave out entries matching these patterns (as ``pack --exclude``).
-    :param threads: threads decompressing a seekable archive (0: one per CPU).
+    :param threads: cores to use (0: every CPU this process may run on). An archive file
+        is read in parts by as many worker processes (:mod:`oxbak.parts`); 1 reads it in
+        this process, with a decompression thread.
     :param xattrs: restore extended attributes and POSIX ACLs where DEST's filesystem
         takes them (``trusted.*`` and ``security.*`` only as root); what cannot be set is
         named in warnings, and the restore goes on.
