@@ -28,6 +28,8 @@ import pytest
 
 from mounts import tmpfs
 from oxbak.commit import is_mount_point
+from oxbak.compress import FrameReader, SeekTable
+from oxbak.source import read_footer
 from tools import require_tool, sigint_default, wait_until
 from treeutil import set_mtimes
 
@@ -318,10 +320,11 @@ def test_killed_encrypted_pack_leaves_no_archive_and_only_ciphertext(
     out_dir.mkdir()
     out = out_dir / "out.oxbak.age"
     proc = spawn("pack", big_tree, "-o", out, "--level", SLOW_LEVEL, "-r", recipient)
-    interrupt(
-        proc, lambda: bool(pack_temps(out_dir, out.name)), 0.3, signal.SIGKILL,
-        "pack ended before the signal",
-    )
+
+    def written() -> bool:  # the envelope goes out in whole chunks: wait for the first
+        return any((out_dir / t).stat().st_size for t in pack_temps(out_dir, out.name))
+
+    interrupt(proc, written, 0.1, signal.SIGKILL, "pack ended before the signal")
     assert proc.returncode == -signal.SIGKILL
     assert not out.exists()
     (temp,) = pack_temps(out_dir, out.name)
@@ -356,10 +359,21 @@ def test_interrupted_pack_exits_promptly_at_high_level(big_tree: Path, tmp_path:
 
 
 def _corrupt_near_end(archive: Path, into: Path) -> Path:
-    """A copy of *archive* with one byte flipped in its last 1 %: extraction gets through
-    (almost) the whole tree before the damage is found."""
+    """A copy of *archive* with one byte flipped in the last frame of its tree: extraction
+    gets through (almost) the whole tree before the damage is found, whether the archive
+    is read front to back or its parts by workers (which read the TOC first)."""
     data = bytearray(archive.read_bytes())
-    data[len(data) - max(2, len(data) // 200)] ^= 0xFF
+
+    class Memory:
+        size = len(data)
+
+        def pread(self, size: int, offset: int) -> bytes:
+            return bytes(data[offset : offset + size])
+
+    table = SeekTable.read(Memory())
+    assert table is not None
+    last = table.frame_at(read_footer(FrameReader(Memory(), table)).toc_offset) - 1
+    data[table.c_starts[last] + table.c_sizes[last] // 2] ^= 0xFF
     into.write_bytes(bytes(data))
     return into
 
@@ -903,7 +917,7 @@ _CHANGING = (
     "fdatasync,syncfs,chmod,fchmod,fchmodat,chown,fchown,fchownat,lchown,utimensat,"
     "link,linkat,symlink,symlinkat"
 )
-_CALL = re.compile(rb"^\d+\s+(\w+)\(")
+_CALL = re.compile(rb"^(\d+)\s+(\w+)\(")
 _BOX_RENAMED = re.compile(rb'rename\w*\((?:AT_FDCWD, )?"[^"]*/\.oxbak-stage-[^/"]*", ')
 
 
@@ -929,11 +943,18 @@ def require_strace() -> None:
 
 @dataclass(frozen=True)
 class Call:
-    """The *nth* call named *name* of a measured run (its line of ``strace`` output)."""
+    """The *nth* call named *name* of a measured run's main process (its ``strace`` line).
+
+    strace counts an injection's calls per process: a kill aimed at the main process's
+    Nth call of a name hits it there only if no worker process makes calls of that name
+    (workers create and write files; the main process makes directories, links, syncs
+    and renames). Only such calls are *aimable*.
+    """
 
     name: str
     nth: int
     line: bytes
+    aimable: bool = True
 
 
 def measured_calls(tmp: Path, *args: str | os.PathLike[str]) -> list[Call]:
@@ -950,15 +971,21 @@ def measured_calls(tmp: Path, *args: str | os.PathLike[str]) -> list[Call]:
     )
     assert_ok(result)
     counts: dict[str, int] = {}
-    calls = []
+    mine: list[tuple[str, int, bytes]] = []
+    theirs: set[str] = set()  # names of the calls worker processes make
+    main = None
     for line in log.read_bytes().splitlines():
         match = _CALL.match(line)
         if match:
-            name = match.group(1).decode()
+            pid, name = match.group(1), match.group(2).decode()
+            main = main or pid  # the first process to change a file is the command's
+            if pid != main:
+                theirs.add(name)
+                continue
             counts[name] = counts.get(name, 0) + 1
-            calls.append(Call(name, counts[name], line))
+            mine.append((name, counts[name], line))
     log.unlink()
-    return calls
+    return [Call(name, nth, line, name not in theirs) for name, nth, line in mine]
 
 
 def kill_at_call(call: Call, *args: str | os.PathLike[str]) -> bool:
@@ -976,7 +1003,8 @@ def kill_at_call(call: Call, *args: str | os.PathLike[str]) -> bool:
 
 
 def spread(calls: list[Call], count: int) -> list[Call]:
-    """*count* of *calls*, evenly spaced, first and last included."""
+    """*count* of the aimable *calls*, evenly spaced, first and last included."""
+    calls = [c for c in calls if c.aimable]
     if count <= 0 or not calls:
         return []
     if count == 1 or len(calls) <= count:
@@ -1173,7 +1201,9 @@ def mount_kill_sweep(
             ]
             moments += [
                 (start, target, "commit", c)
-                for c in (window if commit is None else spread(window, commit))
+                for c in (
+                    [c for c in window if c.aimable] if commit is None else spread(window, commit)
+                )
             ]
             moments += [(start, target, "clean-up", c) for c in spread(calls[boxed + 1 :], cleanup)]
 
@@ -1305,3 +1335,44 @@ def test_unpack_chain_kill_slice(trees: Trees, area: Path) -> None:
     tally = chain_kill_sweep(trees, area, 4)
     assert tally["killed"] == tally["moments"] == 4, tally
     assert tally["old"] and tally["chain"], tally
+
+
+@pytest.mark.parametrize("mode", ["new", "replace"])
+def test_unpack_with_a_worker_killed_leaves_dest_as_it_was(
+    trees: Trees, area: Path, mode: str
+) -> None:
+    """A worker process killed while it writes files: one error line, DEST untouched.
+
+    The kill is aimed at a call only workers make (the main process never fchmods), on
+    entering the 200th of one worker, so the other worker and the main process are still
+    at work when it dies.
+    """
+    require_strace()
+    dest = area / "dest"
+    flags = ["--replace"] if mode == "replace" else []
+    if mode == "replace":
+        assert_ok(oxbak("unpack", trees.old_archive, dest))
+    before = snapshot(dest) if mode == "replace" else None
+    calls = measured_calls(area, "unpack", *flags, trees.new_archive, area / "probe")
+    assert not any(c.name == "fchmod" for c in calls), "the main process fchmods"
+    shutil.rmtree(area / "probe")
+    result = subprocess.run(
+        ["strace", "-f", "-qq", "-o", os.devnull, "-e", "trace=fchmod"]
+        + ["-e", "inject=fchmod:signal=KILL:when=200", str(OXBAK), "unpack", *flags]
+        + [str(trees.new_archive), str(dest)],
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        env=_env(),
+        timeout=300,
+    )
+    assert result.returncode == 1, result
+    (line,) = result.stderr.decode().strip().splitlines()
+    assert re.fullmatch(
+        r"oxbak: error: worker process \d+ was killed by signal 9 before finishing its work",
+        line,
+    ), line
+    if mode == "new":
+        assert not dest.exists()
+    else:
+        assert snapshot(dest) == before
+    assert oxbak_leftovers(area) == []

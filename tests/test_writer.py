@@ -18,7 +18,7 @@ import pytest
 import oxbak
 from oxbak import format as fmt
 from oxbak.scan import scan_tree
-from oxbak.writer import _write
+from oxbak.writer import _plan, _write
 from pipelike import Unseekable
 from treeutil import Node, build, snapshot
 
@@ -300,12 +300,15 @@ def test_large_file_changing_under_the_reader_is_flagged(tmp_path: Path) -> None
     assert report.ok and report.partial and report.changed == ["memory/events.jsonl"]
 
 
-def test_small_files_rewritten_while_packing_are_never_torn(tmp_path: Path) -> None:
+@pytest.mark.parametrize("threads", [1, 3])
+def test_small_files_rewritten_while_packing_are_never_torn(tmp_path: Path, threads: int) -> None:
+    """With -j 3, two workers pack them (4 MB of files: two parts of two frames)."""
     src = tmp_path / "src"
     src.mkdir()
     names = [src / f"{i:03d}.json" for i in range(40)]
     for n in names:
         n.write_bytes(b"A" * 100_000)
+    assert sum(not part.solo for part in _plan(scan_tree(src))) == 2
     # Rewrites files in place, alternating whole contents: a torn copy would mix A and B.
     writer = subprocess.Popen(
         [
@@ -326,10 +329,11 @@ def test_small_files_rewritten_while_packing_are_never_torn(tmp_path: Path) -> N
     )
     try:
         time.sleep(0.1)
-        result = oxbak.pack(src, tmp_path / "o.oxbak", threads=1)
+        result = oxbak.pack(src, tmp_path / "o.oxbak", threads=threads)
     finally:
         writer.kill()
         writer.wait()
+    assert oxbak.verify(tmp_path / "o.oxbak").ok
     dest = tmp_path / "dest"
     oxbak.unpack(tmp_path / "o.oxbak", dest)
     changed = set(result.changed)

@@ -266,6 +266,9 @@ class S3Object:
     Safe from several threads (the seekable readers decompress frames in a pool).
     """
 
+    #: Not from processes forked from this one: they would share its connections.
+    forkable = False
+
     def __init__(self, url: str) -> None:
         try:
             bucket, key = parse_url(url)

@@ -308,13 +308,14 @@ _exclude_from = click.option(
 )
 
 
-#: -j for the commands that read a whole archive (pack has its own: compression).
-_decompression_threads = click.option(
+#: -j for the commands that read a whole archive (pack has its own).
+_cores = click.option(
     "-j",
     "--threads",
     type=click.IntRange(0),
     default=0,
-    help="Decompression threads for a seekable archive (default 0: one per CPU).",
+    help="Cores to use: worker processes read an archive file in parts, threads "
+    "decompress (default 0: every CPU; 1: one process).",
 )
 
 
@@ -388,7 +389,8 @@ def _parse_mode(ctx: click.Context, param: click.Parameter, value: str) -> int:
     "--threads",
     type=click.IntRange(0),
     default=0,
-    help="Compression threads (default 0: one per CPU); the bytes do not depend on it.",
+    help="Cores to use: worker processes pack the small files, threads compress the large "
+    "ones (default 0: every CPU; 1: one process). The archive's bytes do not depend on it.",
 )
 @click.option(
     "--exclude",
@@ -645,7 +647,7 @@ def pack_cmd(
     help="Do not restore extended attributes and ACLs (restored by default where DEST's "
     "filesystem takes them).",
 )
-@_decompression_threads
+@_cores
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_quiet
@@ -1178,7 +1180,7 @@ def diff_cmd(
 @click.argument(
     "archives", nargs=-1, required=True, metavar="ARCHIVE|-...", callback=_remember_archives
 )
-@_decompression_threads
+@_cores
 @_identity
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
 @_quiet

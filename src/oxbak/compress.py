@@ -175,8 +175,7 @@ class FrameWriter:
         The frame being filled must be empty: they follow the frames cut before them.
         """
         assert not self._size, "frames compressed elsewhere follow a cut"
-        while self._pending:
-            self._drain_one()
+        self.drain()
         with _writing():
             self._sink.write(frames)
         self._sizes.extend(sizes)
@@ -212,6 +211,11 @@ class FrameWriter:
         while len(self._pending) > self._depth:
             self._drain_one()
 
+    def drain(self) -> None:
+        """Write every frame cut so far (the caller is about to wait on something else)."""
+        while self._pending:
+            self._drain_one()
+
     def _compress(self, data: bytes) -> bytes:
         compressor: zstandard.ZstdCompressor | None = getattr(self._local, "compressor", None)
         if compressor is None:
@@ -242,8 +246,7 @@ class FrameWriter:
     def finish(self, footer: bytes) -> None:
         """End the last frame; write *footer* in a skippable frame, then the seek table."""
         self.cut()
-        while self._pending:
-            self._drain_one()
+        self.drain()
         self.close()
         footer_frame = skippable_frame(8 + len(footer), magic=fmt.FOOTER_MAGIC, content=footer)
         self._emit(footer_frame, 0)

@@ -151,3 +151,7 @@ class IntegrityError(ArchiveError):
         first = self.problems[0] if self.problems else "integrity check failed"
         more = len(self.problems) - 1
         super().__init__(first if more <= 0 else f"{first} (and {more} more problems)")
+
+    def __reduce__(self) -> tuple[type[IntegrityError], tuple[list[str]]]:
+        # Raised in a worker process, it is pickled to the process that reports it.
+        return IntegrityError, (self.problems,)

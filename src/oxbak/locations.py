@@ -98,6 +98,9 @@ def _s3_backend(error: type[InputError] | type[OutputError]) -> ModuleType:
 class _FdAccess:
     """Random access to an open regular file by ``pread`` (safe from several threads)."""
 
+    #: Readable by processes forked from this one (``pread`` shares no file offset).
+    forkable = True
+
     def __init__(self, fd: int, base: int, size: int) -> None:
         self._fd = fd
         self._base = base
@@ -109,6 +112,9 @@ class _FdAccess:
 
 class _SeekAccess:
     """Random access to a seekable file object without a descriptor (e.g. ``BytesIO``)."""
+
+    #: Not from processes forked from this one: the file object's position is shared.
+    forkable = False
 
     def __init__(self, fh: BinaryIO, base: int, size: int) -> None:
         self._fh = fh

@@ -42,6 +42,7 @@ from .errors import (
 from .locations import Archive
 from .manifest import IncrementalManifest, Index, Manifest, Totals, sections
 from .owners import OwnerMode, Owners
+from .parts import PartsReader, processes_for
 from .paths import (
     check_path,
     display,
@@ -63,6 +64,7 @@ from .source import (
 from .staging import Destination, HashOnly, StagingDir
 from .tarfmt import DIRECTORY, HARDLINK, REGULAR, SYMLINK, Header
 from .toc import DIR, FROM_BASE, KIND_NAMES, MISSING, IncrementalTocHeader, Record
+from .workers import available_cores
 from .xattrs import Xattrs
 
 DIR_CODE = DIR[0]
@@ -420,7 +422,11 @@ def _run(
     reads_everything = source.reads_everything
     hash_only = HashOnly()
     report_at = 0
+    later: list[tuple[bytes, bytes]] = []  # files written elsewhere: path, packed digest
     remember = seen.add
+    # What each member's TOC record must agree on, for the index check at the end; a
+    # source read through its TOC has no other index to check against.
+    key = _metadata_hash if reads_everything else _no_hash
     read = source.read
     where = source.where
     for header, record in source.entries():
@@ -445,7 +451,7 @@ def _run(
         if kind == "dir":
             if wanted:
                 dest.directory(rel, header.mode, header.mtime_ns, uid, gid, header.xattrs)
-            remember(rel, _DIR, 0, _NO_DIGEST, hash(metadata_key(header, b"")))
+            remember(rel, _DIR, 0, _NO_DIGEST, key(header, b""))
             continue
         if kind == "file":
             sink = dest if wanted else hash_only if reads_everything else None
@@ -457,7 +463,7 @@ def _run(
                     # The file's bytes are counted (in totals) already: its own progress
                     # is shown as it goes, not only once it is done.
                     chunks = _counted(chunks, totals.bytes - header.size, max_bytes, progress)
-                digest = sink.file(
+                written = sink.file(
                     rel,
                     header.mode,
                     header.mtime_ns,
@@ -466,14 +472,20 @@ def _run(
                     chunks,
                     header.xattrs,
                 )
-                if record is not None and digest != record.digest:
-                    problems.append(
-                        f"{where()}digest mismatch for {shown(rel)!r}: content is not what "
-                        f"was packed"
-                    )
+                if written is None:  # by a worker: checked below, once it has reported
+                    assert record is not None
+                    later.append((rel, record.digest))
+                    digest = _NO_DIGEST
+                else:
+                    digest = written
+                    if record is not None and digest != record.digest:
+                        problems.append(
+                            f"{where()}digest mismatch for {shown(rel)!r}: content is not "
+                            f"what was packed"
+                        )
                 if wanted and select is not None:
                     select.written.add(rel)
-            remember(rel, _FILE, header.size, digest, hash(metadata_key(header, b"")))
+            remember(rel, _FILE, header.size, digest, key(header, b""))
             if progress is not None and totals.bytes >= report_at:
                 progress(totals.bytes, max_bytes)
                 report_at = totals.bytes + (1 << 20)
@@ -495,13 +507,18 @@ def _run(
                         f"{shown(target)!r}, which this selection leaves out (add it{how})"
                     )
                 dest.hardlink(rel, target)
-            remember(rel, _HARDLINK, 0, digest, hash(metadata_key(header, target)))
+            remember(rel, _HARDLINK, 0, digest, key(header, target))
         else:
             if wanted:
                 seen.links[rel] = target
                 dest.symlink(rel, target, header.mtime_ns, uid, gid, header.xattrs)
-            remember(rel, _SYMLINK, 0, digest, hash(metadata_key(header, target)))
+            remember(rel, _SYMLINK, 0, digest, key(header, target))
     rules.end()
+    for (rel, expected), digest in zip(later, dest.digests(), strict=True):
+        if digest != expected:
+            problems.append(
+                f"{where()}digest mismatch for {shown(rel)!r}: content is not what was packed"
+            )
     if progress is not None:
         progress(totals.bytes, totals.bytes)  # the manifest's bytes are a bound; this is all
     final, records = source.final()
@@ -516,6 +533,14 @@ def _run(
     source.finish()
     _check_totals(manifest, final, seen, problems)
     return manifest, seen, flagged
+
+
+def _metadata_hash(header: Header, target: bytes) -> int:
+    return hash(metadata_key(header, target))
+
+
+def _no_hash(header: Header, target: bytes) -> int:
+    return 0
 
 
 def _counted(
@@ -704,7 +729,7 @@ def _flag_lists(flagged: list[Record]) -> tuple[list[str], list[str]]:
 
 
 def _default_threads(threads: int) -> int:
-    return threads if threads > 0 else len(os.sched_getaffinity(0))
+    return threads if threads > 0 else available_cores()
 
 
 def verify(
@@ -717,8 +742,8 @@ def verify(
     """Run every check of :func:`unpack` without writing anything.
 
     Returns a :class:`VerifyResult` naming every problem found; a damaged archive is a
-    result, not an exception. A seekable archive's frames are decompressed by *threads*
-    threads (0: one per CPU) ahead of the checks.
+    result, not an exception. An archive file is read in parts by *threads* worker
+    processes (0: one per CPU; 1: in this process, its frames decompressed ahead).
 
     An incremental archive alone is checked for what it stores, and its records of
     unchanged files for consistency. A chain (a list or tuple: the full archive, then
@@ -741,10 +766,19 @@ def verify(
         # An incremental is checked by itself: its members against its records, its
         # FROM_BASE records for consistency only (their content is in its chain).
         with open_source(
-            archive, threads=_default_threads(threads), identities=identities, incremental=True
+            archive,
+            threads=_default_threads(threads),
+            identities=identities,
+            incremental=True,
+            parts=_default_threads(threads) > 1,
         ) as source:
             result.manifest = source.manifest
-            manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
+            parts = _parts(source, HashOnly(), threads, progress, write=False)
+            if parts is None:
+                manifest, seen, flagged = _run(source, HashOnly(), problems, progress)
+            else:
+                with parts:
+                    manifest, seen, flagged = _run(parts, parts, problems, None)
     except ArchiveError as exc:
         problems.append(str(exc))
         return result
@@ -840,7 +874,9 @@ def unpack(
         their hardlinks. From a seekable archive only the frames holding them are read;
         from a stream everything is read and checked, and only they are written.
     :param excludes: leave out entries matching these patterns (as ``pack --exclude``).
-    :param threads: threads decompressing a seekable archive (0: one per CPU).
+    :param threads: cores to use (0: every CPU this process may run on). An archive file
+        is read in parts by as many worker processes (:mod:`oxbak.parts`); 1 reads it in
+        this process, with a decompression thread.
     :param xattrs: restore extended attributes and POSIX ACLs where DEST's filesystem
         takes them (``trusted.*`` and ``security.*`` only as root); what cannot be set is
         named in warnings, and the restore goes on.
@@ -858,7 +894,11 @@ def unpack(
     if only or excludes:
         select = Selection([os.fsencode(p) for p in only], excludes)
     with _open(
-        archive, whole=not only, threads=_default_threads(threads), identities=identities
+        archive,
+        whole=not only,
+        threads=_default_threads(threads),
+        identities=identities,
+        parts=select is None and _default_threads(threads) > 1,
     ) as source:
         # The manifest is read and its version checked (a chain: every link) before
         # anything is created.
@@ -870,9 +910,15 @@ def unpack(
         try:
             staging.ensure_room(manifest.totals.bytes, manifest.totals.entries)
             problems: list[str] = []
-            manifest, seen, flagged = _run(
-                source, staging, problems, progress, select, owners
-            )
+            parts = _parts(source, staging, threads, progress)
+            with parts or contextlib.nullcontext():
+                if parts is None:
+                    manifest, seen, flagged = _run(
+                        source, staging, problems, progress, select, owners
+                    )
+                else:
+                    manifest, seen, flagged = _run(parts, parts, problems, None, select, owners)
+                    parts.finish_links()
             if problems:
                 raise IntegrityError(problems)
             if select is not None and select.missed():
@@ -929,11 +975,32 @@ def _open(
     whole: bool,
     threads: int,
     identities: Sequence[IdentityFile],
+    parts: bool = False,
 ) -> contextlib.AbstractContextManager[ArchiveSource]:
     """One archive's source, or a chain's (*archive* a list or tuple of several)."""
     if isinstance(archive, (list, tuple)) and len(archive) > 1:
         return open_chain(archive, threads=threads, identities=identities)
-    return open_source(_single(archive), whole=whole, threads=threads, identities=identities)
+    return open_source(
+        _single(archive), whole=whole, threads=threads, identities=identities, parts=parts
+    )
+
+
+def _parts(
+    source: ArchiveSource,
+    dest: Destination,
+    threads: int,
+    progress: Progress | None,
+    *,
+    write: bool = True,
+) -> PartsReader | None:
+    """Workers to read *source* in parts, or None to read it here.
+
+    Only a source opened for them: a full archive, read whole through its TOC.
+    """
+    if not isinstance(source, TocSource) or source.incremental or not source.reads_parts:
+        return None
+    processes = processes_for(source, threads)
+    return PartsReader(source, dest, processes, write=write, progress=progress)
 
 
 class EntryInfo(NamedTuple):

@@ -165,6 +165,8 @@ class TocSource:
     reads_everything = False
     #: Always None: an encrypted archive is read as a stream.
     envelope: EnvelopeInfo | None = None
+    #: Opened to be read whole, in parts, by workers (:mod:`oxbak.parts`).
+    reads_parts = False
 
     def __init__(self, frames: FrameReader, manifest: Manifest, name: str) -> None:
         self.frames = frames
@@ -192,6 +194,8 @@ class TocSource:
             raise CorruptArchiveError("footer and table of contents disagree on its size")
         data_at = cursor.data_offset
         self._toc_at, self._toc_size = data_at, head.size
+        #: Where the TOC member ends: the end-of-archive marker must follow.
+        self.toc_end = data_at + head.size + padding(head.size)
         # Only the end-of-archive marker (and zeros to a 10240-byte record) may follow it:
         # a TOC planted inside some file's data would have the rest of the tree after it.
         end = data_at + head.size + padding(head.size) + 2 * fmt.BLOCK_SIZE
@@ -202,6 +206,8 @@ class TocSource:
         self._cursor: ArchiveReader | None = None
         self._firsts: list[tuple[bytes, ...]] | None = None
         self._flagged: list[Record] = []
+        #: (block, index in the block) of the record :meth:`records` handed out last.
+        self.at = (0, 0)
         #: Set by a reader that asks for entries in archive order (a chain's restore):
         #: frames are then decompressed ahead, and short gaps between entries skipped.
         self.forward = False
@@ -246,9 +252,11 @@ class TocSource:
         return hasher.digest(fmt.DIGEST_SIZE).hex()
 
     def records(self) -> Iterator[Record]:
-        """Every record, in archive order."""
-        for block in self.blocks():
-            yield from records_of(block)
+        """Every record, in archive order; :attr:`at` says where the last one is."""
+        for number, block in enumerate(self.blocks()):
+            for index, record in enumerate(records_of(block)):
+                self.at = (number, index)
+                yield record
 
     def find(self, path: bytes) -> Record | None:
         """The record of *path*, decompressing only the block that can hold it."""
@@ -492,6 +500,7 @@ def open_source(
     threads: int = 1,
     identities: Sequence[IdentityFile] = (),
     incremental: bool = False,
+    parts: bool = False,
 ) -> Iterator[ArchiveSource]:
     """Open *archive* and check its manifest (format, version) before anything else.
 
@@ -503,6 +512,10 @@ def open_source(
     archive, from its frames in parallel when it is seekable. Without, a seekable
     version-2 archive is read through its table of contents; other inputs are streamed,
     and so is the plaintext of an encrypted archive (decrypted with *identities*).
+
+    With *parts* too, a seekable full archive (version 2) in a file is handed out through
+    its table of contents all the same, for workers to read whole in parts
+    (:mod:`oxbak.parts`).
     """
     with open_archive(archive, identities) as (inp, envelope):
         reader = ArchiveReader(ZstdReader(inp.stream), name=inp.name)
@@ -522,8 +535,11 @@ def open_source(
                 return
         frames = FrameReader(inp.random, table, threads=threads)  # type: ignore[arg-type]
         with contextlib.closing(frames):
-            if not whole:
-                yield TocSource(frames, manifest, inp.name)
+            forkable = getattr(inp.random, "forkable", False)
+            if not whole or (parts and forkable and manifest.version < fmt.INCREMENTAL_VERSION):
+                toc = TocSource(frames, manifest, inp.name)
+                toc.reads_parts = whole
+                yield toc
                 return
             footer = read_footer(frames)
             full = ArchiveReader(frames.stream(0, ahead=True), name=inp.name)

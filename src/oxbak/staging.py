@@ -18,7 +18,7 @@ import errno
 import os
 import stat
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Protocol
 
 from . import format as fmt
@@ -62,8 +62,15 @@ class Destination(Protocol):
         gid: int,
         chunks: Iterable[memoryview],
         xattrs: Xattrs = (),
-    ) -> bytes:
-        """Write a file from *chunks*; return the digest of what was written."""
+    ) -> bytes | None:
+        """Write a file from *chunks*; return the digest of what was written.
+
+        None: the file is written elsewhere (by a worker process), and its digest comes
+        later, from :meth:`digests`.
+        """
+
+    def digests(self) -> Iterator[bytes]:
+        """The digests of the files :meth:`file` returned None for, in order, once written."""
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link *path* to the earlier file *target*."""
@@ -100,6 +107,10 @@ class HashOnly:
         for chunk in chunks:
             hasher.update(chunk)
         return hasher.digest(fmt.DIGEST_SIZE)
+
+    def digests(self) -> Iterator[bytes]:
+        """None: every file was hashed as it came."""
+        return iter(())
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Nothing to create."""
@@ -246,6 +257,10 @@ class StagingDir:
             target=fn, args=(self._lock,), name="oxbak-syncfs", daemon=True
         )
         self._flusher.start()
+
+    def digests(self) -> Iterator[bytes]:
+        """None: every file was written as it came."""
+        return iter(())
 
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Link to an earlier file of this archive (the loop checked that it is one)."""

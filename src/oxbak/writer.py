@@ -52,6 +52,7 @@ from .toc import (
     TocHeader,
     encode_footer,
 )
+from .workers import available_cores
 
 __all__ = ["PackResult", "default_output_name", "pack"]
 
@@ -142,7 +143,9 @@ def pack(
         ``"-"`` for standard output, a binary file object (written as a stream; not
         closed), or None for :func:`default_output_name` in the current directory.
     :param level: zstd level, 1–19.
-    :param threads: compression threads; 0 means one per CPU. The bytes do not depend on it.
+    :param threads: cores to use (0: every CPU this process may run on): with more than
+        one, worker processes pack the small files and threads compress the large ones
+        (1: one process). The bytes do not depend on it.
     :param excludes: patterns with gitignore's meaning (:mod:`oxbak.patterns`). An
         excluded directory is left out with everything in it.
     :param labels: free ``key=value`` strings stored in the manifest.
@@ -173,7 +176,7 @@ def pack(
     if not fmt.MIN_LEVEL <= level <= fmt.MAX_LEVEL:
         raise OxbakError(f"zstd level {level} is out of range {fmt.MIN_LEVEL}–{fmt.MAX_LEVEL}")
     if threads <= 0:
-        threads = len(os.sched_getaffinity(0))
+        threads = available_cores()
     started = time.monotonic()
     # Keys are checked before anything is scanned or created.
     keys = parse_recipients(recipients) if recipients else None
@@ -994,6 +997,7 @@ def _write(
         try:
             writer.write(_member_bytes(_MANIFEST_MEMBER, manifest_data, mtime_ns))
             writer.cut()
+            writer.drain()  # the archive starts now, whatever the first part takes
             toc = TocBuilder(spool)
             packer = _Packer(scan.root, writer, 0, toc)
             for part in plan:

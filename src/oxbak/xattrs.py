@@ -424,6 +424,17 @@ class Applier:
         except OSError as exc:
             self._note(exc.strerror or str(exc), rel, name)
 
+    def take(self) -> dict[str, dict[bytes, list[bytes]]]:
+        """What could not be set so far, forgotten here (a worker's, for :meth:`add`)."""
+        failed, self._failed = self._failed, {}
+        return failed
+
+    def add(self, failed: dict[str, dict[bytes, list[bytes]]]) -> None:
+        """Remember what another process could not set (from its :meth:`take`)."""
+        for reason, paths in failed.items():
+            for rel, names in paths.items():
+                self._failed.setdefault(reason, {}).setdefault(rel, []).extend(names)
+
     def _note(self, reason: str, rel: bytes, name: bytes) -> None:
         self._failed.setdefault(reason, {}).setdefault(rel, []).append(name)
 
