@@ -42,6 +42,15 @@ same_as_state() {
 step "compare $out/state and $out/restored (types, modes, sizes, links, ns mtimes, contents)"
 same_as_state "$out/restored"
 
+# -j: pack and unpack use every core by default; -j 1 is one process. The bytes are the same.
+step "SOURCE_DATE_EPOCH=1764460800 oxbak pack $out/state -o $out/j1.oxbak -j 1   # and with every core"
+SOURCE_DATE_EPOCH=1764460800 "$bin/oxbak" pack "$out/state" -o "$out/j1.oxbak" -j 1 -q
+SOURCE_DATE_EPOCH=1764460800 "$bin/oxbak" pack "$out/state" -o "$out/jall.oxbak" -q
+cmp "$out/j1.oxbak" "$out/jall.oxbak" && echo "the same bytes with -j 1 and with $(nproc) cores"
+step "oxbak unpack $out/jall.oxbak $out/restored-j1 -j 1"
+"$bin/oxbak" unpack "$out/jall.oxbak" "$out/restored-j1" -j 1
+same_as_state "$out/restored-j1"
+
 # Encrypted to an age key: a key made here (age-keygen makes the same kind).
 step "oxbak pack $out/state -o $out/state.oxbak.age --recipient \$(public key of $out/key.txt)"
 "$bin/python" -c 'import pyrage, sys
