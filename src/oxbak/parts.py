@@ -106,6 +106,7 @@ class PartsReader:
         self._tasks: list[_Task] = []  # submitted, results not yet taken (in-process: all)
         self._ids = array("I")
         self._links: list[tuple[bytes, bytes]] = []
+        self._frames: FrameReader | None = None  # the parts' reader, in the process reading
         self.bytes_done = 0
 
     def __enter__(self) -> PartsReader:
@@ -117,6 +118,9 @@ class PartsReader:
         if self._workers is not None:
             self._workers.close(kill=exc is not None)
             self._workers = None
+        if self._frames is not None:
+            self._frames.close()
+            self._frames = None
 
     # -- the source ------------------------------------------------------------------------
     def where(self) -> str:
@@ -232,13 +236,17 @@ class PartsReader:
     def _read_part(self, task: _Task) -> _Done:
         """Read one part (in a worker): its members against their records, its files."""
         toc = self.toc
-        frames = FrameReader(toc.frames.source, toc.frames.table, threads=2)
-        with contextlib.closing(frames):
-            reader = ArchiveReader(
-                frames.stream(task.start, ahead=True, until=task.stop),
-                name=self.name,
-                offset=task.start,
-            )
+        if self._frames is None:
+            # One decompression thread, made in the process that reads (none is forked):
+            # the worker parses, hashes and writes meanwhile. More would only hold more
+            # frames in memory in every worker.
+            self._frames = FrameReader(toc.frames.source, toc.frames.table, threads=1)
+        reader = ArchiveReader(
+            self._frames.stream(task.start, ahead=True, until=task.stop),
+            name=self.name,
+            offset=task.start,
+        )
+        with contextlib.closing(reader):
             return self._members(task, reader, _records_from(toc, task.first))
 
     def _members(self, task: _Task, reader: ArchiveReader, records: Iterator[Record]) -> _Done:
