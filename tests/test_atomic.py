@@ -743,10 +743,12 @@ def replace_kill_sweep(
         swap = sorted(seen_swaps)[len(seen_swaps) // 2]
     for ms in around_swap_ms:
         attempt("around-swap", Moment(f"swap{ms:+g}ms", at=max(0.0, swap + ms / 1000)))
-    # Runs in the sweep follow kills and clean-ups; the uninterrupted ones seen so far
-    # may be slower than the calibration's: the spread covers the slower of the two.
+    # Runs in the sweep follow kills and clean-ups: the uninterrupted ones seen so far
+    # time a run under the sweep's own conditions, and the spread covers theirs. (The
+    # calibration's slowest run follows a kill with the whole tree staged, whose deletion
+    # slows the next creations: with workers, it took twice a sweep's run.)
     if full_runs:
-        duration = max(duration, sorted(full_runs)[3 * len(full_runs) // 4])
+        duration = sorted(full_runs)[3 * len(full_runs) // 4]
     for moment in _uniform(uniform, duration):
         attempt("uniform", moment)
 
