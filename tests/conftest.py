@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -61,3 +63,14 @@ def s3(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """A real S3-compatible server on loopback for the whole session (tests/s3server.py)."""
     with running_server(tmp_path_factory.mktemp("s3server")) as server:
         yield server
+
+
+@pytest.fixture
+def shared() -> Iterator[Path]:
+    """A directory that user 65534 can reach (pytest's own are root's alone)."""
+    where = Path(tempfile.mkdtemp(prefix="oxbak-shared-"))
+    try:
+        os.chmod(where, 0o755)
+        yield where
+    finally:
+        shutil.rmtree(where)

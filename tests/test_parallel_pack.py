@@ -625,17 +625,6 @@ def test_an_unreadable_file_in_a_worker_part_is_named_once(
     assert (tmp_path / "j1.oxbak").read_bytes() == (tmp_path / "j3.oxbak").read_bytes()
 
 
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A directory that user 65534 can reach (pytest's own are root's alone)."""
-    where = Path(tempfile.mkdtemp(prefix="oxbak-parallel-"))
-    try:
-        os.chmod(where, 0o755)
-        yield where
-    finally:
-        shutil.rmtree(where)
-
-
 @pytest.mark.tools("setpriv")
 def test_cli_unreadable_file_as_another_user_with_workers(shared: Path) -> None:
     """A file of mode 000 read by an unprivileged pack: exit 3, one warning naming it,

@@ -12,7 +12,6 @@ import errno
 import io
 import logging
 import os
-import shutil
 import struct
 import subprocess
 import sys
@@ -283,17 +282,6 @@ def test_a_filesystem_without_xattrs_restores_with_one_warning(fs: Path) -> None
         assert (ram / "dest" / "d" / "g").exists()
     finally:
         _umount(ram)
-
-
-@pytest.fixture
-def shared() -> Iterator[Path]:
-    """A directory that user 65534 can reach (pytest's own are root's alone)."""
-    where = Path(tempfile.mkdtemp(prefix="oxbak-xattrs-"))
-    try:
-        os.chmod(where, 0o755)
-        yield where
-    finally:
-        shutil.rmtree(where)
 
 
 @pytest.mark.tools("setpriv")
