@@ -22,11 +22,8 @@ import zstandard
 import oxbak
 from builders import Entry
 from pipelike import Unseekable
-from test_xattrs import shared
 from toc_builders import build_v2
 from tools import NOBODY, run_oxbak
-
-__all__ = ["shared"]  # a fixture, used by name
 
 ROOT = os.geteuid() == 0
 NO_USER, NO_GROUP = 4242, 4343
