@@ -415,10 +415,6 @@ class _Sink(HashOnly):
         self.changes += self.join.push(path, "file", mode, size, mtime_ns, b"", digest)
         return digest
 
-    def digests(self) -> Iterator[bytes]:
-        """None: every file was hashed as it came."""
-        return iter(())
-
     def hardlink(self, path: bytes, target: bytes) -> None:
         """Join a hardlink (its inode's mode and mtime are compared at its target)."""
         self.changes += self.join.push(path, "hardlink", 0, 0, 0, target, b"")

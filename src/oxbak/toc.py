@@ -274,7 +274,9 @@ def decode_columns(
     try:
         block = _block_decoder.decode(data)
     except (msgspec.DecodeError, UnicodeDecodeError) as exc:
-        raise CorruptArchiveError(f"table of contents block {number} is malformed: {exc}") from exc
+        raise CorruptArchiveError(
+            f"table of contents block {number} is malformed: {exc}"
+        ) from exc
     n = ref.entries
     lists = (
         block.paths,

@@ -52,7 +52,7 @@ from .toc import (
     TocHeader,
     encode_footer,
 )
-from .workers import available_cores
+from .workers import Workers, available_cores
 
 __all__ = ["PackResult", "default_output_name", "pack"]
 
@@ -767,8 +767,8 @@ def _plan(scan: Scan) -> list[_Part]:
     start = fill = nbytes = 0
     cuts: list[int] = []
     target, per_part, block = fmt.FRAME_TARGET, _PART_FRAMES, fmt.BLOCK_SIZE
-    for n, (kind, size) in enumerate(zip(scan.kinds, scan.sizes, strict=True)):
-        if size >= target and kind == _FILE:
+    for n, size in enumerate(scan.sizes):  # a file's size; 0 for other entries
+        if size >= target:
             if n > start:
                 parts.append(_Part(start, n, tuple(cuts), nbytes, False))
             parts.append(_Part(n, n + 1, (), size, True))
@@ -786,9 +786,6 @@ def _plan(scan: Scan) -> list[_Part]:
     if len(scan) > start:
         parts.append(_Part(start, len(scan), tuple(cuts), nbytes, False))
     return parts
-
-
-_FILE = 0  # the scan's kind code of a regular file
 
 
 @dataclass
@@ -882,8 +879,6 @@ def _doing(work: _Work, parts: list[_Part], processes: int) -> Iterator[Iterator
     if processes <= 1:
         yield None
         return
-    from .workers import Workers
-
     with Workers(processes, work) as workers:
         yield workers.map(parts)
 
@@ -1012,7 +1007,7 @@ def _write(
                     at = writer.position
                     writer.emit(done.frames, done.sizes, packer.bytes_in + done.bytes_in)
                     packer.absorb(done, at)
-            header = _write_toc(packer, toc, spool, mtime_ns, deleted)
+            header = _write_toc(packer, spool, mtime_ns, deleted)
         except BaseException:
             writer.close(wait=False)
             raise
@@ -1038,12 +1033,15 @@ def _write(
 
 def _write_toc(
     packer: _Packer,
-    toc: TocBuilder,
     spool: tempfile.SpooledTemporaryFile[bytes],
     mtime_ns: int,
     deleted: int | None,
 ) -> TocHeader:
-    """The TOC member (a frame for its header, one per block), the end, the footer."""
+    """The TOC member (a frame for its header, one per block), the end, the footer.
+
+    *spool* holds the blocks *packer*'s TOC builder has encoded.
+    """
+    toc = packer.toc
     toc.flush()
     final = packer.totals
     # A full archive's header is a plain TocHeader: its bytes are those of version 2.
