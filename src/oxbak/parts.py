@@ -38,7 +38,7 @@ from .toc import Record, records_of
 from .workers import Workers, available_cores, in_worker, report
 from .xattrs import Xattrs
 
-__all__ = ["PartsReader", "processes_for"]
+__all__ = ["PartsReader"]
 
 #: Tar bytes a part holds at least (the part ends at the first frame start after them).
 PART_BYTES = 4 << 20
@@ -65,17 +65,6 @@ class _Done(NamedTuple):
     failed: dict[str, dict[bytes, list[bytes]]]
 
 
-def processes_for(toc: TocSource, threads: int) -> int:
-    """How many workers read *toc*'s archive: *threads* (0: one per CPU), or fewer.
-
-    At most one per part it is expected to have.
-    """
-    if threads <= 0:
-        threads = available_cores()
-    parts = (toc.toc_offset - _tree_start(toc)) // PART_BYTES + 1
-    return max(1, min(threads, parts))
-
-
 class PartsReader:
     """The source and the destination the loop runs with when workers read the members.
 
@@ -90,18 +79,21 @@ class PartsReader:
         self,
         toc: TocSource,
         dest: Destination,
-        processes: int,
+        threads: int,
         *,
         write: bool,
         progress: Callable[[int, int], None] | None = None,
     ) -> None:
+        """*threads* workers (0: one per CPU), or fewer: one per part expected at most."""
         self.toc = toc
+        self._tree_start = _tree_start(toc)
+        parts = (toc.toc_offset - self._tree_start) // PART_BYTES + 1
+        self.processes = max(1, min(threads if threads > 0 else available_cores(), parts))
         self.progress = progress
         self.manifest: Manifest = toc.manifest
         self.name = toc.name
         self.dest = dest
         self.write = write
-        self.processes = processes
         self._workers: Workers[_Task, _Done] | None = None
         self._tasks: list[_Task] = []  # submitted, results not yet taken (in-process: all)
         self._ids = array("I")
@@ -133,7 +125,7 @@ class PartsReader:
         if self.progress is not None:
             self.progress(0, self.manifest.totals.bytes)  # counted as each part is done
         starts = set(toc.frames.table.d_starts)
-        start = _tree_start(toc)
+        start = self._tree_start
         first: tuple[int, int] | None = None
         members = 0
         for header, record in toc.entries():

@@ -42,7 +42,7 @@ from .errors import (
 from .locations import Archive
 from .manifest import IncrementalManifest, Index, Manifest, Totals, sections
 from .owners import OwnerMode, Owners
-from .parts import PartsReader, processes_for
+from .parts import PartsReader
 from .paths import (
     check_path,
     display,
@@ -999,8 +999,7 @@ def _parts(
     """
     if not isinstance(source, TocSource) or source.incremental or not source.reads_parts:
         return None
-    processes = processes_for(source, threads)
-    return PartsReader(source, dest, processes, write=write, progress=progress)
+    return PartsReader(source, dest, threads, write=write, progress=progress)
 
 
 class EntryInfo(NamedTuple):

@@ -18,8 +18,6 @@ import contextlib
 import itertools
 import logging
 import os
-import pickle
-import select
 import signal
 import struct
 import sys
@@ -28,6 +26,9 @@ from typing import Generic, TypeVar
 
 from ._fsutil import prctl
 from .errors import OxbakError
+
+# pickle and select are imported where they are used: `list` and `cat` import this
+# module (for available_cores) and never start a worker (pickle alone is ~2 ms).
 
 __all__ = ["Workers", "available_cores", "in_worker", "report"]
 
@@ -124,6 +125,9 @@ class Workers(Generic[T, R]):
         worker = self._sent % len(self._pids)
         if len(self._unread[worker]) >= _AHEAD:
             self._read_early(worker)
+        import pickle
+        import select
+
         payload = pickle.dumps(task, pickle.HIGHEST_PROTOCOL)
         data = memoryview(_HEAD.pack(len(payload), _RESULT) + payload)
         fd = self._tasks[worker]
@@ -208,6 +212,8 @@ class Workers(Generic[T, R]):
 
     def _unpack(self, message: tuple[int, bytes], worker: int) -> R:
         kind, payload = message
+        import pickle
+
         value, records = pickle.loads(payload)
         for record in records:
             logger.handle(record)
@@ -219,6 +225,8 @@ class Workers(Generic[T, R]):
         self, tasks: int, results: int, mask: set[int | signal.Signals]
     ) -> None:
         """The worker's life: tasks in, results out, until the task pipe ends."""
+        import pickle
+
         status = 0
         try:
             _die_with(self._parent)
@@ -283,14 +291,15 @@ def _capture_log() -> list[logging.LogRecord]:  # pragma: no cover - in the chil
 
 def _portable(exc: BaseException) -> BaseException:
     """*exc*, or an :class:`OxbakError` of its message where it does not pickle as itself."""
+    import pickle
+
     try:
         again = pickle.loads(pickle.dumps(exc, pickle.HIGHEST_PROTOCOL))
         if type(again) is type(exc) and str(again) == str(exc):
             return exc
     except Exception:  # noqa: BLE001, S110 - replaced below
         pass
-    error = OxbakError(f"{type(exc).__name__} in a worker process: {exc}")
-    return error
+    return OxbakError(f"{type(exc).__name__} in a worker process: {exc}")
 
 
 def _send(fd: int, kind: int, payload: bytes) -> None:
